@@ -1,0 +1,24 @@
+"""ASGI entry point: HTTP through Django, WebSockets through Dorm's consumer.
+
+Runs under daphne (the default) and uvicorn alike.
+"""
+
+import os
+
+from django.core.asgi import get_asgi_application
+
+os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings")
+# Django must be set up before the consumers (and their models) are imported.
+django_asgi_app = get_asgi_application()
+
+from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
+
+from rooms.asgi import BrowserOriginValidator, NeverCloseWith1011  # noqa: E402
+from rooms.routing import websocket_urlpatterns  # noqa: E402
+
+application = ProtocolTypeRouter(
+    {
+        "http": django_asgi_app,
+        "websocket": NeverCloseWith1011(BrowserOriginValidator(URLRouter(websocket_urlpatterns))),
+    }
+)

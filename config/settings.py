@@ -1,0 +1,203 @@
+"""Dorm settings, read from the environment (12-factor).
+
+With nothing set, Dorm runs in the *embedded* mode: one process, SQLite in WAL
+mode, the in-process channel layer. ``DATABASE_URL`` and ``REDIS_URL`` are the
+seam for the distributed mode (PostgreSQL, channels-redis).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import dj_database_url
+
+BASE_DIR = Path(__file__).resolve().parent.parent
+
+
+def env_bool(name: str, default: bool) -> bool:
+    value = os.environ.get(name)
+    if value is None or value == "":
+        return default
+    return value.strip().lower() in {"1", "true", "yes", "on"}
+
+
+def env_float(name: str, default: float) -> float:
+    value = os.environ.get(name)
+    return default if value in (None, "") else float(value)
+
+
+def env_int(name: str, default: int) -> int:
+    value = os.environ.get(name)
+    return default if value in (None, "") else int(value)
+
+
+# ---------------------------------------------------------------------------
+# Core
+# ---------------------------------------------------------------------------
+
+# Development default: on. Production deployments set DJANGO_DEBUG=false.
+DEBUG = env_bool("DJANGO_DEBUG", True)
+
+# A fixed development key so `make run` works with nothing set; production must
+# set DJANGO_SECRET_KEY (checked by `manage.py check --deploy`).
+SECRET_KEY = os.environ.get(
+    "DJANGO_SECRET_KEY", "dorm-insecure-development-key-change-me-in-production"
+)
+
+ALLOWED_HOSTS = [
+    h.strip()
+    for h in os.environ.get("DJANGO_ALLOWED_HOSTS", "127.0.0.1,localhost,[::1]").split(",")
+    if h.strip()
+]
+
+INSTALLED_APPS = [
+    # daphne first so that `runserver` serves the ASGI application.
+    "daphne",
+    "django.contrib.admin",
+    "django.contrib.auth",
+    "django.contrib.contenttypes",
+    "django.contrib.sessions",
+    "django.contrib.messages",
+    "django.contrib.staticfiles",
+    "channels",
+    "rest_framework",
+    "rooms",
+    "presence",
+    "billing",
+]
+
+MIDDLEWARE = [
+    "django.middleware.security.SecurityMiddleware",
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.middleware.common.CommonMiddleware",
+    "django.middleware.csrf.CsrfViewMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django.contrib.messages.middleware.MessageMiddleware",
+    "django.middleware.clickjacking.XFrameOptionsMiddleware",
+]
+
+ROOT_URLCONF = "config.urls"
+ASGI_APPLICATION = "config.asgi.application"
+
+TEMPLATES = [
+    {
+        "BACKEND": "django.template.backends.django.DjangoTemplates",
+        "DIRS": [BASE_DIR / "templates"],
+        "APP_DIRS": True,
+        "OPTIONS": {
+            "context_processors": [
+                "django.template.context_processors.request",
+                "django.contrib.auth.context_processors.auth",
+                "django.contrib.messages.context_processors.messages",
+            ],
+        },
+    },
+]
+
+# ---------------------------------------------------------------------------
+# Database
+# ---------------------------------------------------------------------------
+
+# Embedded mode: SQLite in WAL mode so readers (REST, admin) never block the
+# room actors' writer. synchronous=FULL by default: an acknowledged event must
+# survive a power cut, not only a process crash; NORMAL is faster and is
+# offered for those who accept that trade.
+SQLITE_PATH = os.environ.get("SQLITE_PATH", str(BASE_DIR / "db.sqlite3"))
+SQLITE_SYNCHRONOUS = os.environ.get("SQLITE_SYNCHRONOUS", "FULL").upper()
+
+if os.environ.get("DATABASE_URL"):
+    # Distributed mode: PostgreSQL through psycopg 3.
+    DATABASES = {"default": dj_database_url.parse(os.environ["DATABASE_URL"], conn_max_age=600)}
+else:
+    DATABASES = {
+        "default": {
+            "ENGINE": "django.db.backends.sqlite3",
+            "NAME": SQLITE_PATH,
+            "OPTIONS": {
+                # BEGIN IMMEDIATE: a writing transaction takes the write lock at
+                # its start, so two writers queue on busy_timeout instead of
+                # failing with "database is locked" half-way through.
+                "transaction_mode": "IMMEDIATE",
+                "timeout": 20,
+                "init_command": (
+                    "PRAGMA journal_mode=WAL;"
+                    f"PRAGMA synchronous={SQLITE_SYNCHRONOUS};"
+                    "PRAGMA busy_timeout=20000;"
+                ),
+            },
+            "TEST": {"NAME": os.environ.get("SQLITE_TEST_PATH") or None},
+        }
+    }
+
+DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+
+# ---------------------------------------------------------------------------
+# Channels
+# ---------------------------------------------------------------------------
+
+REDIS_URL = os.environ.get("REDIS_URL", "")
+
+if REDIS_URL:
+    CHANNEL_LAYERS = {
+        "default": {
+            "BACKEND": "channels_redis.core.RedisChannelLayer",
+            "CONFIG": {"hosts": [REDIS_URL]},
+        }
+    }
+else:
+    CHANNEL_LAYERS = {"default": {"BACKEND": "channels.layers.InMemoryChannelLayer"}}
+
+# ---------------------------------------------------------------------------
+# Dorm runtime (read through rooms.conf.dorm_settings; defaults live there)
+# ---------------------------------------------------------------------------
+
+DORM = {
+    # Seconds without frames after which a room's actor leaves memory.
+    "HIBERNATE_AFTER_SECONDS": env_float("DORM_HIBERNATE_AFTER_SECONDS", 30.0),
+    # Create a room with DEFAULT_KIND on first connect; off -> close 4404.
+    "AUTO_CREATE_ROOMS": env_bool("DORM_AUTO_CREATE_ROOMS", True),
+    "DEFAULT_KIND": os.environ.get("DORM_DEFAULT_KIND", "whiteboard"),
+    # `?userId=` without a token. On for local development only.
+    "ALLOW_ANONYMOUS": env_bool("DORM_ALLOW_ANONYMOUS", DEBUG),
+    "SOFT_FRAME_LIMIT_BYTES": env_int("DORM_SOFT_FRAME_LIMIT_BYTES", 64 * 1024),
+    "HARD_FRAME_LIMIT_BYTES": env_int("DORM_HARD_FRAME_LIMIT_BYTES", 1024 * 1024),
+    "SNAPSHOT_EVERY_EVENTS": env_int("DORM_SNAPSHOT_EVERY_EVENTS", 1000),
+    "MAX_BATCH_EVENTS": env_int("DORM_MAX_BATCH_EVENTS", 1000),
+    "RESUME_MAX_EVENTS": env_int("DORM_RESUME_MAX_EVENTS", 10_000),
+}
+
+# ---------------------------------------------------------------------------
+# Internationalization, static files
+# ---------------------------------------------------------------------------
+
+LANGUAGE_CODE = "en-us"
+TIME_ZONE = "UTC"
+USE_I18N = True
+USE_TZ = True
+
+STATIC_URL = "static/"
+STATIC_ROOT = BASE_DIR / "staticfiles"
+
+# ---------------------------------------------------------------------------
+# Logging: metadata only (room, user, type, sizes, codes), never payloads.
+# ---------------------------------------------------------------------------
+
+LOG_LEVEL = os.environ.get("DORM_LOG_LEVEL", "INFO")
+
+LOGGING = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "formatters": {
+        "plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"},
+    },
+    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
+    "loggers": {
+        "dorm": {"handlers": ["console"], "level": LOG_LEVEL, "propagate": False},
+        "django": {"handlers": ["console"], "level": "WARNING"},
+    },
+}
+
+REST_FRAMEWORK = {
+    "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
+}

@@ -1,0 +1,1 @@
+"""Presence ledger models live here (see the presence issue)."""

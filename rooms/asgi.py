@@ -1,0 +1,66 @@
+"""ASGI wrappers around the WebSocket application."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+from urllib.parse import urlparse
+
+from channels.security.websocket import OriginValidator
+from django.conf import settings
+
+from rooms.protocol import CloseCode, close_frame
+
+log = logging.getLogger("dorm.rooms")
+
+Scope = dict[str, Any]
+
+
+class BrowserOriginValidator(OriginValidator):
+    """Check the Origin of browsers against ALLOWED_HOSTS; admit clients without one.
+
+    Channels' ``AllowedHostsOriginValidator`` refuses a handshake with no
+    Origin header, but mobile apps, bots and servers do not send one (and a
+    browser always does, so the check still protects browser sessions).
+    """
+
+    def __init__(self, application: Any) -> None:
+        allowed = list(settings.ALLOWED_HOSTS)
+        if settings.DEBUG and not allowed:
+            allowed = ["localhost", "127.0.0.1", "[::1]"]
+        super().__init__(application, allowed)
+
+    def valid_origin(self, parsed_origin: Any) -> bool:
+        if parsed_origin is None:
+            return True
+        return super().valid_origin(parsed_origin)
+
+
+class NeverCloseWith1011:
+    """Outermost guard: an exception never reaches the server.
+
+    daphne answers an application exception with close code 1011, which
+    PROTOCOL.md forbids; this closes with 1013 (try again later) instead,
+    after the protocol's final ``close`` frame.
+    """
+
+    def __init__(self, application: Any) -> None:
+        self.application = application
+
+    async def __call__(self, scope: Scope, receive: Any, send: Any) -> None:
+        # `send` is passed through unwrapped: it is the fan-out hot path.
+        try:
+            await self.application(scope, receive, send)
+        except Exception:
+            log.exception("websocket application error path=%s", urlparse(scope.get("path", "")).path[:100])
+            code = int(CloseCode.TRY_AGAIN_LATER)
+            try:
+                # Fails harmlessly if the handshake was not accepted yet; the
+                # close below then refuses the handshake (HTTP 403).
+                await send({"type": "websocket.send", "text": close_frame(code, "internal error")})
+            except Exception:
+                pass
+            try:
+                await send({"type": "websocket.close", "code": code})
+            except Exception:
+                log.debug("could not close after an application error")

@@ -1,0 +1,73 @@
+"""One namespaced settings dict, ``settings.DORM``, with defaults (DRF's way).
+
+Read as ``dorm_settings.HIBERNATE_AFTER_SECONDS``; values are resolved lazily
+and the cache is dropped on ``setting_changed`` so tests can override them.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.conf import settings
+from django.core.signals import setting_changed
+
+DEFAULTS: dict[str, Any] = {
+    # Seconds a room's actor stays in memory without frames before it hibernates.
+    "HIBERNATE_AFTER_SECONDS": 30.0,
+    "AUTO_CREATE_ROOMS": True,
+    "DEFAULT_KIND": "whiteboard",
+    "ALLOW_ANONYMOUS": True,
+    # Frames over the soft limit get `too_large`; over the hard limit the socket
+    # is closed with 1009 (daphne/uvicorn enforce it too, see README).
+    "SOFT_FRAME_LIMIT_BYTES": 64 * 1024,
+    "HARD_FRAME_LIMIT_BYTES": 1024 * 1024,
+    # How long a (userId, id) pair is remembered for idempotent retries.
+    "DEDUP_WINDOW_SECONDS": 600.0,
+    # Durable events between two stored snapshots (bounds the wake-up replay).
+    "SNAPSHOT_EVERY_EVENTS": 1000,
+    # Most durable events one group commit writes.
+    "MAX_BATCH_EVENTS": 1000,
+    # A `since` further behind than this gets a full snapshot instead of a
+    # replay, so one resuming client cannot stall a room's actor.
+    "RESUME_MAX_EVENTS": 10_000,
+    # Recent broadcast frames kept in memory to serve resumes without a query.
+    "RECENT_FRAMES_KEPT": 2048,
+    # More invalid frames than this in the window closes the socket with 1008.
+    "ABUSE_MAX_INVALID_FRAMES": 100,
+    "ABUSE_WINDOW_SECONDS": 10.0,
+    # Kinds available to rooms: name -> dotted path of the RoomKind class.
+    "KINDS": {
+        "whiteboard": "rooms.kinds.whiteboard.Whiteboard",
+        "chat": "rooms.kinds.chat.Chat",
+    },
+}
+
+
+class DormSettings:
+    def __init__(self) -> None:
+        self._cache: dict[str, Any] = {}
+
+    def __getattr__(self, name: str) -> Any:
+        if name.startswith("_") or name not in DEFAULTS:
+            raise AttributeError(f"Invalid Dorm setting: {name!r}")
+        try:
+            return self._cache[name]
+        except KeyError:
+            user = getattr(settings, "DORM", {}) or {}
+            value = user.get(name, DEFAULTS[name])
+            self._cache[name] = value
+            return value
+
+    def reload(self) -> None:
+        self._cache.clear()
+
+
+dorm_settings = DormSettings()
+
+
+def _reload(*, setting: str, **kwargs: Any) -> None:
+    if setting == "DORM":
+        dorm_settings.reload()
+
+
+setting_changed.connect(_reload)

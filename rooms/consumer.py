@@ -1,0 +1,208 @@
+"""The WebSocket consumer: one per connection.
+
+It owns the edge: the handshake checks (room id, identity, ``since``), the
+envelope of each frame (JSON object, ``type``, ``id``, size), ``ping`` and
+``heartbeat``; everything else goes to the room's actor. It never lets an
+exception out: daphne would answer it with close code 1011, which some mobile
+stacks treat as "stop reconnecting".
+
+Channels' own dispatch is bypassed on purpose: it closes old database
+connections on every message (a thread hop per frame) and gives each
+connection a channel-layer channel that fan-out does not use.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+from urllib.parse import parse_qsl
+
+import orjson
+from channels.consumer import AsyncConsumer
+from channels.exceptions import StopConsumer
+
+from presence.backends.base import PresenceBackend
+from rooms import limits
+from rooms.auth import Identity, Refusal, identify
+from rooms.conf import dorm_settings
+from rooms.protocol import (
+    MAX_CLIENT_ID_CHARS,
+    MESSAGE_TYPE_RE,
+    ROOM_ID_RE,
+    CloseCode,
+    ErrorReason,
+    close_frame,
+    dumps,
+    now_ms,
+)
+from rooms.runtime.connection import Connection, ConnectionState
+from rooms.runtime.messages import Frame, Join, Leave
+from rooms.runtime.registry import get_runtime
+
+log = logging.getLogger("dorm.rooms")
+
+
+class RoomConsumer(AsyncConsumer):
+    # No channel-layer channel per connection (see module docstring).
+    channel_layer_alias = "__dorm_no_layer__"
+
+    conn: Connection | None = None
+    identity: Identity | None = None
+    room: str = ""
+
+    async def dispatch(self, message: dict[str, Any]) -> None:
+        kind = message["type"]
+        try:
+            if kind == "websocket.receive":
+                await self.receive(message)
+            elif kind == "websocket.connect":
+                await self.connect()
+            elif kind == "websocket.disconnect":
+                self.disconnect(message.get("code", 1006), message.get("reason") or "")
+                raise StopConsumer
+        except StopConsumer:
+            raise
+        except Exception:
+            log.exception("consumer error room=%s event=%s", self.room, kind)
+            await self._fail()
+
+    async def _fail(self) -> None:
+        if self.conn is not None:
+            if self.conn.closed:
+                return
+            await self.conn.close(CloseCode.TRY_AGAIN_LATER, "internal error, reconnect")
+            return
+        try:
+            await self.base_send({"type": "websocket.send", "text": close_frame(CloseCode.TRY_AGAIN_LATER, "internal error")})
+            await self.base_send({"type": "websocket.close", "code": int(CloseCode.TRY_AGAIN_LATER)})
+        except Exception:
+            log.debug("close after failure on a dead socket room=%s", self.room)
+
+    # -- connect --------------------------------------------------------------
+
+    async def connect(self) -> None:
+        await self.base_send({"type": "websocket.accept"})
+        self.room = str(self.scope["url_route"]["kwargs"].get("room", ""))
+        try:
+            query = self._query()
+            if not ROOM_ID_RE.fullmatch(self.room):
+                raise Refusal(CloseCode.BAD_REQUEST, "room id must be 1-64 characters of A-Z a-z 0-9 _ -")
+            since = self._since(query)
+            client = self.scope.get("client") or ("", 0)
+            refused = limits.admit_connection(str(client[0]), self.room)
+            if refused is not None:
+                raise Refusal(*refused)
+            self.identity = identify(query, self.room)
+        except Refusal as refusal:
+            await self._refuse(refusal.code, refusal.reason)
+            return
+        runtime = get_runtime()
+        conn = Connection(self.room, self.identity.user_id, self.identity.scope, self.base_send)
+        self.conn = conn
+        runtime.hub.add(conn)
+        runtime.registry.submit(self.room, Join(conn, since))
+
+    def _query(self) -> dict[str, str]:
+        raw = self.scope.get("query_string", b"")
+        try:
+            text = raw.decode("utf-8") if isinstance(raw, bytes) else str(raw)
+            return dict(parse_qsl(text, keep_blank_values=True, strict_parsing=False, max_num_fields=16))
+        except (UnicodeDecodeError, ValueError):
+            raise Refusal(CloseCode.BAD_REQUEST, "malformed query string") from None
+
+    @staticmethod
+    def _since(query: dict[str, str]) -> int | None:
+        value = query.get("since")
+        if value is None:
+            return None
+        if not value.isdigit() or not value.isascii() or len(value) > 18:
+            raise Refusal(CloseCode.BAD_REQUEST, "since must be a non-negative integer")
+        return int(value)
+
+    async def _refuse(self, code: int, reason: str) -> None:
+        log.info("refuse room=%s code=%d reason=%s", self.room[:64], code, reason)
+        await self.base_send({"type": "websocket.send", "text": close_frame(code, reason)})
+        await self.base_send({"type": "websocket.close", "code": int(code), "reason": reason})
+
+    # -- frames ---------------------------------------------------------------
+
+    async def receive(self, message: dict[str, Any]) -> None:
+        conn = self.conn
+        if conn is None or conn.closed:
+            return
+        text = message.get("text")
+        if text is None:
+            data = message.get("bytes") or b""
+            if len(data) > dorm_settings.HARD_FRAME_LIMIT_BYTES:
+                await conn.close(CloseCode.MESSAGE_TOO_BIG, "frame larger than the hard limit")
+                return
+            await conn.error(ErrorReason.INVALID_MESSAGE, None, "binary frames are not accepted by this room kind")
+            return
+        size = _utf8_size_at_least(text, dorm_settings.SOFT_FRAME_LIMIT_BYTES)
+        if size > dorm_settings.SOFT_FRAME_LIMIT_BYTES:
+            if len(text.encode()) > dorm_settings.HARD_FRAME_LIMIT_BYTES:
+                await conn.close(CloseCode.MESSAGE_TOO_BIG, "frame larger than the hard limit")
+            else:
+                await conn.error(ErrorReason.TOO_LARGE)
+            return
+        try:
+            obj = orjson.loads(text)
+        except orjson.JSONDecodeError:
+            await conn.error(ErrorReason.INVALID_JSON)
+            return
+        if type(obj) is not dict:
+            await conn.error(ErrorReason.INVALID_JSON, None, "a frame is one JSON object")
+            return
+        client_id = obj.get("id")
+        if client_id is not None and (type(client_id) is not str or not 0 < len(client_id) <= MAX_CLIENT_ID_CHARS):
+            await conn.error(ErrorReason.INVALID_MESSAGE, None, f"id must be a string of 1-{MAX_CLIENT_ID_CHARS} characters")
+            return
+        type_ = obj.get("type")
+        if type(type_) is not str or not MESSAGE_TYPE_RE.fullmatch(type_):
+            await conn.error(ErrorReason.INVALID_MESSAGE, client_id, "type must match [a-z_]{1,32}")
+            return
+        payload = obj.get("payload")
+        if type_ == "ping":
+            t = payload.get("t") if type(payload) is dict else None
+            pong: dict[str, Any] = {"type": "pong", "payload": {"t": t} if t is not None and _small_scalar(t) else {}, "ts": now_ms()}
+            await conn.reply(dumps(pong))
+            return
+        runtime = get_runtime()
+        presence: PresenceBackend = runtime.presence
+        if type_ == "heartbeat":
+            presence.touch(self.room, conn.id)
+            return
+        wait_ms = limits.admit_message(self.identity, self.room)  # type: ignore[arg-type]
+        if wait_ms is not None:
+            await conn.reply(dumps({"type": "rate_limited", "retryAfterMs": wait_ms}))
+            return
+        runtime.registry.submit(self.room, Frame(conn, type_, client_id, payload))
+
+    # -- disconnect -------------------------------------------------------------
+
+    def disconnect(self, code: int, reason: str) -> None:
+        conn = self.conn
+        if conn is None:
+            return
+        runtime = get_runtime()
+        runtime.hub.remove(conn)
+        if conn.close_code is not None:  # we closed it: our code says why
+            code, reason = conn.close_code, conn.close_reason
+        conn.state = ConnectionState.CLOSED
+        if not conn.refused:
+            runtime.registry.submit(self.room, Leave(conn, code, reason))
+        log.info("disconnect room=%s user=%s conn=%s code=%s", self.room, conn.user_id, conn.id, code)
+
+
+def _utf8_size_at_least(text: str, limit: int) -> int:
+    """The frame's UTF-8 size, encoding only when the length alone cannot tell."""
+    n = len(text)
+    if n > limit or n * 4 <= limit:
+        return n
+    return len(text.encode())
+
+
+def _small_scalar(value: Any) -> bool:
+    if type(value) is str:
+        return len(value) <= 64
+    return type(value) in (int, float, bool)

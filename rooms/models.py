@@ -1,0 +1,122 @@
+"""The room, its durable event log, its snapshots and its key-value storage.
+
+The log is append-only: ``(room, seq)`` is unique, which is the last fence
+against two writers (a stale owner's commit fails instead of forking the log).
+Payloads are stored as the exact JSON text that was broadcast, so history and
+resume replay send byte-identical frames without re-encoding.
+"""
+
+from __future__ import annotations
+
+from django.core.validators import RegexValidator
+from django.db import models
+
+ROOM_SLUG_PATTERN = r"[A-Za-z0-9_-]{1,64}"
+
+slug_validator = RegexValidator(
+    rf"^{ROOM_SLUG_PATTERN}\Z", "Room ids are 1-64 characters of A-Z, a-z, 0-9, _ and -."
+)
+
+
+class Room(models.Model):
+    slug = models.CharField(max_length=64, unique=True, validators=[slug_validator])
+    kind = models.CharField(max_length=32, default="whiteboard")
+    private = models.BooleanField(default=False)
+    # None: no limit beyond the process's own.
+    max_connections = models.PositiveIntegerField(null=True, blank=True)
+    settings = models.JSONField(default=dict, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["slug"]
+
+    def __str__(self) -> str:
+        return self.slug
+
+
+class Event(models.Model):
+    """One durable event of a room's log."""
+
+    room = models.ForeignKey(Room, on_delete=models.CASCADE, related_name="events")
+    seq = models.BigIntegerField()
+    type = models.CharField(max_length=32)
+    user_id = models.CharField(max_length=128)
+    # The client's message id, for idempotent retries ("" when none was given).
+    client_id = models.CharField(max_length=64, blank=True, default="")
+    # Exact JSON text of the payload ("" when the message had none).
+    payload = models.TextField(blank=True, default="")
+    # Server time in milliseconds when the event was ordered.
+    ts = models.BigIntegerField()
+
+    class Meta:
+        ordering = ["room", "seq"]
+        constraints = [
+            models.UniqueConstraint(fields=["room", "seq"], name="rooms_event_room_seq_unique"),
+        ]
+        indexes = [
+            # Rebuilding the de-duplication window after a wake-up reads the
+            # last minutes of a room's log by time.
+            models.Index(fields=["room", "ts"], name="rooms_event_room_ts"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.room_id}#{self.seq} {self.type}"
+
+
+class Snapshot(models.Model):
+    """The kind's full state right after event ``seq`` (state JSON text)."""
+
+    room = models.ForeignKey(Room, on_delete=models.CASCADE, related_name="snapshots")
+    seq = models.BigIntegerField()
+    state = models.TextField()
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["room", "-seq"]
+        constraints = [
+            models.UniqueConstraint(fields=["room", "seq"], name="rooms_snapshot_room_seq_unique"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.room_id}@{self.seq}"
+
+
+class StoredValue(models.Model):
+    """A room's own key-value storage (the actor's ``storage`` API)."""
+
+    room = models.ForeignKey(Room, on_delete=models.CASCADE, related_name="stored_values")
+    key = models.CharField(max_length=256)
+    value = models.TextField()
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["room", "key"]
+        constraints = [
+            models.UniqueConstraint(fields=["room", "key"], name="rooms_storedvalue_room_key_unique"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.room_id}:{self.key}"
+
+
+class ActorRun(models.Model):
+    """One stretch of time a room's actor was awake in some process.
+
+    Billing meters the sum of ``awake_ms`` as the room's duration; a run whose
+    process died keeps ``slept_at`` empty.
+    """
+
+    room = models.ForeignKey(Room, on_delete=models.CASCADE, related_name="actor_runs")
+    process = models.CharField(max_length=128)
+    woke_at = models.DateTimeField()
+    slept_at = models.DateTimeField(null=True, blank=True)
+    awake_ms = models.BigIntegerField(default=0)
+    # Why it went to sleep: "idle" (hibernation), "shutdown", "error".
+    sleep_reason = models.CharField(max_length=32, blank=True, default="")
+
+    class Meta:
+        ordering = ["-woke_at"]
+        indexes = [models.Index(fields=["room", "woke_at"], name="rooms_actorrun_room_woke")]
+
+    def __str__(self) -> str:
+        return f"{self.room_id} {self.woke_at:%Y-%m-%d %H:%M:%S}"

@@ -1,0 +1,538 @@
+"""The room actor: one writer per room, frames handled one at a time.
+
+Life of an actor::
+
+    wake  -> load the room (snapshot + log tail), run the kind's on_start;
+             nothing is handled before this is done (a failure refuses what
+             is queued and the next item starts a fresh actor: start once,
+             retry on failure)
+    loop  -> take every item queued (a batch); validate and sequence frames,
+             folding durable events into the state; group-commit the batch's
+             durable events in one transaction; only then broadcast and ack
+             them (the output gate)
+    sleep -> after HIBERNATE_AFTER_SECONDS without items: snapshot, record
+             the awake time, leave memory; connections stay open and the
+             next item wakes a new actor from the database
+
+Joins, leaves and calls first commit what is staged, so a welcome never shows
+an uncommitted event. Ephemeral events skip the log and are broadcast while
+the batch is handled (they may overtake durable events staged before them in
+the same batch; they never overtake a committed one).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import OrderedDict, deque
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import orjson
+from channels.db import database_sync_to_async
+from django.utils import timezone
+
+from rooms.conf import dorm_settings
+from rooms.kinds import kind_class
+from rooms.kinds.base import DurableEvent, Incoming, Reject, RoomKind
+from rooms.protocol import CloseCode, ErrorReason, ack_frame, dumps, event_frame, now_ms
+from rooms.runtime import persistence
+from rooms.runtime.messages import Call, Frame, Item, Join, Leave, Peer
+from rooms.runtime.persistence import LogRow, RoomNotFound
+from rooms.runtime.storage import RoomStorage
+from rooms.schema import Invalid
+
+if TYPE_CHECKING:
+    from rooms.runtime.registry import Runtime
+
+log = logging.getLogger("dorm.rooms")
+
+db_load_room = database_sync_to_async(persistence.load_room)
+db_commit_batch = database_sync_to_async(persistence.commit_batch)
+db_log_after = database_sync_to_async(persistence.log_after)
+db_save_snapshot = database_sync_to_async(persistence.save_snapshot)
+db_start_run = database_sync_to_async(persistence.start_run)
+db_end_run = database_sync_to_async(persistence.end_run)
+
+# Most client ids remembered per room for idempotent retries. The window is
+# DEDUP_WINDOW_SECONDS; past this many ids (a room over ~1,600 identified
+# messages/s for ten minutes) the oldest are forgotten first.
+DEDUP_MAX_IDS = 1_000_000
+# An ephemeral message's id maps to this "seq": ack again without a seq.
+EPHEMERAL = 0
+
+
+@dataclass(slots=True)
+class Staged:
+    """A durable event sequenced and folded, waiting for its commit."""
+
+    seq: int
+    peer: Peer
+    client_id: str | None
+    text: str
+    row: persistence.EventRow
+    message: Incoming
+
+
+def _overrides(kind: RoomKind, hook: str) -> bool:
+    return getattr(type(kind), hook) is not getattr(RoomKind, hook)
+
+
+class RoomContext:
+    """What a room kind's hooks may use: the room's state, storage and sends."""
+
+    def __init__(self, actor: RoomActor) -> None:
+        self._actor = actor
+
+    @property
+    def slug(self) -> str:
+        return self._actor.slug
+
+    @property
+    def state(self) -> Any:
+        return self._actor.state
+
+    @property
+    def seq(self) -> int:
+        """The last committed seq."""
+        return self._actor.last_seq
+
+    @property
+    def storage(self) -> RoomStorage:
+        return self._actor.storage
+
+    @property
+    def kind(self) -> RoomKind:
+        return self._actor.kind
+
+    async def broadcast(self, type_: str, payload: Any, *, user_id: str = "", exclude: str | None = None) -> None:
+        """An ephemeral server event to every connection of the room."""
+        text = event_frame(type_, None, user_id, "" if payload is None else dumps(payload), now_ms())
+        await self._actor.runtime.transport.broadcast(self._actor.slug, text, None, exclude)
+
+    async def send(self, peer: Peer, frame: dict[str, Any]) -> None:
+        await peer.reply(dumps(frame))
+
+
+class RoomActor:
+    def __init__(self, slug: str, runtime: Runtime) -> None:
+        self.slug = slug
+        self.runtime = runtime
+        self._items: deque[Item] = deque()
+        self._waiter: asyncio.Future[None] | None = None
+        self.started = False
+        self._broken = False
+        self.room_id = 0
+        self.kind: RoomKind = RoomKind()
+        self.state: Any = None
+        self.last_seq = 0  # committed
+        self._next_seq = 1
+        self._staged: list[Staged] = []
+        self._late_acks: list[tuple[Peer, str, int]] = []
+        self._dedup: OrderedDict[tuple[str, str], int] = OrderedDict()
+        self._dedup_expiry: deque[tuple[float, tuple[str, str]]] = deque()
+        self._recent: deque[tuple[int, str]] = deque(maxlen=dorm_settings.RECENT_FRAMES_KEPT)
+        self._since_snapshot = 0
+        self.storage = RoomStorage(0)
+        self.context = RoomContext(self)
+        self._run_id: int | None = None
+        self.awake_since = time.monotonic()
+        self.task: asyncio.Task[None] | None = None
+
+    # -- inbox ----------------------------------------------------------------
+
+    def submit(self, item: Item) -> None:
+        self._items.append(item)
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    async def _next_batch(self) -> list[Item] | None:
+        """Every queued item (up to the batch limit); None after the idle timeout."""
+        if not self._items:
+            loop = asyncio.get_running_loop()
+            waiter = self._waiter = loop.create_future()
+            timer = loop.call_later(dorm_settings.HIBERNATE_AFTER_SECONDS, _resolve, waiter)
+            try:
+                await waiter
+            finally:
+                timer.cancel()
+                self._waiter = None
+            if not self._items:
+                return None
+        items = self._items
+        limit = dorm_settings.MAX_BATCH_EVENTS
+        if len(items) <= limit:
+            batch = list(items)
+            items.clear()
+        else:
+            batch = [items.popleft() for _ in range(limit)]
+        return batch
+
+    # -- life -----------------------------------------------------------------
+
+    async def run(self, previous: asyncio.Task[None] | None) -> None:
+        if previous is not None:
+            # The same room's previous actor may still be writing its sleep
+            # snapshot; wait so the two never overlap.
+            await asyncio.wait([previous])
+        try:
+            await self._start()
+        except Exception as exc:
+            self.runtime.registry.retire(self)
+            await self._refuse_queued(exc)
+            return
+        reason = "idle"
+        try:
+            while True:
+                batch = await self._next_batch()
+                if batch is None:
+                    # Retire before any await: an item submitted from now on
+                    # wakes a new actor instead of landing in this one.
+                    self.runtime.registry.retire(self)
+                    if self._items:  # pragma: no cover - defensive, retire is synchronous
+                        continue
+                    break
+                await self._handle_batch(batch)
+        except asyncio.CancelledError:
+            reason = "shutdown"
+            raise
+        except Exception:
+            reason = "error"
+            log.exception("actor crashed room=%s", self.slug)
+        finally:
+            self.runtime.registry.retire(self)
+            await self._sleep(reason)
+            # Whatever arrived after a crash is refused, never silently dropped.
+            if self._items:
+                await self._refuse_queued(None)
+
+    async def _start(self) -> None:
+        await self._load()
+        self.awake_since = time.monotonic()
+        self._run_id = await db_start_run(self.room_id, timezone.now())
+        self.started = True
+        if _overrides(self.kind, "on_start"):
+            await self.kind.on_start(self.context)
+            await self._flush()
+        log.info("wake room=%s kind=%s seq=%d", self.slug, self.kind.name, self.last_seq)
+
+    async def _load(self) -> None:
+        create_kind = dorm_settings.DEFAULT_KIND if dorm_settings.AUTO_CREATE_ROOMS else None
+        window_ms = int(dorm_settings.DEDUP_WINDOW_SECONDS * 1000)
+        loaded = await db_load_room(
+            self.slug, create_kind=create_kind, ids_since_ms=now_ms() - window_ms, ids_limit=DEDUP_MAX_IDS
+        )
+        self.room_id = loaded.room_id
+        self.kind = kind_class(loaded.kind)(loaded.settings)
+        kind = self.kind
+        state = (
+            kind.initial_state()
+            if loaded.snapshot_state is None
+            else kind.load_state(orjson.loads(loaded.snapshot_state))
+        )
+        for seq, type_, user_id, _client_id, payload, ts in loaded.tail:
+            state = kind.fold(state, DurableEvent(seq, type_, user_id, orjson.loads(payload) if payload else None, ts))
+        self.state = state
+        self.last_seq = loaded.last_seq
+        self._next_seq = loaded.last_seq + 1
+        self._since_snapshot = len(loaded.tail)
+        self._recent.clear()
+        self._recent.extend((row[0], _frame_of(row)) for row in loaded.tail[-self._recent.maxlen :])  # type: ignore[operator]
+        self._dedup.clear()
+        self._dedup_expiry.clear()
+        now = time.monotonic()
+        wall_ms = now_ms()
+        for user_id, client_id, seq, ts in loaded.recent_ids:
+            key = (user_id, client_id)
+            self._dedup[key] = seq
+            expires = now + dorm_settings.DEDUP_WINDOW_SECONDS - (wall_ms - ts) / 1000
+            self._dedup_expiry.append((expires, key))
+        self.storage = RoomStorage(self.room_id)
+
+    async def _sleep(self, reason: str) -> None:
+        if not self.started:
+            return
+        self.started = False
+        try:
+            if self._since_snapshot:
+                await self._save_snapshot()
+            awake_ms = int((time.monotonic() - self.awake_since) * 1000)
+            if self._run_id is not None:
+                await db_end_run(self._run_id, awake_ms, reason)
+            log.info("sleep room=%s reason=%s awake_ms=%d seq=%d", self.slug, reason, awake_ms, self.last_seq)
+        except Exception:
+            # The log is complete without the snapshot; the next wake replays it.
+            log.exception("sleep bookkeeping failed room=%s", self.slug)
+
+    async def _refuse_queued(self, exc: BaseException | None) -> None:
+        not_found = isinstance(exc, RoomNotFound)
+        if exc is not None and not not_found:
+            log.error("actor start failed room=%s error=%s", self.slug, type(exc).__name__, exc_info=exc)
+        items, self._items = list(self._items), deque()
+        for item in items:
+            if isinstance(item, Join):
+                item.peer.refused = True
+                if not_found:
+                    await item.peer.close(CloseCode.NOT_FOUND, "room does not exist")
+                else:
+                    await item.peer.close(CloseCode.TRY_AGAIN_LATER, "room unavailable, retry later")
+            elif isinstance(item, Frame):
+                await item.peer.error(ErrorReason.INTERNAL, item.client_id)
+            elif isinstance(item, Call) and not item.future.done():
+                item.future.set_exception(exc or RuntimeError("room actor stopped"))
+
+    # -- batch ----------------------------------------------------------------
+
+    async def _handle_batch(self, batch: list[Item]) -> None:
+        for item in batch:
+            try:
+                if type(item) is Frame:
+                    await self._on_frame(item)
+                    continue
+                await self._flush()
+                if type(item) is Join:
+                    await self._on_join(item)
+                elif type(item) is Leave:
+                    await self._on_leave(item)
+                elif type(item) is Call:
+                    await self._on_call(item)
+            except Exception:
+                if self._broken:
+                    raise
+                log.exception("item failed room=%s item=%s", self.slug, type(item).__name__)
+                if type(item) is Frame:
+                    await item.peer.error(ErrorReason.INTERNAL, item.client_id)
+        await self._flush()
+
+    async def _on_frame(self, frame: Frame) -> None:
+        peer = frame.peer
+        kind = self.kind
+        mtype = kind.message_type(frame.type)
+        if mtype is None:
+            await peer.error(ErrorReason.UNKNOWN_TYPE, frame.client_id)
+            return
+        if not peer.may_send(mtype.scope):
+            await peer.error(ErrorReason.FORBIDDEN, frame.client_id)
+            return
+        key = None
+        if frame.client_id is not None:
+            key = (peer.user_id, frame.client_id)
+            prior = self._dedup.get(key)
+            if prior is not None:
+                if prior > self.last_seq:  # the original is staged: ack both after commit
+                    self._late_acks.append((peer, frame.client_id, prior))
+                else:
+                    await peer.reply(ack_frame(frame.client_id, prior or None))
+                return
+        payload = frame.payload
+        try:
+            mtype.schema.validate(payload)
+        except Invalid as exc:
+            await peer.error(ErrorReason.INVALID_MESSAGE, frame.client_id, str(exc))
+            return
+        payload_bytes = b"" if payload is None else orjson.dumps(payload)
+        if len(payload_bytes) > mtype.max_payload_bytes:
+            detail = f"payload: larger than {mtype.max_payload_bytes} bytes"
+            await peer.error(ErrorReason.INVALID_MESSAGE, frame.client_id, detail)
+            return
+        message = Incoming(frame.type, peer.user_id, payload)
+        try:
+            kind.check(self.state, message)
+        except Reject as exc:
+            await peer.error(ErrorReason.INVALID_MESSAGE, frame.client_id, str(exc))
+            return
+        payload_json = payload_bytes.decode()
+        ts = now_ms()
+        if mtype.durable:
+            seq = self._next_seq
+            self._next_seq = seq + 1
+            self.state = kind.fold(self.state, DurableEvent(seq, frame.type, peer.user_id, payload, ts))
+            text = event_frame(frame.type, seq, peer.user_id, payload_json, ts)
+            row = (self.room_id, seq, frame.type, peer.user_id, frame.client_id or "", payload_json, ts)
+            self._staged.append(Staged(seq, peer, frame.client_id, text, row, message))
+            if key is not None:
+                self._remember(key, seq)
+            return
+        text = event_frame(frame.type, None, peer.user_id, payload_json, ts)
+        if frame.type == "presence" and isinstance(payload, dict) and isinstance(payload.get("status"), str):
+            self.runtime.presence.set_status(self.slug, peer.id, payload["status"])
+        await self.runtime.transport.broadcast(self.slug, text, None, peer.id)
+        if key is not None:
+            self._remember(key, EPHEMERAL)
+            await peer.reply(ack_frame(frame.client_id, None))  # type: ignore[arg-type]
+        if _overrides(kind, "on_message"):
+            await kind.on_message(self.context, message, None)
+
+    def _remember(self, key: tuple[str, str], seq: int) -> None:
+        self._dedup[key] = seq
+        self._dedup_expiry.append((time.monotonic() + dorm_settings.DEDUP_WINDOW_SECONDS, key))
+        if len(self._dedup) > DEDUP_MAX_IDS:
+            self._dedup.popitem(last=False)
+
+    def _expire_ids(self) -> None:
+        now = time.monotonic()
+        expiry = self._dedup_expiry
+        while expiry and expiry[0][0] < now:
+            _, key = expiry.popleft()
+            self._dedup.pop(key, None)
+
+    async def _flush(self) -> None:
+        """Group commit: write what is staged in one transaction, then publish it."""
+        staged = self._staged
+        writes = self.storage.take_writes()
+        if not staged and not writes:
+            return
+        self._staged = []
+        late_acks, self._late_acks = self._late_acks, []
+        try:
+            await db_commit_batch(self.room_id, [s.row for s in staged], writes)
+        except Exception as exc:
+            await self._commit_failed(staged, late_acks, exc)
+            return
+        transport = self.runtime.transport
+        recent = self._recent
+        if staged:
+            self.last_seq = staged[-1].seq
+        for s in staged:
+            recent.append((s.seq, s.text))
+            await transport.broadcast(self.slug, s.text, s.seq, s.peer.id)
+            if s.client_id is not None:
+                await s.peer.reply(ack_frame(s.client_id, s.seq))
+        for peer, client_id, seq in late_acks:
+            await peer.reply(ack_frame(client_id, seq))
+        self._expire_ids()
+        if _overrides(self.kind, "on_message"):
+            for s in staged:
+                await self.kind.on_message(self.context, s.message, s.seq)
+        self._since_snapshot += len(staged)
+        if self._since_snapshot >= dorm_settings.SNAPSHOT_EVERY_EVENTS:
+            await self._save_snapshot()
+
+    async def _commit_failed(self, staged: list[Staged], late_acks: list[tuple[Peer, str, int]], exc: Exception) -> None:
+        # Nothing of the batch is visible to anyone: senders get `internal`,
+        # the seqs are not consumed, and the state is rebuilt from the database
+        # (the fold already applied the failed events in memory).
+        log.warning(
+            "commit failed room=%s events=%d first_seq=%s error=%s",
+            self.slug,
+            len(staged),
+            staged[0].seq if staged else None,
+            type(exc).__name__,
+        )
+        for s in staged:
+            if s.client_id is not None:
+                self._dedup.pop((s.peer.user_id, s.client_id), None)
+            await s.peer.error(ErrorReason.INTERNAL, s.client_id)
+        for peer, client_id, _seq in late_acks:
+            await peer.error(ErrorReason.INTERNAL, client_id)
+        self.storage.forget()
+        await self._reload_state()
+
+    async def _reload_state(self) -> None:
+        started_at = self.awake_since
+        try:
+            await self._load()
+        except Exception:
+            # The in-memory state still holds the failed events: this actor
+            # must not handle another frame. The next item wakes a new one.
+            self._broken = True
+            raise
+        self.awake_since = started_at
+
+    async def _save_snapshot(self) -> None:
+        state_text = orjson.dumps(self.kind.dump_state(self.state)).decode()
+        await db_save_snapshot(self.room_id, self.last_seq, state_text)
+        self._since_snapshot = 0
+
+    # -- joins and leaves -------------------------------------------------------
+
+    async def _on_join(self, join: Join) -> None:
+        peer = join.peer
+        if peer.closed:  # the client left before its turn
+            return
+        last = self.last_seq
+        since = join.since
+        replay: list[str] | None = None
+        if since is not None and since <= last and last - since <= dorm_settings.RESUME_MAX_EVENTS:
+            replay = await self._frames_after(since)
+        welcome: dict[str, Any] = {
+            "type": "welcome",
+            "room": self.slug,
+            "kind": self.kind.name,
+            "userId": peer.user_id,
+            "connectionId": peer.id,
+            "seq": last,
+            "resumed": replay is not None,
+        }
+        if replay is None:
+            welcome["state"] = self.kind.snapshot(self.state)
+        presence = self.runtime.presence
+        first = presence.join(self.slug, peer.id, peer.user_id)
+        welcome["presence"] = [{"userId": m["userId"], "status": m["status"]} for m in presence.members(self.slug)]
+        await peer.open(dumps(welcome), last, replay or [])
+        log.info(
+            "join room=%s user=%s conn=%s since=%s resumed=%s seq=%d",
+            self.slug,
+            peer.user_id,
+            peer.id,
+            since,
+            replay is not None,
+            last,
+        )
+        if first:
+            joined = {"type": "user_joined", "userId": peer.user_id, "connectionId": peer.id, "at": now_ms()}
+            await self.runtime.transport.broadcast(self.slug, dumps(joined), None, peer.id)
+        if _overrides(self.kind, "on_connect"):
+            await self.kind.on_connect(self.context, peer)
+
+    async def _frames_after(self, since: int) -> list[str] | None:
+        """The committed events after ``since`` as broadcast frames; None if not all kept."""
+        last = self.last_seq
+        if since == last:
+            return []
+        recent = self._recent
+        if recent and recent[0][0] <= since + 1:
+            start = since + 1 - recent[0][0]
+            return [recent[i][1] for i in range(start, len(recent))]
+        rows = await db_log_after(self.room_id, since, last)
+        if len(rows) != last - since:
+            return None  # retention removed part of it: the client gets the snapshot
+        return [_frame_of(row) for row in rows]
+
+    async def _on_leave(self, leave: Leave) -> None:
+        peer = leave.peer
+        user_gone = self.runtime.presence.leave(self.slug, peer.id)
+        if user_gone is not None:
+            left = {
+                "type": "user_left",
+                "userId": peer.user_id,
+                "connectionId": peer.id,
+                "code": leave.code,
+                "reason": leave.reason,
+            }
+            await self.runtime.transport.broadcast(self.slug, dumps(left), None, peer.id)
+        if _overrides(self.kind, "on_close"):
+            await self.kind.on_close(self.context, peer)
+
+    async def _on_call(self, call: Call) -> None:
+        try:
+            result = await call.fn(self.context)
+        except Exception as exc:
+            if not call.future.done():
+                call.future.set_exception(exc)
+            return
+        await self._flush()
+        if not call.future.done():
+            call.future.set_result(result)
+
+
+def _frame_of(row: LogRow) -> str:
+    seq, type_, user_id, _client_id, payload, ts = row
+    return event_frame(type_, seq, user_id, payload, ts)
+
+
+def _resolve(waiter: asyncio.Future[None]) -> None:
+    if not waiter.done():
+        waiter.set_result(None)

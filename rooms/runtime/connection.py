@@ -1,0 +1,136 @@
+"""One client socket in this process, as the actor and the fan-out see it.
+
+A connection is in its room's fan-out set from the moment its handshake
+completes, but nothing is written to it before its ``welcome``: events that
+arrive first wait in ``pending`` and are flushed after the welcome (and the
+resume replay), dropping those the welcome's seq already covers. So the first
+frame is always ``welcome`` and no event ordered after the handshake is lost.
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+import time
+from collections import deque
+from collections.abc import Awaitable, Callable
+from enum import Enum
+from typing import Any
+
+from rooms.conf import dorm_settings
+from rooms.protocol import CloseCode, ErrorReason, close_frame, error_frame
+
+log = logging.getLogger("dorm.rooms")
+
+ASGISend = Callable[[dict[str, Any]], Awaitable[None]]
+
+SCOPE_RANK = {"read": 0, "write": 1, "host": 2}
+
+# Replies that are the client's fault count towards the abuse limit.
+ABUSE_REASONS = frozenset(
+    {
+        ErrorReason.INVALID_JSON,
+        ErrorReason.INVALID_MESSAGE,
+        ErrorReason.UNKNOWN_TYPE,
+        ErrorReason.TOO_LARGE,
+        ErrorReason.FORBIDDEN,
+    }
+)
+
+
+class ConnectionState(Enum):
+    PENDING = "pending"  # handshake done, welcome not yet sent
+    OPEN = "open"
+    CLOSED = "closed"
+
+
+class Connection:
+    """A local peer: the actor replies to it, the hub writes events to it."""
+
+    __slots__ = (
+        "id",
+        "room",
+        "user_id",
+        "scope",
+        "state",
+        "send",
+        "_pending",
+        "_invalid_at",
+        "refused",
+        "close_code",
+        "close_reason",
+    )
+
+    def __init__(self, room: str, user_id: str, scope: str, send: ASGISend) -> None:
+        self.id = secrets.token_urlsafe(9)
+        self.room = room
+        self.user_id = user_id
+        self.scope = scope
+        self.state = ConnectionState.PENDING
+        self.send = send
+        self._pending: deque[tuple[int | None, dict[str, Any]]] = deque()
+        self._invalid_at: deque[float] = deque()
+        # Set when the room refused the join (no leave is owed to the actor).
+        self.refused = False
+        # Set when the server closed the socket (the ledger records why).
+        self.close_code: int | None = None
+        self.close_reason = ""
+
+    @property
+    def closed(self) -> bool:
+        return self.state is ConnectionState.CLOSED
+
+    def buffer(self, seq: int | None, message: dict[str, Any]) -> None:
+        """Hold an event that arrived before the welcome."""
+        self._pending.append((seq, message))
+
+    async def open(self, welcome: str, seq: int, replay: list[str]) -> None:
+        """Send the welcome, the resume replay, then what arrived meanwhile."""
+        if self.state is not ConnectionState.PENDING:
+            return
+        send = self.send
+        await send({"type": "websocket.send", "text": welcome})
+        for text in replay:
+            await send({"type": "websocket.send", "text": text})
+        pending = self._pending
+        while pending:
+            event_seq, message = pending.popleft()
+            if event_seq is None or event_seq > seq:
+                await send(message)
+        if self.state is ConnectionState.PENDING:
+            self.state = ConnectionState.OPEN
+
+    async def reply(self, text: str) -> None:
+        if self.state is not ConnectionState.CLOSED:
+            await self.send({"type": "websocket.send", "text": text})
+
+    async def error(self, reason: str, client_id: str | None = None, detail: str | None = None) -> None:
+        """Reply with an error frame; repeated client faults close with 1008."""
+        await self.reply(error_frame(reason, client_id, detail))
+        if reason in ABUSE_REASONS:
+            now = time.monotonic()
+            marks = self._invalid_at
+            marks.append(now)
+            window = dorm_settings.ABUSE_WINDOW_SECONDS
+            while marks and now - marks[0] > window:
+                marks.popleft()
+            if len(marks) > dorm_settings.ABUSE_MAX_INVALID_FRAMES:
+                await self.close(CloseCode.POLICY_VIOLATION, "too many invalid frames")
+
+    async def close(self, code: int, reason: str) -> None:
+        """Close with a last `close` frame first (some servers drop the reason)."""
+        if self.state is ConnectionState.CLOSED:
+            return
+        self.state = ConnectionState.CLOSED
+        self.close_code = int(code)
+        self.close_reason = reason
+        self._pending.clear()
+        log.info("close room=%s user=%s conn=%s code=%d reason=%s", self.room, self.user_id, self.id, code, reason)
+        try:
+            await self.send({"type": "websocket.send", "text": close_frame(code, reason)})
+            await self.send({"type": "websocket.close", "code": int(code), "reason": reason})
+        except Exception:  # the socket may already be gone; closing is best effort
+            log.debug("close on a dead socket room=%s conn=%s", self.room, self.id)
+
+    def may_send(self, required_scope: str) -> bool:
+        return SCOPE_RANK[self.scope] >= SCOPE_RANK[required_scope]

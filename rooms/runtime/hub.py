@@ -1,0 +1,68 @@
+"""The sockets of each room connected to this process, and fan-out to them.
+
+Fan-out is the hot path: one event is serialized once (by the actor) and the
+same ASGI message is written to every local socket of the room, in one loop,
+with no channel-layer hop, no task and no allocation per recipient.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from rooms.runtime.connection import Connection, ConnectionState
+
+_OPEN = ConnectionState.OPEN
+_PENDING = ConnectionState.PENDING
+
+
+class LocalHub:
+    def __init__(self) -> None:
+        self._rooms: dict[str, dict[str, Connection]] = {}
+        # A tuple per room, rebuilt on join/leave, so that fan-out iterates a
+        # stable sequence even if a send yields and the set changes meanwhile.
+        self._members: dict[str, tuple[Connection, ...]] = {}
+
+    def add(self, conn: Connection) -> None:
+        conns = self._rooms.setdefault(conn.room, {})
+        conns[conn.id] = conn
+        self._members[conn.room] = tuple(conns.values())
+
+    def remove(self, conn: Connection) -> None:
+        conns = self._rooms.get(conn.room)
+        if conns is None or conns.pop(conn.id, None) is None:
+            return
+        if conns:
+            self._members[conn.room] = tuple(conns.values())
+        else:
+            del self._rooms[conn.room]
+            del self._members[conn.room]
+
+    def get(self, room: str, connection_id: str) -> Connection | None:
+        return self._rooms.get(room, {}).get(connection_id)
+
+    def connections(self, room: str) -> tuple[Connection, ...]:
+        return self._members.get(room, ())
+
+    def count(self, room: str) -> int:
+        return len(self._members.get(room, ()))
+
+    def rooms(self) -> list[str]:
+        return list(self._rooms)
+
+    async def deliver(self, room: str, text: str, seq: int | None, exclude: str | None) -> int:
+        """Write one event to the room's local sockets but ``exclude``; returns deliveries."""
+        members = self._members.get(room)
+        if not members:
+            return 0
+        message: dict[str, Any] = {"type": "websocket.send", "text": text}
+        delivered = 0
+        for conn in members:
+            if conn.id == exclude:
+                continue
+            state = conn.state
+            if state is _OPEN:
+                await conn.send(message)
+                delivered += 1
+            elif state is _PENDING:
+                conn.buffer(seq, message)
+        return delivered

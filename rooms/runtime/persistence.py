@@ -1,0 +1,147 @@
+"""The actor's database work: load, group commit, snapshots, storage, runs.
+
+All functions here are synchronous and run on Django's database thread
+(``database_sync_to_async``); the actor awaits them. The group commit writes
+every durable event of a batch and the batch's storage writes in one
+transaction with one ``executemany``: model instances would cost more than the
+insert itself at thousands of events per second.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from dataclasses import dataclass, field
+from datetime import datetime
+
+from django.db import connection, transaction
+from django.db.models import Max
+from django.utils import timezone
+
+from rooms.models import ActorRun, Event, Room, Snapshot, StoredValue
+
+# (room_id, seq, type, user_id, client_id, payload_json, ts)
+EventRow = tuple[int, int, str, str, str, str, int]
+# (seq, type, user_id, client_id, payload_json, ts)
+LogRow = tuple[int, str, str, str, str, int]
+
+PROCESS_NAME = f"{socket.gethostname()}:{os.getpid()}"
+
+
+class RoomNotFound(LookupError):
+    pass
+
+
+@dataclass(slots=True)
+class LoadedRoom:
+    room_id: int
+    kind: str
+    settings: dict
+    private: bool
+    max_connections: int | None
+    snapshot_seq: int
+    snapshot_state: str | None
+    tail: list[LogRow] = field(default_factory=list)
+    last_seq: int = 0
+    # (user_id, client_id, seq, ts) of recent events that carried a client id.
+    recent_ids: list[tuple[str, str, int, int]] = field(default_factory=list)
+
+
+def load_room(slug: str, *, create_kind: str | None, ids_since_ms: int, ids_limit: int) -> LoadedRoom:
+    """The room, its latest snapshot and the log after it, and recent client ids.
+
+    ``create_kind``: create the room with this kind when it does not exist
+    (None: raise :class:`RoomNotFound`).
+    """
+    room = Room.objects.filter(slug=slug).first()
+    if room is None:
+        if create_kind is None:
+            raise RoomNotFound(slug)
+        room, _ = Room.objects.get_or_create(slug=slug, defaults={"kind": create_kind})
+    snap = Snapshot.objects.filter(room=room).order_by("-seq").values_list("seq", "state").first()
+    snapshot_seq, snapshot_state = snap if snap else (0, None)
+    tail = list(
+        Event.objects.filter(room=room, seq__gt=snapshot_seq)
+        .order_by("seq")
+        .values_list("seq", "type", "user_id", "client_id", "payload", "ts")
+    )
+    last_seq = tail[-1][0] if tail else snapshot_seq
+    if not tail:
+        # Retention may have left a snapshot newer than any event, or events
+        # newer than any snapshot may not exist: take the larger.
+        last_seq = max(snapshot_seq, Event.objects.filter(room=room).aggregate(m=Max("seq"))["m"] or 0)
+    recent_ids = list(
+        Event.objects.filter(room=room, ts__gte=ids_since_ms)
+        .exclude(client_id="")
+        .order_by("-seq")
+        .values_list("user_id", "client_id", "seq", "ts")[:ids_limit]
+    )
+    recent_ids.reverse()
+    return LoadedRoom(
+        room_id=room.pk,
+        kind=room.kind,
+        settings=room.settings or {},
+        private=room.private,
+        max_connections=room.max_connections,
+        snapshot_seq=snapshot_seq,
+        snapshot_state=snapshot_state,
+        tail=tail,
+        last_seq=last_seq,
+        recent_ids=recent_ids,
+    )
+
+
+_INSERT_EVENTS: str | None = None
+
+
+def _insert_events_sql() -> str:
+    global _INSERT_EVENTS
+    if _INSERT_EVENTS is None:
+        qn = connection.ops.quote_name
+        table = qn(Event._meta.db_table)
+        cols = ", ".join(qn(c) for c in ("room_id", "seq", "type", "user_id", "client_id", "payload", "ts"))
+        _INSERT_EVENTS = f"INSERT INTO {table} ({cols}) VALUES (%s, %s, %s, %s, %s, %s, %s)"
+    return _INSERT_EVENTS
+
+
+def commit_batch(room_id: int, rows: list[EventRow], writes: dict[str, str | None]) -> None:
+    """Append ``rows`` and apply storage ``writes`` (None deletes) atomically."""
+    with transaction.atomic():
+        if rows:
+            with connection.cursor() as cursor:
+                cursor.executemany(_insert_events_sql(), rows)
+        for key, value in writes.items():
+            if value is None:
+                StoredValue.objects.filter(room_id=room_id, key=key).delete()
+            else:
+                StoredValue.objects.update_or_create(room_id=room_id, key=key, defaults={"value": value})
+
+
+def log_after(room_id: int, since: int, upto: int) -> list[LogRow]:
+    return list(
+        Event.objects.filter(room_id=room_id, seq__gt=since, seq__lte=upto)
+        .order_by("seq")
+        .values_list("seq", "type", "user_id", "client_id", "payload", "ts")
+    )
+
+
+def save_snapshot(room_id: int, seq: int, state: str) -> None:
+    Snapshot.objects.get_or_create(room_id=room_id, seq=seq, defaults={"state": state})
+
+
+def stored_value(room_id: int, key: str) -> str | None:
+    return StoredValue.objects.filter(room_id=room_id, key=key).values_list("value", flat=True).first()
+
+
+def stored_values(room_id: int, prefix: str) -> list[tuple[str, str]]:
+    return list(
+        StoredValue.objects.filter(room_id=room_id, key__startswith=prefix).order_by("key").values_list("key", "value")
+    )
+
+
+def start_run(room_id: int, woke_at: datetime) -> int:
+    return ActorRun.objects.create(room_id=room_id, process=PROCESS_NAME, woke_at=woke_at).pk
+
+
+def end_run(run_id: int, awake_ms: int, reason: str) -> None:
+    ActorRun.objects.filter(pk=run_id).update(slept_at=timezone.now(), awake_ms=awake_ms, sleep_reason=reason)
