@@ -1,0 +1,38 @@
+# Dorm: the two commands a newcomer needs are `make run` and `make test`.
+# Both create .venv with the pinned requirements on first use.
+
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+HOST ?= 127.0.0.1
+PORT ?= 8000
+
+.PHONY: run run-uvicorn test bench clean
+
+$(STAMP): requirements.txt requirements-dev.txt
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -r requirements-dev.txt
+	touch $(STAMP)
+
+# The embedded mode: one process, SQLite (WAL) in ./db.sqlite3, nothing else.
+# --websocket_timeout -1: daphne would otherwise cut every socket after 24 h.
+run: $(STAMP)
+	$(PY) manage.py migrate --noinput
+	$(PY) -m daphne -b $(HOST) -p $(PORT) --websocket_timeout -1 config.asgi:application
+
+# The same application under uvicorn (faster fan-out); 1 MiB frame limit as daphne's.
+run-uvicorn: $(STAMP)
+	$(PY) manage.py migrate --noinput
+	$(PY) -m uvicorn config.asgi:application --host $(HOST) --port $(PORT) --ws websockets --ws-max-size 1048576
+
+# The whole suite: unit tests, end-to-end tests against real servers.
+test: $(STAMP)
+	$(PY) -m pytest
+
+bench: $(STAMP)
+	$(PY) bench/fanout.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache .hypothesis
