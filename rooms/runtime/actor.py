@@ -305,6 +305,10 @@ class RoomActor:
                 if type(item) is Frame:
                     await item.peer.error(ErrorReason.INTERNAL, item.client_id)
         await self._flush()
+        if self.storage.has_writes():
+            # Written by on_message hooks after the commit: commit them now,
+            # not whenever the next frame comes.
+            await self._flush()
 
     async def _on_frame(self, frame: Frame) -> None:
         peer = frame.peer

@@ -52,6 +52,9 @@ class RoomStorage:
         self._cache[key] = None
         self._staged[key] = None
 
+    def has_writes(self) -> bool:
+        return bool(self._staged)
+
     def take_writes(self) -> dict[str, str | None]:
         staged, self._staged = self._staged, {}
         return staged
