@@ -108,12 +108,20 @@ SQLITE_SYNCHRONOUS = os.environ.get("SQLITE_SYNCHRONOUS", "FULL").upper()
 
 if os.environ.get("DATABASE_URL"):
     # Distributed mode: PostgreSQL through psycopg 3.
-    DATABASES = {"default": dj_database_url.parse(os.environ["DATABASE_URL"], conn_max_age=600)}
+    DATABASES = {
+        "default": dj_database_url.parse(os.environ["DATABASE_URL"], conn_max_age=600, conn_health_checks=True)
+    }
 else:
     DATABASES = {
         "default": {
             "ENGINE": "django.db.backends.sqlite3",
             "NAME": SQLITE_PATH,
+            # Keep the connection: Channels' database_sync_to_async closes
+            # "obsolete" connections around every call, and with the default
+            # of 0 each group commit would reopen the file and rerun the
+            # PRAGMAs (measured: 2.5 ms per commit instead of 0.5 ms).
+            "CONN_MAX_AGE": None,
+            "CONN_HEALTH_CHECKS": True,
             "OPTIONS": {
                 # BEGIN IMMEDIATE: a writing transaction takes the write lock at
                 # its start, so two writers queue on busy_timeout instead of
