@@ -18,6 +18,7 @@ from enum import Enum
 from typing import Any
 
 from rooms.conf import dorm_settings
+from rooms.runtime.direct_write import FrameWriter, direct_writer
 from rooms.protocol import CloseCode, ErrorReason, close_frame, error_frame
 
 log = logging.getLogger("dorm.rooms")
@@ -59,6 +60,7 @@ class Connection:
         "refused",
         "close_code",
         "close_reason",
+        "write_frame",
     )
 
     def __init__(self, room: str, user_id: str, scope: str, send: ASGISend) -> None:
@@ -68,6 +70,8 @@ class Connection:
         self.scope = scope
         self.state = ConnectionState.PENDING
         self.send = send
+        # Direct frame writes for fan-out where the server allows (direct_write.py).
+        self.write_frame: FrameWriter | None = direct_writer(send)
         self._pending: deque[tuple[int | None, dict[str, Any]]] = deque()
         self._invalid_at: deque[float] = deque()
         # Set when the room refused the join (no leave is owed to the actor).
@@ -89,20 +93,32 @@ class Connection:
         if self.state is not ConnectionState.PENDING:
             return
         send = self.send
-        await send({"type": "websocket.send", "text": welcome})
-        for text in replay:
-            await send({"type": "websocket.send", "text": text})
-        pending = self._pending
-        while pending:
-            event_seq, message = pending.popleft()
-            if event_seq is None or event_seq > seq:
-                await send(message)
+        try:
+            await send({"type": "websocket.send", "text": welcome})
+            for text in replay:
+                await send({"type": "websocket.send", "text": text})
+            pending = self._pending
+            while pending:
+                event_seq, message = pending.popleft()
+                if event_seq is None or event_seq > seq:
+                    await send(message)
+        except Exception:
+            self.lost()
+            return
         if self.state is ConnectionState.PENDING:
             self.state = ConnectionState.OPEN
 
     async def reply(self, text: str) -> None:
         if self.state is not ConnectionState.CLOSED:
-            await self.send({"type": "websocket.send", "text": text})
+            try:
+                await self.send({"type": "websocket.send", "text": text})
+            except Exception:
+                self.lost()
+
+    def lost(self) -> None:
+        """The socket went away under a send; its disconnect event follows."""
+        self.state = ConnectionState.CLOSED
+        self._pending.clear()
 
     async def error(self, reason: str, client_id: str | None = None, detail: str | None = None) -> None:
         """Reply with an error frame; repeated client faults close with 1008."""

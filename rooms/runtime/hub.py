@@ -1,8 +1,9 @@
 """The sockets of each room connected to this process, and fan-out to them.
 
-Fan-out is the hot path: one event is serialized once (by the actor) and the
-same ASGI message is written to every local socket of the room, in one loop,
-with no channel-layer hop, no task and no allocation per recipient.
+Fan-out is the hot path: one event is serialized once (by the actor), framed
+once, and written to every local socket of the room in one loop, with no
+channel-layer hop, no task and no allocation per recipient (see
+``direct_write.py``; sockets of other servers get the same ASGI message).
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from __future__ import annotations
 from typing import Any
 
 from rooms.runtime.connection import Connection, ConnectionState
+from rooms.runtime.direct_write import text_frame
 
 _OPEN = ConnectionState.OPEN
 _PENDING = ConnectionState.PENDING
@@ -55,13 +57,27 @@ class LocalHub:
         if not members:
             return 0
         message: dict[str, Any] = {"type": "websocket.send", "text": text}
+        frame: bytes | None = None  # framed once, on first use
         delivered = 0
         for conn in members:
             if conn.id == exclude:
                 continue
             state = conn.state
             if state is _OPEN:
-                await conn.send(message)
+                write = conn.write_frame
+                if write is not None:
+                    if frame is None:
+                        frame = text_frame(text)
+                    if write(frame):
+                        delivered += 1
+                        continue
+                try:
+                    await conn.send(message)
+                except Exception:
+                    # The socket closed under us (uvicorn raises, daphne
+                    # ignores): one dead socket never stops a broadcast.
+                    conn.lost()
+                    continue
                 delivered += 1
             elif state is _PENDING:
                 conn.buffer(seq, message)
