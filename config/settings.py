@@ -173,6 +173,7 @@ DORM = {
     "SNAPSHOT_EVERY_EVENTS": env_int("DORM_SNAPSHOT_EVERY_EVENTS", 1000),
     "MAX_BATCH_EVENTS": env_int("DORM_MAX_BATCH_EVENTS", 1000),
     "RESUME_MAX_EVENTS": env_int("DORM_RESUME_MAX_EVENTS", 10_000),
+    "DIRECT_SOCKET_WRITES": env_bool("DORM_DIRECT_SOCKET_WRITES", True),
 }
 
 # ---------------------------------------------------------------------------

@@ -35,6 +35,10 @@ DEFAULTS: dict[str, Any] = {
     # More invalid frames than this in the window closes the socket with 1008.
     "ABUSE_MAX_INVALID_FRAMES": 100,
     "ABUSE_WINDOW_SECONDS": 10.0,
+    # Fan-out writes pre-built frames straight to the socket transports where
+    # the server is known (daphne, uvicorn websockets); off -> ASGI send only.
+    # An escape hatch, and the "before" of the fan-out benchmark.
+    "DIRECT_SOCKET_WRITES": True,
     # Kinds available to rooms: name -> dotted path of the RoomKind class.
     "KINDS": {
         "whiteboard": "rooms.kinds.whiteboard.Whiteboard",

@@ -71,7 +71,7 @@ class Connection:
         self.state = ConnectionState.PENDING
         self.send = send
         # Direct frame writes for fan-out where the server allows (direct_write.py).
-        self.write_frame: FrameWriter | None = direct_writer(send)
+        self.write_frame: FrameWriter | None = direct_writer(send) if dorm_settings.DIRECT_SOCKET_WRITES else None
         self._pending: deque[tuple[int | None, dict[str, Any]]] = deque()
         self._invalid_at: deque[float] = deque()
         # Set when the room refused the join (no leave is owed to the actor).
