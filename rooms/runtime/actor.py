@@ -255,8 +255,14 @@ class RoomActor:
         if not self.started:
             return
         self.started = False
+        # A state holding uncommitted (staged) or failed events must never be
+        # stored: the next wake rebuilds it from the log instead.
+        clean = not self._broken and not self._staged
+        for staged in self._staged:
+            await staged.peer.error(ErrorReason.INTERNAL, staged.client_id)
+        self._staged = []
         try:
-            if self._since_snapshot:
+            if self._since_snapshot and clean:
                 await self._save_snapshot()
             awake_ms = int((time.monotonic() - self.awake_since) * 1000)
             if self._run_id is not None:

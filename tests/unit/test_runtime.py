@@ -322,3 +322,32 @@ async def test_settings_reload_on_override() -> None:
     with dorm(HIBERNATE_AFTER_SECONDS=7):
         assert dorm_settings.HIBERNATE_AFTER_SECONDS == 7
     assert dorm_settings.HIBERNATE_AFTER_SECONDS != 7
+
+
+async def test_a_crashed_actor_errors_its_staged_events_and_never_snapshots_them(
+    runtime: Any, connect: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from rooms.runtime.actor import RoomActor
+
+    a = await connect("crash", userId="a")
+    await a.send("draw", {"x": 1}, id="ok")
+    assert (await a.recv_type("ack"))["seq"] == 1
+
+    async def crash_on_flush(self: Any) -> None:
+        if self._staged:
+            raise RuntimeError("simulated bug inside the actor loop")
+
+    # The crash comes after a draw was staged (folded, not committed): its
+    # sender hears `internal`, and the folded state is not stored.
+    monkeypatch.setattr(RoomActor, "_flush", crash_on_flush)
+    await a.send("draw", {"x": 2}, id="lost")
+    assert await a.recv_type("error") == {"type": "error", "reason": "internal", "id": "lost"}
+    monkeypatch.undo()
+    await a.send("draw", {"x": 3}, id="next")
+    assert (await a.recv_type("ack"))["seq"] == 2
+    snapshots = await database_sync_to_async(
+        lambda: list(Snapshot.objects.filter(room__slug="crash").values_list("seq", flat=True))
+    )()
+    assert 2 not in snapshots
+    b = await connect("crash", userId="b")
+    assert [s["payload"] for s in b.welcome["state"]["strokes"]] == [{"x": 1}, {"x": 3}]
