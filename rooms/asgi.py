@@ -10,6 +10,7 @@ from channels.security.websocket import OriginValidator
 from django.conf import settings
 
 from rooms.protocol import CloseCode, close_frame
+from rooms.runtime.direct_write import close_socket
 
 log = logging.getLogger("dorm.rooms")
 
@@ -61,6 +62,6 @@ class NeverCloseWith1011:
             except Exception:
                 pass
             try:
-                await send({"type": "websocket.close", "code": code})
+                await close_socket(send, code, "internal error")
             except Exception:
                 log.debug("could not close after an application error")

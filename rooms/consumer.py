@@ -36,6 +36,7 @@ from rooms.protocol import (
     now_ms,
 )
 from rooms.runtime.connection import Connection, ConnectionState
+from rooms.runtime.direct_write import close_cleanly_on_protocol_errors, close_socket
 from rooms.runtime.messages import Frame, Join, Leave
 from rooms.runtime.registry import get_runtime
 
@@ -74,7 +75,7 @@ class RoomConsumer(AsyncConsumer):
             return
         try:
             await self.base_send({"type": "websocket.send", "text": close_frame(CloseCode.TRY_AGAIN_LATER, "internal error")})
-            await self.base_send({"type": "websocket.close", "code": int(CloseCode.TRY_AGAIN_LATER)})
+            await close_socket(self.base_send, CloseCode.TRY_AGAIN_LATER, "internal error")
         except Exception:
             log.debug("close after failure on a dead socket room=%s", self.room)
 
@@ -82,6 +83,7 @@ class RoomConsumer(AsyncConsumer):
 
     async def connect(self) -> None:
         await self.base_send({"type": "websocket.accept"})
+        close_cleanly_on_protocol_errors(self.base_send)
         self.room = str(self.scope["url_route"]["kwargs"].get("room", ""))
         try:
             query = self._query()
@@ -122,7 +124,7 @@ class RoomConsumer(AsyncConsumer):
     async def _refuse(self, code: int, reason: str) -> None:
         log.info("refuse room=%s code=%d reason=%s", self.room[:64], code, reason)
         await self.base_send({"type": "websocket.send", "text": close_frame(code, reason)})
-        await self.base_send({"type": "websocket.close", "code": int(code), "reason": reason})
+        await close_socket(self.base_send, code, reason)
 
     # -- frames ---------------------------------------------------------------
 

@@ -18,7 +18,7 @@ from enum import Enum
 from typing import Any
 
 from rooms.conf import dorm_settings
-from rooms.runtime.direct_write import FrameWriter, direct_writer
+from rooms.runtime.direct_write import FrameWriter, close_socket, direct_writer
 from rooms.protocol import CloseCode, ErrorReason, close_frame, error_frame
 
 log = logging.getLogger("dorm.rooms")
@@ -144,7 +144,7 @@ class Connection:
         log.info("close room=%s user=%s conn=%s code=%d reason=%s", self.room, self.user_id, self.id, code, reason)
         try:
             await self.send({"type": "websocket.send", "text": close_frame(code, reason)})
-            await self.send({"type": "websocket.close", "code": int(code), "reason": reason})
+            await close_socket(self.send, code, reason)
         except Exception:  # the socket may already be gone; closing is best effort
             log.debug("close on a dead socket room=%s conn=%s", self.room, self.id)
 

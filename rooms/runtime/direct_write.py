@@ -39,13 +39,9 @@ def text_frame(text: str) -> bytes:
 
 
 def _daphne_writer(send: Any) -> FrameWriter | None:
-    try:
-        from daphne.ws_protocol import WebSocketProtocol
-    except ImportError:  # pragma: no cover - daphne is a requirement
+    proto = _daphne_protocol(send)
+    if proto is None:
         return None
-    if not (isinstance(send, functools.partial) and send.args and isinstance(send.args[0], WebSocketProtocol)):
-        return None
-    proto = send.args[0]
     if getattr(proto, "autoFragmentSize", 0):
         return None
     open_state = proto.STATE_OPEN
@@ -85,3 +81,46 @@ def _uvicorn_websockets_writer(send: Any) -> FrameWriter | None:
 def direct_writer(send: Any) -> FrameWriter | None:
     """A frame writer for this ASGI ``send``, or None where only ``send`` is safe."""
     return _daphne_writer(send) or _uvicorn_websockets_writer(send)
+
+
+async def close_socket(send: Any, code: int, reason: str = "") -> None:
+    """Close an accepted socket with ``code`` and ``reason``, on any server.
+
+    daphne passes ``websocket.close`` to autobahn's ``sendClose``, which
+    refuses every code outside 1000 and 3000-4999 (so 1001, 1008, 1009 and
+    1013 would never reach the client) and daphne drops the reason. On daphne
+    the close frame goes through autobahn's ``sendCloseFrame`` instead, which
+    runs the same closing handshake without that check. Elsewhere the ASGI
+    message carries both.
+    """
+    proto = _daphne_protocol(send)
+    if proto is not None and proto.state == proto.STATE_OPEN:
+        reason_bytes = reason.encode()[:123] if reason else None
+        proto.sendCloseFrame(code=int(code), reasonUtf8=reason_bytes, isReply=False)
+        return
+    await send({"type": "websocket.close", "code": int(code), "reason": reason})
+
+
+def _daphne_protocol(send: Any) -> Any:
+    if not (isinstance(send, functools.partial) and send.args):
+        return None
+    try:
+        from daphne.ws_protocol import WebSocketProtocol
+    except ImportError:  # pragma: no cover - daphne is a requirement
+        return None
+    proto = send.args[0]
+    return proto if isinstance(proto, WebSocketProtocol) else None
+
+
+def close_cleanly_on_protocol_errors(send: Any) -> None:
+    """Make daphne answer its own protocol failures with a close frame.
+
+    autobahn "fails" a connection (a message over daphne's
+    ``--websocket-max-message-size``, a protocol violation) by dropping the
+    TCP connection (``failByDrop``), so the client sees 1006 instead of the
+    1009 of PROTOCOL.md. Without it autobahn runs the closing handshake with
+    the code it chose. Set per socket because daphne's command line cannot.
+    """
+    proto = _daphne_protocol(send)
+    if proto is not None:
+        proto.failByDrop = False
