@@ -150,7 +150,9 @@ if REDIS_URL:
     CHANNEL_LAYERS = {
         "default": {
             "BACKEND": "channels_redis.core.RedisChannelLayer",
-            "CONFIG": {"hosts": [REDIS_URL]},
+            # Process inboxes carry forwarded frames: room for bursts, and a
+            # short expiry so a dead process's inbox does not linger.
+            "CONFIG": {"hosts": [REDIS_URL], "capacity": 10_000, "expiry": 30},
         }
     }
 else:
@@ -163,6 +165,7 @@ else:
 DORM = {
     # Seconds without frames after which a room's actor leaves memory.
     "HIBERNATE_AFTER_SECONDS": env_float("DORM_HIBERNATE_AFTER_SECONDS", 30.0),
+    "LEASE_TTL_SECONDS": env_float("DORM_LEASE_TTL_SECONDS", 5.0),
     # Create a room with DEFAULT_KIND on first connect; off -> close 4404.
     "AUTO_CREATE_ROOMS": env_bool("DORM_AUTO_CREATE_ROOMS", True),
     "DEFAULT_KIND": os.environ.get("DORM_DEFAULT_KIND", "whiteboard"),

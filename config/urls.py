@@ -1,14 +1,10 @@
 from django.contrib import admin
-from django.http import HttpRequest, JsonResponse
 from django.urls import path
 
-
-def healthz(request: HttpRequest) -> JsonResponse:
-    """The process is up and serving HTTP."""
-    return JsonResponse({"status": "ok"})
-
+from config.health import healthz, readyz
 
 urlpatterns = [
     path("admin/", admin.site.urls),
     path("healthz", healthz),
+    path("readyz", readyz),
 ]

@@ -39,6 +39,9 @@ DEFAULTS: dict[str, Any] = {
     # the server is known (daphne, uvicorn websockets); off -> ASGI send only.
     # An escape hatch, and the "before" of the fan-out benchmark.
     "DIRECT_SOCKET_WRITES": True,
+    # Distributed mode: a room's lease lives this long unless renewed (every
+    # third of it). Also how long a dead owner's rooms wait for a new one.
+    "LEASE_TTL_SECONDS": 5.0,
     # Kinds available to rooms: name -> dotted path of the RoomKind class.
     "KINDS": {
         "whiteboard": "rooms.kinds.whiteboard.Whiteboard",

@@ -99,6 +99,9 @@ class RoomConsumer(AsyncConsumer):
             await self._refuse(refusal.code, refusal.reason)
             return
         runtime = get_runtime()
+        if runtime.shutting_down:
+            await self._refuse(CloseCode.GOING_AWAY, "server shutting down, reconnect")
+            return
         conn = Connection(self.room, self.identity.user_id, self.identity.scope, self.base_send)
         self.conn = conn
         runtime.hub.add(conn)

@@ -139,6 +139,8 @@ class RoomActor:
         self._run_id: int | None = None
         self.awake_since = time.monotonic()
         self.task: asyncio.Task[None] | None = None
+        self._stop_requested = False
+        self._aborted = False
 
     # -- inbox ----------------------------------------------------------------
 
@@ -148,8 +150,24 @@ class RoomActor:
         if waiter is not None and not waiter.done():
             waiter.set_result(None)
 
+    def request_stop(self) -> None:
+        """Finish what is queued, then sleep as after the idle timeout (shutdown)."""
+        self._stop_requested = True
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    def abort(self) -> None:
+        """Stop at once (lease lost): nothing more is committed or snapshotted."""
+        self._aborted = True
+        self._broken = True
+        if self.task is not None:
+            self.task.cancel()
+
     async def _next_batch(self) -> list[Item] | None:
         """Every queued item (up to the batch limit); None after the idle timeout."""
+        if not self._items and self._stop_requested:
+            return None
         if not self._items:
             loop = asyncio.get_running_loop()
             waiter = self._waiter = loop.create_future()
@@ -182,8 +200,10 @@ class RoomActor:
         except Exception as exc:
             self.runtime.registry.retire(self)
             await self._refuse_queued(exc)
+            await self.runtime.actor_stopped(self.slug, True)
             return
         reason = "idle"
+        clean = True
         try:
             while True:
                 batch = await self._next_batch()
@@ -196,17 +216,22 @@ class RoomActor:
                     break
                 await self._handle_batch(batch)
         except asyncio.CancelledError:
-            reason = "shutdown"
+            reason = "lease_lost" if self._aborted else "shutdown"
+            clean = not self._aborted
             raise
         except Exception:
             reason = "error"
+            clean = False
             log.exception("actor crashed room=%s", self.slug)
         finally:
+            if self._stop_requested and reason == "idle":
+                reason = "shutdown"
             self.runtime.registry.retire(self)
             await self._sleep(reason)
             # Whatever arrived after a crash is refused, never silently dropped.
             if self._items:
                 await self._refuse_queued(None)
+            await self.runtime.actor_stopped(self.slug, clean and not self._broken)
 
     async def _start(self) -> None:
         await self._load()

@@ -9,14 +9,20 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from typing import Any
+
+from django.conf import settings
 
 from presence.backends.base import PresenceBackend
 from presence.backends.memory import MemoryPresence
 from rooms.runtime.actor import RoomActor
 from rooms.runtime.hub import LocalHub
 from rooms.runtime.messages import Call, Item
-from rooms.runtime.transport import LocalTransport, Transport
+from rooms.protocol import CloseCode
+from rooms.runtime.cluster import Cluster
+from rooms.runtime.shutdown import install_graceful_shutdown
+from rooms.runtime.transport import ClusterTransport, LocalTransport, Transport
 
 log = logging.getLogger("dorm.rooms")
 
@@ -31,11 +37,23 @@ class ActorRegistry:
 
     def submit(self, room: str, item: Item) -> None:
         actor = self.actors.get(room)
-        if actor is None:
-            actor = self._wake(room)
-        actor.submit(item)
+        cluster = self.runtime.cluster
+        if actor is not None:
+            if cluster is None or room not in cluster.routes:
+                actor.submit(item)
+                return
+        if cluster is not None:
+            # Distributed: the room may run elsewhere, or need its lease first.
+            cluster.route(self, room, item)
+            return
+        self.wake(room).submit(item)
 
-    def _wake(self, room: str) -> RoomActor:
+    def previous_task(self, room: str) -> asyncio.Task[None] | None:
+        """The room's last local actor, if it has not finished yet."""
+        task = self._last_task.get(room)
+        return None if task is None or task.done() else task
+
+    def wake(self, room: str) -> RoomActor:
         actor = RoomActor(room, self.runtime)
         self.actors[room] = actor
         previous = self._last_task.get(room)
@@ -72,13 +90,58 @@ class ActorRegistry:
 
 
 class Runtime:
-    """Everything one process needs to host rooms (embedded mode)."""
+    """Everything one process needs to host rooms.
 
-    def __init__(self) -> None:
+    Embedded mode: every room runs here. Distributed mode (``REDIS_URL``):
+    ``cluster`` decides where a room runs and carries frames and events
+    between processes (``cluster.py``).
+    """
+
+    def __init__(self, distributed: bool = False) -> None:
         self.hub = LocalHub()
         self.presence: PresenceBackend = MemoryPresence()
-        self.transport: Transport = LocalTransport(self.hub)
         self.registry = ActorRegistry(self)
+        self.shutting_down = False
+        self.cluster: Cluster | None = None
+        self.transport: Transport
+        if distributed:
+            self.cluster = Cluster(self)
+            self.transport = ClusterTransport(self.hub, self.cluster)
+        else:
+            self.transport = LocalTransport(self.hub)
+
+    async def actor_stopped(self, room: str, clean: bool) -> None:
+        if self.cluster is not None:
+            await self.cluster.actor_stopped(room, clean)
+
+    async def shutdown(self, timeout: float = 10.0) -> None:
+        """Graceful stop: refuse new sockets, hand rooms over, close sockets with 1001.
+
+        Each actor finishes what is queued, commits, snapshots and (distributed)
+        releases its lease after telling the other processes; then the local
+        sockets close with 1001 so their clients resume with ``since``
+        wherever the load balancer sends them.
+        """
+        if self.shutting_down:
+            return
+        self.shutting_down = True
+        started = time.monotonic()
+        actors = list(self.registry.actors.values())
+        log.info("shutdown rooms=%d sockets=%d", len(actors), sum(self.hub.count(r) for r in self.hub.rooms()))
+        for actor in actors:
+            actor.request_stop()
+        tasks = [a.task for a in actors if a.task is not None]
+        if tasks:
+            await asyncio.wait(tasks, timeout=timeout)
+        closing = [
+            conn.close(CloseCode.GOING_AWAY, "server shutting down, reconnect with since")
+            for room in self.hub.rooms()
+            for conn in self.hub.connections(room)
+        ]
+        await asyncio.gather(*closing, return_exceptions=True)
+        if self.cluster is not None:
+            await self.cluster.bus.flushed()
+        log.info("shutdown done ms=%d", int((time.monotonic() - started) * 1000))
 
 
 _runtime: Runtime | None = None
@@ -87,7 +150,8 @@ _runtime: Runtime | None = None
 def get_runtime() -> Runtime:
     global _runtime
     if _runtime is None:
-        _runtime = Runtime()
+        _runtime = Runtime(distributed=bool(getattr(settings, "REDIS_URL", "")))
+        install_graceful_shutdown(_runtime)
     return _runtime
 
 
@@ -96,4 +160,6 @@ async def reset_runtime() -> None:
     global _runtime
     if _runtime is not None:
         await _runtime.registry.stop_all()
+        if _runtime.cluster is not None:
+            await _runtime.cluster.stop()
     _runtime = None

@@ -1,16 +1,19 @@
 """How an actor's events reach the room's sockets.
 
 Embedded mode: the actor and every socket share the process, so a broadcast is
-a direct call into the local hub. The distributed mode will publish once per
-event per room and let each process's hub write to its own sockets, behind
-this same method.
+a direct call into the local hub. The distributed mode also publishes
+once per event per room on the room bus, and each other process's hub writes
+it to its own sockets (``cluster.py``).
 """
 
 from __future__ import annotations
 
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from rooms.runtime.hub import LocalHub
+
+if TYPE_CHECKING:
+    from rooms.runtime.cluster import Cluster
 
 
 class Transport(Protocol):
@@ -22,4 +25,16 @@ class LocalTransport:
         self.hub = hub
 
     async def broadcast(self, room: str, text: str, seq: int | None, exclude: str | None) -> None:
+        await self.hub.deliver(room, text, seq, exclude)
+
+
+class ClusterTransport:
+    def __init__(self, hub: LocalHub, cluster: Cluster) -> None:
+        self.hub = hub
+        self.cluster = cluster
+
+    async def broadcast(self, room: str, text: str, seq: int | None, exclude: str | None) -> None:
+        # Queue the publish first: the bus writer sends it while the local
+        # fan-out runs.
+        self.cluster.publish_event(room, text, seq, exclude)
         await self.hub.deliver(room, text, seq, exclude)

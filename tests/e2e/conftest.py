@@ -31,6 +31,7 @@ BAD_LOG_LINE = re.compile(r"Traceback \(most recent call last\)|\bERROR\b|\bCRIT
 
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "e2e: end-to-end test against a real server process (daphne/uvicorn)")
+    config.addinivalue_line("markers", "distributed: needs the real PostgreSQL and Redis (fails in CI without them)")
     config.addinivalue_line(
         "markers", "server_errors_expected: the test provokes server-side errors; skip the log check"
     )
@@ -43,7 +44,8 @@ def _start(flavor: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Do
         yield server
     finally:
         server.stop()
-        STARTED.remove(server)
+        if server in STARTED:
+            STARTED.remove(server)
 
 
 @pytest.fixture(scope="session")
@@ -95,7 +97,7 @@ async def connect() -> AsyncIterator[Connect]:
 @pytest.fixture(autouse=True)
 def _server_health(request: pytest.FixtureRequest) -> Iterator[None]:
     """No traceback/ERROR in the server logs and no 1011 close during the test."""
-    offsets = {s.flavor: s.log_size() for s in STARTED}
+    offsets = {str(s.log_path): s.log_size() for s in STARTED}
     request.node.stash[LOG_OFFSETS] = offsets
     closes_before = len(OBSERVED_CLOSE_CODES)
     yield
@@ -103,10 +105,13 @@ def _server_health(request: pytest.FixtureRequest) -> Iterator[None]:
     assert not bad_closes, f"the server closed with 1011 (PROTOCOL.md forbids it): {bad_closes}"
     if request.node.get_closest_marker("server_errors_expected"):
         return
-    for s in list(STARTED):
-        text = s.log_text(offsets.get(s.flavor, 0))
+    stopped = [s for s in STARTED if s.process is None or s.process.poll() is not None]
+    for s in stopped:  # servers of a single test: checked now, then forgotten
+        STARTED.remove(s)
+    for s in [*STARTED, *stopped]:
+        text = s.log_text(offsets.get(str(s.log_path), 0))
         bad = [line for line in text.splitlines() if BAD_LOG_LINE.search(line)]
-        assert not bad, f"{s.flavor} logged errors during the test:\n" + "\n".join(bad[:20]) + f"\n(full log: {s.log_path})"
+        assert not bad, f"{s.log_path.name} logged errors during the test:\n" + "\n".join(bad[:20]) + f"\n(full log: {s.log_path})"
 
 
 @pytest.hookimpl(wrapper=True)
@@ -115,6 +120,6 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[Any]) -> 
     if report.failed and report.when in ("call", "teardown"):
         offsets = item.stash.get(LOG_OFFSETS, {})
         for s in STARTED:
-            lines = s.log_text(offsets.get(s.flavor, 0)).splitlines()
-            report.sections.append((f"{s.flavor} log during the test (last 60 lines)", "\n".join(lines[-60:])))
+            lines = s.log_text(offsets.get(str(s.log_path), 0)).splitlines()
+            report.sections.append((f"{s.log_path.name} log during the test (last 60 lines)", "\n".join(lines[-60:])))
     return report

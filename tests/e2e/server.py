@@ -36,9 +36,10 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def server_env(db_path: Path) -> dict[str, str]:
+def server_env(db_path: Path, extra: dict[str, str] | None = None) -> dict[str, str]:
     env = dict(os.environ)
-    # Embedded mode, whatever the developer's shell says.
+    # Embedded mode, whatever the developer's shell says (``extra`` may set
+    # DATABASE_URL and REDIS_URL for the distributed mode).
     for name in ("DATABASE_URL", "REDIS_URL"):
         env.pop(name, None)
     env.update(
@@ -52,6 +53,7 @@ def server_env(db_path: Path) -> dict[str, str]:
             "PYTHONUNBUFFERED": "1",
         }
     )
+    env.update(extra or {})
     return env
 
 
@@ -84,6 +86,8 @@ class DormServer:
     db_path: Path
     log_path: Path
     process: subprocess.Popen[bytes] | None = None
+    extra_env: dict[str, str] = field(default_factory=dict)
+    migrate: bool = True
     _log_file: Any = field(default=None, repr=False)
 
     # -- addresses ------------------------------------------------------------
@@ -183,7 +187,21 @@ class DormServer:
     # -- life -----------------------------------------------------------------
 
     def start(self) -> None:
-        env = server_env(self.db_path)
+        env = server_env(self.db_path, self.extra_env)
+        if self.migrate:
+            self._migrate(env)
+        self._log_file = self.log_path.open("ab")
+        self.process = subprocess.Popen(
+            server_command(self.flavor, self.port),
+            cwd=REPO,
+            env=env,
+            stdout=self._log_file,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+        )
+        self._wait_listening()
+
+    def _migrate(self, env: dict[str, str]) -> None:
         migrate = subprocess.run(
             [sys.executable, "manage.py", "migrate", "--noinput"],
             cwd=REPO,
@@ -195,15 +213,9 @@ class DormServer:
             raise RuntimeError(
                 f"migrate failed ({migrate.returncode}):\n{migrate.stdout.decode()}\n{migrate.stderr.decode()}"
             )
-        self._log_file = self.log_path.open("ab")
-        self.process = subprocess.Popen(
-            server_command(self.flavor, self.port),
-            cwd=REPO,
-            env=env,
-            stdout=self._log_file,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-        )
+
+    def _wait_listening(self) -> None:
+        assert self.process is not None
         deadline = time.monotonic() + START_TIMEOUT_SECONDS
         while True:
             if self.process.poll() is not None:
@@ -238,7 +250,15 @@ class DormServer:
             self._log_file = None
 
 
-def start_server(flavor: str, directory: Path, attempts: int = 3) -> DormServer:
+def start_server(
+    flavor: str,
+    directory: Path,
+    attempts: int = 3,
+    *,
+    extra_env: dict[str, str] | None = None,
+    migrate: bool = True,
+    name: str | None = None,
+) -> DormServer:
     """Migrate a fresh database and start the server on a free port."""
     for attempt in range(1, attempts + 1):
         server = DormServer(
@@ -246,7 +266,9 @@ def start_server(flavor: str, directory: Path, attempts: int = 3) -> DormServer:
             port=free_port(),
             directory=directory,
             db_path=directory / "db.sqlite3",
-            log_path=directory / f"{flavor}.log",
+            log_path=directory / f"{name or flavor}.log",
+            extra_env=dict(extra_env or {}),
+            migrate=migrate,
         )
         try:
             server.start()

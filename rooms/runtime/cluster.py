@@ -1,0 +1,683 @@
+"""The distributed mode: N processes on Redis, one writer per room.
+
+Three Redis mechanisms, each with one job (ARCHITECTURE.md, "Data flow"):
+
+- **Leases** (``dorm:lease:<room>``, value = the owner's inbox channel, TTL
+  renewed every third of it): who runs a room's actor. A process claims a
+  room only after the previous local actor of that room has finished, and an
+  actor whose renewal fails is stopped at once. The unique ``(room, seq)``
+  constraint is the last fence if two writers ever overlap.
+- **Inboxes** (a channels-redis channel per process): frames, joins and leaves
+  from sockets on other processes, forwarded in order by one forwarder task.
+- **Room bus** (Redis pub/sub ``dorm:room:<room>``): everything the owner
+  sends to sockets it does not hold: events (one publish per event per room,
+  however many sockets), welcomes and replies for remote connections, and
+  ``released`` when the owner lets the room go cleanly. Each process
+  subscribed to a room writes events to its own sockets through its hub.
+
+Any doubt about what a process's sockets have seen (a seq gap on the bus, an
+owner that vanished without ``released``, a lost lease) closes those sockets
+with 1001: the client resumes with ``since`` and retries unacknowledged ids,
+which the new owner de-duplicates from the log. Correct first, then fast.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import orjson
+import redis.asyncio as aioredis
+from redis.exceptions import RedisError
+from channels.layers import get_channel_layer
+from django.conf import settings
+
+from rooms.conf import dorm_settings
+from rooms.protocol import CloseCode, ErrorReason
+from rooms.runtime.connection import SCOPE_RANK, Connection
+from rooms.runtime.messages import Call, Frame, Item, Join, Leave, Peer
+
+if TYPE_CHECKING:
+    from rooms.runtime.registry import ActorRegistry, Runtime
+
+log = logging.getLogger("dorm.cluster")
+
+LEASE_PREFIX = "dorm:lease:"
+BUS_PREFIX = "dorm:room:"
+
+# Claim: take a free lease, or tell who holds it.
+CLAIM = """
+local current = redis.call('get', KEYS[1])
+if not current then
+  redis.call('set', KEYS[1], ARGV[1], 'PX', ARGV[2])
+  return ARGV[1]
+end
+return current
+"""
+# Renew or release only a lease this process still holds.
+RENEW = """
+if redis.call('get', KEYS[1]) == ARGV[1] then
+  return redis.call('pexpire', KEYS[1], ARGV[2])
+end
+return 0
+"""
+RELEASE = """
+if redis.call('get', KEYS[1]) == ARGV[1] then
+  return redis.call('del', KEYS[1])
+end
+return 0
+"""
+
+# Redis or a peer is unreachable for now: the clients retry, nothing is wrong
+# with the code.
+UNAVAILABLE = (ConnectionError, TimeoutError, RedisError)
+
+GOING_AWAY = "room moved or server restarting, reconnect with since"
+
+
+def lease_key(room: str) -> str:
+    return LEASE_PREFIX + room
+
+
+def bus_channel(room: str) -> str:
+    return BUS_PREFIX + room
+
+
+class RemotePeer:
+    """A socket of another process, as the owning actor sees it.
+
+    Whatever the actor sends it goes over the room bus, in the same ordered
+    stream as the room's events, so a remote client sees its welcome, replay,
+    events and acks in exactly the order the actor produced them.
+    """
+
+    __slots__ = ("id", "room", "user_id", "scope", "refused", "_closed", "_cluster")
+
+    def __init__(self, cluster: Cluster, room: str, conn_id: str, user_id: str, scope: str) -> None:
+        self.id = conn_id
+        self.room = room
+        self.user_id = user_id
+        self.scope = scope
+        self.refused = False
+        self._closed = False
+        self._cluster = cluster
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    def may_send(self, required_scope: str) -> bool:
+        return SCOPE_RANK.get(self.scope, -1) >= SCOPE_RANK.get(required_scope, 99)
+
+    async def open(self, welcome: str, seq: int, replay: list[str]) -> None:
+        self._cluster.bus.publish(self.room, {"k": "open", "c": self.id, "w": welcome, "s": seq, "r": replay})
+
+    async def reply(self, text: str) -> None:
+        self._cluster.bus.publish(self.room, {"k": "reply", "c": self.id, "t": text})
+
+    async def error(self, reason: str, client_id: str | None = None, detail: str | None = None) -> None:
+        self._cluster.bus.publish(self.room, {"k": "error", "c": self.id, "r": reason, "i": client_id, "d": detail})
+
+    async def close(self, code: int, reason: str) -> None:
+        self._closed = True
+        self._cluster.bus.publish(self.room, {"k": "close", "c": self.id, "code": int(code), "reason": reason})
+
+
+def encode_item(room: str, item: Item) -> dict[str, Any] | None:
+    """A channel-layer message for an item (None: it cannot leave the process)."""
+    if isinstance(item, Call):
+        return None
+    peer = item.peer
+    base = {"type": "dorm.item", "room": room, "c": peer.id, "u": peer.user_id, "sc": peer.scope}
+    if isinstance(item, Join):
+        return {**base, "k": "join", "since": item.since}
+    if isinstance(item, Frame):
+        # The payload travels as JSON text: msgpack and JSON disagree on edges.
+        payload = None if item.payload is None else orjson.dumps(item.payload).decode()
+        return {**base, "k": "frame", "t": item.type, "i": item.client_id, "p": payload}
+    return {**base, "k": "leave", "code": item.code, "reason": item.reason}
+
+
+@dataclass
+class Route:
+    """How this process reaches a room it does not run: queue, then owner."""
+
+    room: str
+    owner: str | None = None
+    queue: deque[Item] = field(default_factory=deque)
+    task: asyncio.Task[None] | None = None
+
+
+class RoomBus:
+    """Publishing to and subscribing to room channels, one pub/sub connection."""
+
+    def __init__(self, cluster: Cluster, client: aioredis.Redis) -> None:
+        self.cluster = cluster
+        self.client = client
+        self.pubsub = client.pubsub()
+        self.subscribed: set[str] = set()
+        self._confirm: dict[str, asyncio.Future[None]] = {}
+        self._outbox: deque[tuple[str, bytes]] = deque()
+        self._outbox_ready = asyncio.Event()
+        self._flushed: list[asyncio.Future[None]] = []
+        self.reader: asyncio.Task[None] | None = None
+        self.writer: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        loop = asyncio.get_running_loop()
+        self.writer = loop.create_task(self._write_loop(), name="dorm-bus-writer")
+
+    # -- publishing: one FIFO, so a room's messages keep the actor's order ----
+
+    def publish(self, room: str, message: dict[str, Any]) -> None:
+        message["o"] = self.cluster.me
+        self._outbox.append((bus_channel(room), orjson.dumps(message)))
+        self._outbox_ready.set()
+
+    async def flushed(self) -> None:
+        """Wait until everything published so far has reached Redis."""
+        if not self._outbox and not self._flushed and not self._outbox_ready.is_set():
+            return
+        future = asyncio.get_running_loop().create_future()
+        self._flushed.append(future)
+        self._outbox_ready.set()
+        await future
+
+    async def _write_loop(self) -> None:
+        while True:
+            await self._outbox_ready.wait()
+            self._outbox_ready.clear()
+            waiters, self._flushed = self._flushed, []
+            batch = list(self._outbox)
+            self._outbox.clear()
+            if batch:
+                try:
+                    pipe = self.client.pipeline(transaction=False)
+                    for channel, data in batch:
+                        pipe.publish(channel, data)
+                    await pipe.execute()
+                except Exception as exc:
+                    rooms = {channel[len(BUS_PREFIX) :] for channel, _ in batch}
+                    log.warning("bus publish failed rooms=%d messages=%d error=%s", len(rooms), len(batch), type(exc).__name__)
+                    # Remote sockets may have missed events: restart those rooms.
+                    for room in rooms:
+                        self.cluster.room_failed(room, "bus publish failed")
+            for waiter in waiters:
+                if not waiter.done():
+                    waiter.set_result(None)
+
+    # -- subscribing ------------------------------------------------------------
+
+    async def subscribe(self, room: str) -> None:
+        """Subscribe to the room's channel; returns once Redis has confirmed it."""
+        if room in self.subscribed:
+            return
+        future = self._confirm.get(room)
+        if future is None:
+            future = self._confirm[room] = asyncio.get_running_loop().create_future()
+            try:
+                await self.pubsub.subscribe(bus_channel(room))
+            except Exception:
+                self._confirm.pop(room, None)
+                raise
+            if self.reader is None or self.reader.done():
+                self.reader = asyncio.get_running_loop().create_task(self._read_loop(), name="dorm-bus-reader")
+        await asyncio.wait_for(asyncio.shield(future), 5.0)
+
+    async def unsubscribe(self, room: str) -> None:
+        if room in self.subscribed:
+            self.subscribed.discard(room)
+            await self.pubsub.unsubscribe(bus_channel(room))
+
+    async def _read_loop(self) -> None:
+        while True:
+            if not self.subscribed and not self._confirm:
+                # Nothing to read: subscribe() starts a new reader.
+                self.reader = None
+                return
+            try:
+                message = await self.pubsub.get_message(ignore_subscribe_messages=False, timeout=1.0)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                log.warning("bus connection lost error=%s", type(exc).__name__)
+                await self._reconnect()
+                continue
+            if message is None:
+                continue
+            kind = message["type"]
+            channel = message["channel"]
+            channel = channel.decode() if isinstance(channel, bytes) else channel
+            room = channel[len(BUS_PREFIX) :]
+            if kind == "message":
+                try:
+                    self.cluster.on_bus_message(room, orjson.loads(message["data"]))
+                except Exception:
+                    log.exception("bus message failed room=%s", room)
+            elif kind == "subscribe":
+                self.subscribed.add(room)
+                future = self._confirm.pop(room, None)
+                if future is not None and not future.done():
+                    future.set_result(None)
+
+    async def _reconnect(self) -> None:
+        """A new pub/sub connection; whatever was in flight may be lost."""
+        rooms = set(self.subscribed) | set(self._confirm)
+        self.subscribed.clear()
+        for future in self._confirm.values():
+            if not future.done():
+                future.set_exception(ConnectionError("bus connection lost"))
+        self._confirm.clear()
+        try:
+            await self.pubsub.aclose()
+        except Exception:
+            pass
+        self.pubsub = self.client.pubsub()
+        # Sockets of rooms run elsewhere may have missed events.
+        self.cluster.bus_gap(rooms)
+        delay = 0.1
+        while True:
+            try:
+                await self.client.ping()
+                break
+            except Exception:
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 2.0)
+        for room in rooms:
+            if not self.cluster.runtime.hub.count(room):
+                continue
+            future = self._confirm[room] = asyncio.get_running_loop().create_future()
+            future.add_done_callback(lambda f: f.exception() if not f.cancelled() else None)
+            try:
+                await self.pubsub.subscribe(bus_channel(room))
+            except Exception:
+                # Redis went away again: the read loop's next failure retries.
+                break
+
+    async def stop(self) -> None:
+        for task in (self.reader, self.writer):
+            if task is not None:
+                task.cancel()
+        for task in (self.reader, self.writer):
+            if task is not None:
+                try:
+                    await task
+                except (asyncio.CancelledError, Exception):
+                    pass
+        try:
+            await self.pubsub.aclose()
+        except Exception:
+            pass
+
+
+class Cluster:
+    """This process's part of the cluster: its inbox, leases, routes and bus."""
+
+    def __init__(self, runtime: Runtime) -> None:
+        self.runtime = runtime
+        self.me = ""  # this process's inbox channel, also its lease value
+        self.ttl_ms = int(dorm_settings.LEASE_TTL_SECONDS * 1000)
+        self.redis = aioredis.from_url(settings.REDIS_URL, socket_timeout=5, socket_connect_timeout=5)
+        self.bus = RoomBus(self, self.redis)
+        self.layer = get_channel_layer()
+        self.held: set[str] = set()  # rooms whose lease this process holds
+        self.routes: dict[str, Route] = {}
+        self.remote_peers: dict[str, RemotePeer] = {}
+        # Server-side peers (REST publish) waiting for replies over the bus.
+        self.local_peers: dict[str, Peer] = {}
+        # Per room: the process whose messages the bus last carried, whether
+        # it let the room go cleanly, and the last durable seq seen.
+        self.bus_origin: dict[str, str] = {}
+        self.bus_seq: dict[str, int] = {}
+        self._forward_queue: deque[tuple[str, dict[str, Any]]] = deque()
+        self._forward_ready = asyncio.Event()
+        self._tasks: list[asyncio.Task[None]] = []
+        self._renewed_at = time.monotonic()
+        self._claim = self.redis.register_script(CLAIM)
+        self._renew = self.redis.register_script(RENEW)
+        self._release = self.redis.register_script(RELEASE)
+        self.started: asyncio.Future[None] | None = None
+
+    async def start(self) -> None:
+        self.me = await self.layer.new_channel("dorm.inbox.")
+        loop = asyncio.get_running_loop()
+        self.bus.start()
+        for coro, name in (
+            (self._inbox_loop(), "dorm-inbox"),
+            (self._forward_loop(), "dorm-forwarder"),
+            (self._lease_loop(), "dorm-leases"),
+        ):
+            self._tasks.append(loop.create_task(coro, name=name))
+        log.info("cluster member up inbox=%s ttl_ms=%d", self.me, self.ttl_ms)
+
+    async def ready(self) -> None:
+        if self.started is None:
+            self.started = asyncio.ensure_future(self.start())
+        await asyncio.shield(self.started)
+
+    # -- leases -------------------------------------------------------------------
+
+    async def claim(self, room: str) -> str:
+        """Take the room's lease if it is free; the owner's inbox either way."""
+        await self.ready()
+        owner = await self._claim(keys=[lease_key(room)], args=[self.me, self.ttl_ms])
+        owner = owner.decode() if isinstance(owner, bytes) else str(owner)
+        if owner == self.me:
+            self.held.add(room)
+        return owner
+
+    async def release(self, room: str) -> None:
+        self.held.discard(room)
+        await self._release(keys=[lease_key(room)], args=[self.me])
+
+    async def _lease_loop(self) -> None:
+        interval = self.ttl_ms / 3000
+        while True:
+            await asyncio.sleep(interval)
+            await self._renew_all()
+            await self._watch_owners()
+
+    async def _renew_all(self) -> None:
+        rooms = list(self.held)
+        if not rooms:
+            self._renewed_at = time.monotonic()
+            return
+        try:
+            pipe = self.redis.pipeline(transaction=False)
+            for room in rooms:
+                self._renew(keys=[lease_key(room)], args=[self.me, self.ttl_ms], client=pipe)
+            results = await pipe.execute()
+        except Exception as exc:
+            # Another process may take the rooms once the TTL runs out: stop
+            # their actors before that, whatever Redis says later.
+            if time.monotonic() - self._renewed_at > self.ttl_ms / 1000 * 0.6:
+                log.warning("lease renewal failing, giving up rooms=%d error=%s", len(rooms), type(exc).__name__)
+                for room in rooms:
+                    self.room_failed(room, "lease renewal failed")
+            return
+        self._renewed_at = time.monotonic()
+        for room, ok in zip(rooms, results):
+            if not ok and room in self.held:
+                self.room_failed(room, "lease lost")
+
+    async def _watch_owners(self) -> None:
+        """Close local sockets of rooms whose owner vanished without a word."""
+        watched = [r for r in self.runtime.hub.rooms() if r not in self.held and r in self.bus_origin]
+        if not watched:
+            return
+        try:
+            owners = await self.redis.mget([lease_key(r) for r in watched])
+        except Exception:
+            return  # the bus reader notices a dead Redis
+        for room, owner in zip(watched, owners):
+            owner = owner.decode() if isinstance(owner, bytes) else owner
+            origin = self.bus_origin.get(room)
+            if origin and owner != origin:
+                log.warning("room owner gone room=%s", room)
+                self.bus_origin.pop(room, None)
+                self._forget_route(room)
+                self.close_local(room)
+
+    def room_failed(self, room: str, why: str) -> None:
+        """Stop the room's actor at once (no snapshot) and reset its sockets."""
+        self.held.discard(room)
+        actor = self.runtime.registry.actors.get(room)
+        if actor is not None:
+            log.warning("stopping room room=%s reason=%s", room, why)
+            actor.abort()
+        self._forget_route(room)
+        self.close_local(room)
+
+    def close_local(self, room: str) -> None:
+        """Close this process's sockets of the room with 1001 (resume with since)."""
+        self.bus_seq.pop(room, None)
+        for conn in self.runtime.hub.connections(room):
+            asyncio.ensure_future(conn.close(CloseCode.GOING_AWAY, GOING_AWAY))
+
+    # -- routing -----------------------------------------------------------------
+
+    def route(self, registry: ActorRegistry, room: str, item: Item) -> None:
+        """Send an item for a room without a local actor to wherever it runs."""
+        route = self.routes.get(room)
+        if route is None:
+            route = self.routes[room] = Route(room)
+        if route.owner is not None and not route.queue and self._may_forward(room, item):
+            self._forward(route.owner, room, item)
+            return
+        route.queue.append(item)
+        if route.task is None:
+            route.task = asyncio.get_running_loop().create_task(self._resolve(registry, route), name=f"route:{room}")
+
+    def _may_forward(self, room: str, item: Item) -> bool:
+        # A local peer's item waits for the bus subscription that carries
+        # the owner's answers back.
+        return not _is_local(item) or room in self.bus.subscribed
+
+    async def _resolve(self, registry: ActorRegistry, route: Route) -> None:
+        room = route.room
+        try:
+            while route.queue:
+                previous = registry.previous_task(room)
+                if previous is not None:
+                    await asyncio.wait([previous])
+                if any(_is_local(item) for item in route.queue):
+                    await self.bus.subscribe(room)
+                if self.runtime.shutting_down:
+                    owner = await self._current_owner(room)
+                    if owner is None or owner == self.me:
+                        raise ConnectionError("server shutting down")
+                else:
+                    owner = await self.claim(room)
+                if owner == self.me:
+                    if self.routes.get(room) is route:
+                        del self.routes[room]
+                    actor = registry.wake(room)
+                    while route.queue:
+                        actor.submit(route.queue.popleft())
+                    return
+                route.owner = owner
+                while route.queue:
+                    self._forward(owner, room, route.queue.popleft())
+        except Exception as exc:
+            if isinstance(exc, UNAVAILABLE):
+                log.warning("routing failed room=%s error=%s", room, type(exc).__name__)
+            else:
+                log.exception("routing failed room=%s", room)
+            if self.routes.get(room) is route:
+                del self.routes[room]
+            items, route.queue = list(route.queue), deque()
+            await refuse(items)
+        finally:
+            route.task = None
+
+    async def _current_owner(self, room: str) -> str | None:
+        owner = await self.redis.get(lease_key(room))
+        return owner.decode() if isinstance(owner, bytes) else owner
+
+    def _forget_route(self, room: str) -> None:
+        route = self.routes.get(room)
+        if route is not None and route.task is None:
+            del self.routes[room]
+
+    def _forward(self, owner: str, room: str, item: Item) -> None:
+        message = encode_item(room, item)
+        if message is None:
+            call = item
+            assert isinstance(call, Call)
+            if not call.future.done():
+                call.future.set_exception(RemoteRoom(room, owner))
+            return
+        peer = item.peer  # type: ignore[union-attr]
+        if not isinstance(peer, (RemotePeer, Connection)):
+            self.local_peers[peer.id] = peer
+        self._forward_queue.append((owner, message))
+        self._forward_ready.set()
+
+    async def _forward_loop(self) -> None:
+        # One task, one message at a time: channels-redis orders a channel by
+        # send time, so concurrent sends could swap a socket's frames.
+        while True:
+            await self._forward_ready.wait()
+            self._forward_ready.clear()
+            queue = self._forward_queue
+            while queue:
+                owner, message = queue.popleft()
+                try:
+                    await self.layer.send(owner, message)
+                except Exception as exc:
+                    log.warning("forward failed room=%s kind=%s error=%s", message["room"], message["k"], type(exc).__name__)
+                    # The owner never got it: the sockets start over.
+                    self._forget_route(message["room"])
+                    self.close_local(message["room"])
+
+    async def _inbox_loop(self) -> None:
+        delay = 0.1
+        while True:
+            try:
+                message = await self.layer.receive(self.me)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                log.warning("inbox receive failed error=%s", type(exc).__name__)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 2.0)
+                continue
+            delay = 0.1
+            try:
+                self._on_inbox(message)
+            except Exception:
+                log.exception("inbox message failed room=%s", message.get("room"))
+
+    def _on_inbox(self, message: dict[str, Any]) -> None:
+        room = message["room"]
+        conn_id = message["c"]
+        kind = message["k"]
+        peer = self.remote_peers.get(conn_id)
+        if peer is None:
+            peer = RemotePeer(self, room, conn_id, message["u"], message["sc"])
+            if kind != "leave":
+                self.remote_peers[conn_id] = peer
+        item: Item
+        if kind == "join":
+            item = Join(peer, message["since"])
+        elif kind == "frame":
+            payload = None if message["p"] is None else orjson.loads(message["p"])
+            item = Frame(peer, message["t"], message["i"], payload)
+        else:
+            self.remote_peers.pop(conn_id, None)
+            item = Leave(peer, message["code"], message["reason"])
+        self.runtime.registry.submit(room, item)
+
+    # -- the bus, receiving side -----------------------------------------------------
+
+    def on_bus_message(self, room: str, message: dict[str, Any]) -> None:
+        origin = message.get("o")
+        if origin == self.me:
+            return  # the owner wrote to its own sockets directly
+        kind = message["k"]
+        if kind == "released":
+            self.bus_origin.pop(room, None)
+            route = self.routes.get(room)
+            if route is not None and route.owner == origin:
+                route.owner = None
+            return
+        self.bus_origin[room] = origin  # type: ignore[assignment]
+        hub = self.runtime.hub
+        if kind == "ev":
+            seq = message["s"]
+            if seq is not None:
+                last = self.bus_seq.get(room)
+                if last is not None and seq <= last:
+                    return  # already delivered
+                if last is not None and seq != last + 1:
+                    log.warning("bus gap room=%s last=%d got=%d", room, last, seq)
+                    self.close_local(room)
+                    return
+                self.bus_seq[room] = seq
+            asyncio.ensure_future(hub.deliver(room, message["t"], seq, message["x"]))
+            return
+        conn_id = message["c"]
+        target: Any = hub.get(room, conn_id) or self.local_peers.get(conn_id)
+        if target is None:
+            return
+        if kind == "open":
+            seq = message["s"]
+            if self.bus_seq.get(room, -1) < seq:
+                self.bus_seq[room] = seq
+            asyncio.ensure_future(target.open(message["w"], seq, message["r"]))
+        elif kind == "reply":
+            asyncio.ensure_future(target.reply(message["t"]))
+        elif kind == "error":
+            asyncio.ensure_future(target.error(message["r"], message["i"], message["d"]))
+        elif kind == "close":
+            target.refused = True
+            asyncio.ensure_future(target.close(message["code"], message["reason"]))
+
+    def bus_gap(self, rooms: set[str]) -> None:
+        for room in rooms:
+            if room not in self.held:
+                self.close_local(room)
+
+    # -- the owner's side of fan-out ---------------------------------------------------
+
+    def publish_event(self, room: str, text: str, seq: int | None, exclude: str | None) -> None:
+        self.bus.publish(room, {"k": "ev", "s": seq, "x": exclude, "t": text})
+
+    async def actor_stopped(self, room: str, clean: bool) -> None:
+        """The local actor is gone: let the room go (cleanly: say so on the bus)."""
+        for conn_id in [c for c, p in self.remote_peers.items() if p.room == room]:
+            del self.remote_peers[conn_id]
+        if room not in self.held:
+            return
+        if clean:
+            self.bus.publish(room, {"k": "released"})
+            await self.bus.flushed()
+        try:
+            await self.release(room)
+        except Exception as exc:
+            # The TTL frees it; until then other processes see an owner.
+            log.warning("lease release failed room=%s error=%s", room, type(exc).__name__)
+
+    async def stop(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            try:
+                await task
+            except (asyncio.CancelledError, Exception):
+                pass
+        await self.bus.stop()
+        try:
+            await self.redis.aclose()
+        except Exception:
+            pass
+
+
+class RemoteRoom(Exception):
+    """A call (REST, alarm) for a room another process runs."""
+
+    def __init__(self, room: str, owner: str) -> None:
+        super().__init__(f"room {room} runs in another process")
+        self.room = room
+        self.owner = owner
+
+
+def _is_local(item: Item) -> bool:
+    peer = getattr(item, "peer", None)
+    return peer is not None and not isinstance(peer, RemotePeer)
+
+
+async def refuse(items: list[Item]) -> None:
+    """Answer items nobody can run now: the clients retry later."""
+    for item in items:
+        if isinstance(item, Join):
+            item.peer.refused = True
+            await item.peer.close(CloseCode.TRY_AGAIN_LATER, "room unavailable, retry later")
+        elif isinstance(item, Frame):
+            await item.peer.error(ErrorReason.INTERNAL, item.client_id)
+        elif isinstance(item, Call) and not item.future.done():
+            item.future.set_exception(ConnectionError("room unavailable"))

@@ -1,0 +1,385 @@
+"""The distributed mode: two real daphne processes on the machine's PostgreSQL
+and Redis, one writer per room, failover without loss (ARCHITECTURE.md).
+
+The clients here behave as PROTOCOL.md asks of real ones: on a close they
+reconnect (to whichever process is up) with ``since`` set to the last seq they
+saw, and re-send every message not yet acknowledged, with the same id.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import orjson
+import psycopg
+import pytest
+import redis
+
+from tests.e2e.conftest import STARTED
+from tests.e2e.client import WsClient, event, of_type, room_name
+from tests.e2e.server import DormServer, free_port, start_server
+from tests.e2e.services import REDIS_TEST_URL, PrivateRedis, check_redis, fresh_postgres_database
+
+pytestmark = [pytest.mark.e2e, pytest.mark.distributed]
+
+LEASE_TTL = 2.0
+
+
+class Cluster:
+    def __init__(self, servers: list[DormServer], database_url: str, redis_url: str) -> None:
+        self.servers = servers
+        self.database_url = database_url
+        self.redis_url = redis_url
+
+    def log(self, room: str) -> list[tuple[int, str, str, str, Any]]:
+        """``(seq, type, user, client id, payload)`` of the room's log, by seq."""
+        with psycopg.connect(self.database_url) as conn:
+            rows = conn.execute(
+                "SELECT e.seq, e.type, e.user_id, e.client_id, e.payload FROM rooms_event e "
+                "JOIN rooms_room r ON r.id = e.room_id WHERE r.slug = %s ORDER BY e.seq",
+                (room,),
+            ).fetchall()
+        return [(r[0], r[1], r[2], r[3], orjson.loads(r[4])) for r in rows]
+
+    def runs(self, room: str) -> list[tuple[str, Any, Any]]:
+        with psycopg.connect(self.database_url) as conn:
+            return conn.execute(
+                "SELECT a.process, a.woke_at, a.slept_at FROM rooms_actorrun a JOIN rooms_room r ON r.id = a.room_id "
+                "WHERE r.slug = %s ORDER BY a.id",
+                (room,),
+            ).fetchall()
+
+    def owner_index(self, room: str) -> int:
+        """Which server holds the room's lease (by the inbox in its log)."""
+        value = redis.Redis.from_url(self.redis_url).get(f"dorm:lease:{room}")
+        assert value is not None, f"nobody owns {room}"
+        inbox = value.decode()
+        for i, server in enumerate(self.servers):
+            if f"inbox={inbox}" in server.log_text():
+                return i
+        raise AssertionError(f"no server announced inbox {inbox}")
+
+
+def _start_cluster(directory: Path, database_url: str, redis_url: str, n: int = 2) -> Cluster:
+    env = {"DATABASE_URL": database_url, "REDIS_URL": redis_url, "DORM_LEASE_TTL_SECONDS": str(LEASE_TTL)}
+    servers: list[DormServer] = []
+    try:
+        for i in range(n):
+            servers.append(
+                start_server("daphne", directory, extra_env=env, migrate=(i == 0), name=f"daphne-{i}")
+            )
+    except Exception:
+        for s in servers:
+            s.stop()
+        raise
+    STARTED.extend(servers)  # the per-test log check covers them
+    return Cluster(servers, database_url, redis_url)
+
+
+def _stop_cluster(c: Cluster) -> None:
+    for s in c.servers:
+        s.stop()  # the per-test log check reads and then forgets them
+
+
+@pytest.fixture(scope="module")
+def database_url() -> Iterator[str]:
+    check_redis()
+    with fresh_postgres_database() as url:
+        yield url
+
+
+@pytest.fixture(scope="module")
+def cluster(database_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
+    c = _start_cluster(tmp_path_factory.mktemp("cluster"), database_url, REDIS_TEST_URL)
+    try:
+        yield c
+    finally:
+        _stop_cluster(c)
+
+
+class ResilientClient:
+    """A client that survives server deaths the way PROTOCOL.md says to."""
+
+    def __init__(self, servers: list[DormServer], room: str, user: str, prefer: int) -> None:
+        self.servers = servers
+        self.room = room
+        self.user = user
+        self.prefer = prefer
+        self.ws: WsClient | None = None
+        self.seen: dict[int, dict[str, Any]] = {}  # seq -> event (others' and our own acks)
+        self.last_seq = 0
+        self.unacked: dict[str, dict[str, Any]] = {}  # id -> payload
+        self.acked: dict[str, int] = {}
+        self.reconnects = 0
+        self.close_codes: list[int | None] = []
+        self._consumed = 0
+
+    async def connect(self) -> None:
+        last_error: Exception | None = None
+        for attempt in range(60):
+            alive = [i for i, s in enumerate(self.servers) if s.process is not None and s.process.poll() is None]
+            index = self.prefer if self.prefer in alive else alive[attempt % len(alive)]
+            query: dict[str, Any] = {"userId": self.user}
+            if self.ws is not None:
+                query["since"] = self.last_seq
+            try:
+                ws = await WsClient.open(self.servers[index].url(self.room, **query), timeout=5)
+            except Exception as exc:  # refused, 1013 while the room moves, ...
+                last_error = exc
+                await asyncio.sleep(0.2)
+                continue
+            self.ws = ws
+            self._consumed = 0
+            welcome = ws.welcome
+            if self.last_seq and not welcome.get("resumed"):
+                raise AssertionError(f"{self.user}: resume refused: {welcome}")
+            for message_id, payload in list(self.unacked.items()):
+                await ws.send("draw", payload, id=message_id)
+            return
+        raise AssertionError(f"{self.user}: could not reconnect: {last_error!r}")
+
+    def pump(self) -> None:
+        """Take in what the socket received since the last call."""
+        assert self.ws is not None
+        frames = self.ws.frames[self._consumed :]
+        self._consumed += len(frames)
+        for f in frames:
+            if f.get("type") == "ack" and f.get("id") in self.unacked:
+                self.unacked.pop(f["id"])
+                self.acked[f["id"]] = f["seq"]
+                self._see(f["seq"], {"own": f["id"]})
+            elif event("draw")(f):
+                self._see(f["seq"], f)
+
+    def _see(self, seq: int, frame: dict[str, Any]) -> None:
+        assert seq not in self.seen or "own" in frame or "own" in self.seen[seq], f"{self.user}: seq {seq} twice"
+        self.seen[seq] = frame
+        # Only a contiguous prefix counts for `since`.
+        while self.last_seq + 1 in self.seen:
+            self.last_seq += 1
+
+    async def draw(self, message_id: str, payload: dict[str, Any]) -> None:
+        self.unacked[message_id] = payload
+        assert self.ws is not None
+        try:
+            await self.ws.send("draw", payload, id=message_id)
+        except Exception:
+            pass  # the reconnect re-sends it
+
+    async def keep_alive(self) -> None:
+        """Pump frames; on a close, reconnect with since and retry."""
+        assert self.ws is not None
+        self.pump()
+        if self.ws.closed.is_set():
+            self.close_codes.append(self.ws.close_code)
+            assert self.ws.close_code != 1011
+            self.reconnects += 1
+            await self.connect()
+
+    async def close(self) -> None:
+        if self.ws is not None:
+            await self.ws.close()
+
+
+async def _drive(clients: list[ResilientClient], senders: list[ResilientClient], per_sender: int, *, during: Any = None) -> None:
+    """Senders draw ``per_sender`` messages each while everyone keeps alive;
+    ``during`` (a coroutine function) runs once a third of the stream is out."""
+    loop = asyncio.get_running_loop()
+    fired = False
+    for n in range(per_sender):
+        for i, s in enumerate(senders):
+            await s.draw(f"{s.user}-{n}", {"s": i, "n": n})
+        if not fired and during is not None and n >= per_sender // 3:
+            fired = True
+            await during()
+        for c in clients:
+            await c.keep_alive()
+        await asyncio.sleep(0.01)
+    deadline = loop.time() + 40
+    while loop.time() < deadline:
+        for c in clients:
+            await c.keep_alive()
+        if all(not s.unacked for s in senders):
+            top = max(s.last_seq for s in clients)
+            if all(c.last_seq == top for c in clients):
+                print({c.user: (c.reconnects, c.close_codes) for c in clients})
+                return
+        await asyncio.sleep(0.05)
+    state = {c.user: (c.last_seq, len(c.unacked), c.reconnects, c.close_codes) for c in clients}
+    raise AssertionError(f"the stream did not settle: {state}")
+
+
+def _check_against_log(log: list[tuple[int, str, str, str, Any]], clients: list[ResilientClient], senders: list[ResilientClient]) -> None:
+    seqs = [row[0] for row in log]
+    assert seqs == list(range(1, len(log) + 1)), "seq has no gap"
+    # Every acknowledged message is in the log exactly once, at its acked seq.
+    keys = [(row[2], row[3]) for row in log]
+    assert len(keys) == len(set(keys)), "no message applied twice"
+    by_key = {(row[2], row[3]): row[0] for row in log}
+    for s in senders:
+        for message_id, seq in s.acked.items():
+            assert by_key[(s.user, message_id)] == seq
+    # Every client's view equals the log.
+    for c in clients:
+        assert c.last_seq == len(log), (c.user, c.last_seq, len(log))
+        for seq, frame in c.seen.items():
+            row = log[seq - 1]
+            if "own" in frame:
+                assert (row[2], row[3]) == (c.user, frame["own"])
+            else:
+                assert (frame["userId"], frame["payload"]) == (row[2], row[4])
+
+
+async def test_one_room_over_two_processes_one_gapless_order(cluster: Cluster) -> None:
+    room = room_name("dist")
+    clients = []
+    for i in range(10):
+        c = ResilientClient(cluster.servers, room, f"u{i}", prefer=i % 2)
+        await c.connect()
+        clients.append(c)
+    senders = clients[:5]
+    await _drive(clients, senders, 30)
+    log = cluster.log(room)
+    assert len(log) == 150
+    _check_against_log(log, clients, senders)
+    assert all(c.reconnects == 0 for c in clients)
+    orders = [[(f["userId"], f["payload"]["n"]) for _s, f in sorted(c.seen.items()) if "own" not in f] for c in clients[5:]]
+    assert all(o == orders[0] for o in orders)
+    for c in clients:
+        await c.close()
+
+
+async def test_ephemeral_and_presence_cross_processes(cluster: Cluster) -> None:
+    room = room_name("dist")
+    a = await WsClient.open(cluster.servers[0].url(room, userId="a"))
+    b = await WsClient.open(cluster.servers[1].url(room, userId="b"))
+    try:
+        assert (await a.recv_until(of_type("user_joined")))["userId"] == "b"
+        await b.send("cursor", {"x": 1, "y": 2})
+        got = await a.recv_until(of_type("cursor"))
+        assert got["userId"] == "b" and "seq" not in got
+        # An error for a remote socket travels back to it, not to others.
+        reply = await b.request("draw", {"x": 1e300})
+        assert reply["type"] == "error" and reply["reason"] == "invalid_message"
+        assert not a.matching(of_type("error"))
+        await b.close()
+        assert (await a.recv_until(of_type("user_left")))["userId"] == "b"
+    finally:
+        await a.close()
+        await b.close()
+
+
+async def test_owner_killed_mid_stream_nothing_acknowledged_is_lost(database_url: str, tmp_path: Path) -> None:
+    c = _start_cluster(tmp_path, database_url, REDIS_TEST_URL)
+    try:
+        room = room_name("kill")
+        clients = []
+        for i in range(8):
+            rc = ResilientClient(c.servers, room, f"u{i}", prefer=i % 2)
+            await rc.connect()
+            clients.append(rc)
+        owner = c.owner_index(room)
+        senders = clients[:5]
+
+        async def kill_owner() -> None:
+            c.servers[owner].process.send_signal(signal.SIGKILL)  # type: ignore[union-attr]
+            c.servers[owner].process.wait(10)  # type: ignore[union-attr]
+
+        await _drive(clients, senders, 60, during=kill_owner)
+        log = c.log(room)
+        assert len(log) == 300, "every message was applied once in the end"
+        _check_against_log(log, clients, senders)
+        assert all(rc.reconnects >= 1 for rc in clients), "every socket was reset"
+        assert c.owner_index(room) != owner
+        for rc in clients:
+            await rc.close()
+    finally:
+        _stop_cluster(c)
+
+
+async def test_redis_restart_mid_stream(database_url: str, tmp_path: Path) -> None:
+    private = PrivateRedis(tmp_path, free_port())
+    private.start()
+    c = _start_cluster(tmp_path, database_url, private.url)
+    try:
+        room = room_name("redis")
+        clients = []
+        for i in range(6):
+            rc = ResilientClient(c.servers, room, f"u{i}", prefer=i % 2)
+            await rc.connect()
+            clients.append(rc)
+        senders = clients[:3]
+
+        async def restart_redis() -> None:
+            private.stop()
+            await asyncio.sleep(0.5)
+            private.start()
+
+        await _drive(clients, senders, 60, during=restart_redis)
+        log = c.log(room)
+        assert len(log) == 180
+        _check_against_log(log, clients, senders)
+        # The restart wiped the leases: the room was restarted (a new run)
+        # and every socket resumed.
+        assert len(c.runs(room)) >= 2
+        for rc in clients:
+            await rc.close()
+    finally:
+        _stop_cluster(c)
+        private.stop()
+
+
+async def test_two_processes_racing_for_a_cold_room_end_with_one_owner(cluster: Cluster) -> None:
+    for _ in range(5):
+        room = room_name("race")
+        opened = await asyncio.gather(
+            *(WsClient.open(cluster.servers[i % 2].url(room, userId=f"r{i}")) for i in range(6))
+        )
+        try:
+            seqs = await asyncio.gather(*(ws.draw({"i": i}) for i, ws in enumerate(opened)))
+            assert sorted(seqs) == list(range(1, 7))
+            wakes = sum(s.log_text().count(f"wake room={room} ") for s in cluster.servers)
+            assert wakes == 1, f"{wakes} actors started for {room}"
+            owner = cluster.owner_index(room)
+            assert owner in (0, 1)
+        finally:
+            for ws in opened:
+                await ws.close()
+
+
+async def test_readyz_reports_database_and_redis(cluster: Cluster) -> None:
+    import urllib.request
+
+    with urllib.request.urlopen(f"http://127.0.0.1:{cluster.servers[0].port}/readyz", timeout=5) as response:
+        body = orjson.loads(response.read())
+    assert response.status == 200 and body["checks"] == {"database": "ok", "redis": "ok"}
+
+
+async def test_sigterm_hands_rooms_over_and_closes_with_1001(database_url: str, tmp_path: Path) -> None:
+    c = _start_cluster(tmp_path, database_url, REDIS_TEST_URL)
+    try:
+        room = room_name("term")
+        a = await WsClient.open(c.servers[0].url(room, userId="a"))
+        b = await WsClient.open(c.servers[1].url(room, userId="b"))
+        seq = await a.draw({"n": 1})
+        owner = c.owner_index(room)
+        assert owner == 0
+        c.servers[0].process.send_signal(signal.SIGTERM)  # type: ignore[union-attr]
+        assert await a.wait_closed() == 1001
+        assert c.servers[0].process.wait(20) is not None  # type: ignore[union-attr]
+        # The socket on the survivor stays; the room moved without a reset.
+        b.assert_open()
+        assert await b.draw({"n": 2}) == seq + 1
+        a2 = await WsClient.open(c.servers[1].url(room, userId="a", since=seq))
+        assert a2.welcome["resumed"] is True
+        assert [f["seq"] for f in await a2.wait_for(event("draw"), 1)] == [seq + 1]
+        assert "shutdown done" in c.servers[0].log_text()
+        await a2.close()
+        await b.close()
+    finally:
+        _stop_cluster(c)
+
