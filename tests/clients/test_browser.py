@@ -1,0 +1,228 @@
+"""The demo pages in headless Chromium (Debian's /usr/bin/chromium, driven by
+Playwright; no downloaded browser build).
+
+Screenshots of every test land in the artifacts directory, printed at the end
+of each test (``pytest -s`` shows them; DORM_ARTIFACTS_DIR chooses the place).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.clients.conftest import CHROMIUM, require_tool
+from tests.e2e.client import room_name
+from tests.e2e.server import DormServer
+
+pytestmark = pytest.mark.timeout(90)
+
+# This machine refuses bursts of connections without the background-networking
+# flags; --disable-quic keeps Chromium on plain TCP to localhost.
+CHROMIUM_FLAGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+WAIT_MS = 10_000
+
+
+@pytest.fixture(scope="module")
+def browser_context(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    require_tool("chromium", CHROMIUM)
+    from playwright.sync_api import sync_playwright
+
+    profile = tmp_path_factory.mktemp("chromium-profile")  # a new, empty user-data-dir
+    with sync_playwright() as pw:
+        context = pw.chromium.launch_persistent_context(
+            str(profile),
+            executable_path=CHROMIUM,
+            headless=True,
+            args=CHROMIUM_FLAGS,
+            viewport={"width": 1000, "height": 720},
+        )
+        try:
+            yield context
+        finally:
+            context.close()
+
+
+@pytest.fixture
+def open_page(browser_context: Any, artifacts_dir: Path, request: pytest.FixtureRequest) -> Iterator[Callable[..., Any]]:
+    pages: list[Any] = []
+    errors: list[str] = []
+
+    def _open(server: DormServer, path: str) -> Any:
+        page = browser_context.new_page()
+        page.on("pageerror", lambda exc: errors.append(str(exc)))
+        page.goto(f"http://127.0.0.1:{server.port}{path}")
+        pages.append(page)
+        return page
+
+    yield _open
+    shots = []
+    for i, page in enumerate(pages):
+        if not page.is_closed():
+            shot = artifacts_dir / f"{request.node.name}-final-{i}.png"
+            page.screenshot(path=str(shot))
+            shots.append(shot)
+            page.close()
+    print(f"\nscreenshots: {', '.join(str(s) for s in shots)}")
+    assert not errors, f"JavaScript errors in the pages: {errors}"
+
+
+def wait_open(page: Any) -> None:
+    page.wait_for_selector('#status[data-state="open"]', timeout=WAIT_MS)
+
+
+def strokes(page: Any) -> list[dict[str, Any]]:
+    return page.evaluate("window.board.strokes()")
+
+
+def draw(page: Any, points: list[tuple[int, int]]) -> None:
+    """A real stroke: pointer down, moves, up, on the canvas."""
+    box = page.locator("#canvas").bounding_box()
+    x0, y0 = box["x"], box["y"]
+    page.mouse.move(x0 + points[0][0], y0 + points[0][1])
+    page.mouse.down()
+    for x, y in points[1:]:
+        page.mouse.move(x0 + x, y0 + y, steps=4)
+    page.mouse.up()
+
+
+def wait_strokes(page: Any, n: int) -> None:
+    page.wait_for_function(f"window.board.strokes().length === {n} && window.board.pending() === 0", timeout=WAIT_MS)
+
+
+def test_whiteboard_strokes_cursors_erase_undo_redo_across_pages(
+    dorm_server: DormServer, open_page: Callable[..., Any], artifacts_dir: Path
+) -> None:
+    room = room_name("wb")
+    alice = open_page(dorm_server, f"/rooms/{room}/?user=alice")
+    bob = open_page(dorm_server, f"/rooms/{room}/?user=bob")
+    wait_open(alice)
+    wait_open(bob)
+
+    draw(alice, [(100, 100), (160, 130), (220, 180)])
+    wait_strokes(bob, 1)
+    wait_strokes(alice, 1)
+    [stroke] = strokes(bob)
+    assert stroke["userId"] == "alice" and stroke["payload"]["points"][:2] == [100, 100]
+    assert strokes(alice) == strokes(bob)
+
+    # Live cursors: alice's pointer shows on bob's board.
+    box = alice.locator("#canvas").bounding_box()
+    alice.mouse.move(box["x"] + 400, box["y"] + 300, steps=5)
+    bob.wait_for_selector('.cursor[data-user="alice"]', timeout=WAIT_MS)
+
+    # Connection state and round-trip latency are shown.
+    assert alice.locator("#status").text_content() == "open"
+    alice.wait_for_function("document.getElementById('latency').dataset.ms !== undefined", timeout=WAIT_MS)
+    bob.screenshot(path=str(artifacts_dir / "whiteboard-stroke-and-cursor.png"))
+
+    # Bob erases alice's stroke.
+    bob.click("#mode-erase")
+    bob_box = bob.locator("#canvas").bounding_box()
+    bob.mouse.click(bob_box["x"] + 160, bob_box["y"] + 130)
+    wait_strokes(alice, 0)
+    wait_strokes(bob, 0)
+
+    # Undo and redo of alice's own strokes, seen by both.
+    draw(alice, [(300, 300), (350, 320)])
+    draw(alice, [(400, 400), (450, 420)])
+    wait_strokes(bob, 2)
+    alice.click("#undo")
+    wait_strokes(bob, 1)
+    wait_strokes(alice, 1)
+    assert strokes(bob)[0]["payload"]["points"][:2] == [300, 300]
+    alice.click("#redo")
+    wait_strokes(bob, 2)
+    wait_strokes(alice, 2)
+    assert strokes(alice) == strokes(bob)
+
+    # Undo with nothing of bob's to undo is refused by the server and shown.
+    bob.click("#undo")
+    bob.wait_for_function("document.getElementById('notice').textContent.includes('undo refused')", timeout=WAIT_MS)
+
+
+def test_whiteboard_drawing_offline_across_a_server_restart(
+    fresh_server: DormServer, open_page: Callable[..., Any], artifacts_dir: Path
+) -> None:
+    server = fresh_server
+    room = room_name("wb")
+    alice = open_page(server, f"/rooms/{room}/?user=alice&backoff=200&backoffMax=1500")
+    bob = open_page(server, f"/rooms/{room}/?user=bob&backoff=200&backoffMax=1500")
+    wait_open(alice)
+    wait_open(bob)
+    draw(alice, [(50, 50), (120, 60)])
+    draw(bob, [(50, 400), (120, 420)])
+    wait_strokes(alice, 2)
+    wait_strokes(bob, 2)
+
+    server.stop()
+    for page in (alice, bob):
+        page.wait_for_function("document.getElementById('status').dataset.state !== 'open'", timeout=WAIT_MS)
+    # Alice keeps drawing while the server is down: optimistic, queued.
+    for i in range(3):
+        draw(alice, [(200 + 60 * i, 200), (230 + 60 * i, 260)])
+    alice.wait_for_function("window.board.pending() === 3", timeout=WAIT_MS)
+    alice.screenshot(path=str(artifacts_dir / "whiteboard-offline-pending.png"))
+    assert len(strokes(bob)) == 2
+
+    server.migrate = False
+    started = time.monotonic()
+    server.start()  # same port, same database
+    wait_open(alice)
+    wait_open(bob)
+    wait_strokes(alice, 5)
+    wait_strokes(bob, 5)
+    reconnect_s = time.monotonic() - started
+    a, b = strokes(alice), strokes(bob)
+    assert a == b, "both pages hold the same board"
+    seqs = [s["seq"] for s in a]
+    assert seqs == sorted(set(seqs)), "no duplicate strokes"
+    stored = server.events(room)
+    assert [e[0] for e in stored] == seqs == [1, 2, 3, 4, 5]
+    assert len({e[3] for e in stored}) == 5, "each queued stroke was stored once"
+    print(f"\nreconnected and flushed {reconnect_s:.1f} s after the restart")
+
+
+def test_chat_typing_indicator_and_presence_list(dorm_server: DormServer, open_page: Callable[..., Any], artifacts_dir: Path) -> None:
+    room = room_name("chat")
+    alice = open_page(dorm_server, f"/rooms/{room}/?kind=chat&user=alice")
+    wait_open(alice)
+    bob = open_page(dorm_server, f"/rooms/{room}/?user=bob")
+    wait_open(bob)
+    for page in (alice, bob):
+        page.wait_for_selector('#presence li[data-user="alice"]', timeout=WAIT_MS)
+        page.wait_for_selector('#presence li[data-user="bob"]', timeout=WAIT_MS)
+
+    bob.click("#text")
+    bob.keyboard.type("hello alice", delay=20)
+    alice.wait_for_function("document.getElementById('typing').dataset.users === 'bob'", timeout=WAIT_MS)
+    assert "bob is typing" in alice.locator("#typing").text_content()
+    alice.screenshot(path=str(artifacts_dir / "chat-typing.png"))
+
+    bob.keyboard.press("Enter")
+    alice.wait_for_selector("#messages li[data-seq]", timeout=WAIT_MS)
+    assert alice.locator("#messages li[data-seq]").first.text_content() == "bobhello alice"
+    alice.wait_for_function("document.getElementById('typing').textContent === ''", timeout=WAIT_MS)
+    bob.wait_for_selector("#messages li[data-seq]:not([data-pending])", timeout=WAIT_MS)
+
+    # A page that joins later sees the history in the welcome snapshot.
+    carol = open_page(dorm_server, f"/rooms/{room}/?user=carol")
+    wait_open(carol)
+    carol.wait_for_selector("#messages li[data-seq]", timeout=WAIT_MS)
+    alice.wait_for_selector('#presence li[data-user="carol"]', timeout=WAIT_MS)
+
+    bob.close()
+    alice.wait_for_selector('#presence li[data-user="bob"]', state="detached", timeout=WAIT_MS)
+    assert sorted(alice.locator("#presence li").evaluate_all("els => els.map(e => e.dataset.user)")) == ["alice", "carol"]

@@ -1,0 +1,245 @@
+"""The Python client (clients/python/dorm_client) against a real daphne server."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+import pytest
+from dorm_client import CLOSED, OPEN, TERMINAL_CODES, DormClient, DormError, backoff_delay
+
+from tests.e2e.client import room_name
+from tests.e2e.server import DormServer, free_port
+
+pytestmark = pytest.mark.timeout(60)
+
+
+async def until(predicate: Callable[[], Any], what: str, timeout: float = 8.0) -> Any:
+    async with asyncio.timeout(timeout):
+        while True:
+            value = predicate()
+            if value:
+                return value
+            await asyncio.sleep(0.01)
+    raise AssertionError(what)  # unreachable: the timeout raises
+
+
+def collect(client: DormClient, type_: str) -> list[dict[str, Any]]:
+    got: list[dict[str, Any]] = []
+    client.on(type_, got.append)
+    return got
+
+
+@pytest.fixture
+async def make(dorm_server: DormServer) -> AsyncIterator[Callable[..., DormClient]]:
+    clients: list[DormClient] = []
+
+    def _make(room: str, url: str | None = None, **options: Any) -> DormClient:
+        options.setdefault("backoff_base", 0.1)
+        options.setdefault("heartbeat", 60)
+        client = DormClient(url or f"ws://127.0.0.1:{dorm_server.port}", room, **options)
+        clients.append(client)
+        return client
+
+    yield _make
+    for client in clients:
+        await client.close()
+
+
+def test_backoff_delay_is_exponential_jittered_and_capped() -> None:
+    assert backoff_delay(0, 0.5, random=lambda: 0) == 0.25
+    assert backoff_delay(3, 0.5, random=lambda: 0) == 2.0
+    assert backoff_delay(3, 0.5, random=lambda: 0.999999) == pytest.approx(4.0, abs=1e-5)
+    assert all(backoff_delay(n, random=lambda: 0.999999) <= 30.0 for n in range(80))
+    assert backoff_delay(60, random=lambda: 0) == 15.0
+    assert len({backoff_delay(4) for _ in range(20)}) > 1
+
+
+async def test_reconnects_with_growing_capped_backoff_while_unreachable(make: Callable[..., DormClient]) -> None:
+    client = make(room_name("py"), url=f"ws://127.0.0.1:{free_port()}", user_id="u1", backoff_base=0.04, backoff_max=0.4)
+    states = collect(client, "state")
+    client.connect()
+    await until(lambda: sum(s["state"] == "reconnecting" for s in states) >= 6, "six attempts")
+    delays = [s["delay"] for s in states if s["state"] == "reconnecting"]
+    assert 0.02 <= delays[0] <= 0.04
+    assert delays[3] >= 0.16
+    assert all(d <= 0.4 for d in delays)
+
+
+async def test_offline_queue_is_flushed_once_in_order(make: Callable[..., DormClient], dorm_server: DormServer) -> None:
+    room = room_name("py")
+    observer = make(room, user_id="observer")
+    draws = collect(observer, "draw")
+    await observer.connect().wait_open()
+    writer = make(room, user_id="writer")
+    handles = [writer.send("draw", {"i": i}) for i in range(3)]
+    assert len(writer.pending) == 3
+    writer.connect()
+    acks = [await h for h in handles]
+    assert [a["payload"]["i"] for a in acks] == [0, 1, 2]
+    assert [a["seq"] for a in acks] == [1, 2, 3]
+    await until(lambda: len(draws) >= 3, "observer saw three draws")
+    await asyncio.sleep(0.15)
+    assert [d["payload"]["i"] for d in draws] == [0, 1, 2]
+    stored = dorm_server.events(room)
+    assert [(e[0], e[2], e[3]) for e in stored] == [(a["seq"], "writer", a["id"]) for a in acks]
+
+
+async def test_a_message_cut_before_its_ack_is_retried_with_its_id_and_applied_once(
+    make: Callable[..., DormClient], dorm_server: DormServer
+) -> None:
+    room = room_name("py")
+    observer = make(room, user_id="observer")
+    draws = collect(observer, "draw")
+    await observer.connect().wait_open()
+    writer = make(room, user_id="writer", backoff_base=0.05)
+    await writer.connect().wait_open()
+    handles = []
+    for i in range(6):
+        handles.append(writer.send("draw", {"i": i}))
+        if i % 2 == 0:
+            await asyncio.sleep(0)  # let the writer task put the frame on the wire
+            writer.drop_connection()  # ...and cut it before the ack comes back
+    acks = [await h for h in handles]
+    assert [a["id"] for a in acks] == [h.id for h in handles]
+    await until(lambda: len(draws) >= 6, "six draws at the observer")
+    await asyncio.sleep(0.3)
+    assert [d["payload"]["i"] for d in draws] == list(range(6)), "each message exactly once, in order"
+    stored = dorm_server.events(room)
+    assert [json.loads(e[4])["i"] for e in stored] == list(range(6))
+    assert len({e[3] for e in stored}) == 6
+
+
+async def test_resume_gets_exactly_the_missed_events(make: Callable[..., DormClient]) -> None:
+    room = room_name("py")
+    a = make(room, user_id="a", backoff_base=0.6)
+    seen = collect(a, "draw")
+    welcomes = collect(a, "welcome")
+    resets = collect(a, "reset")
+    b = make(room, user_id="b")
+    await a.connect().wait_open()
+    await b.connect().wait_open()
+    for i in range(3):
+        await b.send("draw", {"i": i})
+    await until(lambda: len(seen) == 3, "three live draws")
+    a.drop_connection()
+    for i in range(3, 8):
+        await b.send("draw", {"i": i})
+    await until(lambda: len(seen) >= 8 and a.state == OPEN, "a resumed")
+    await asyncio.sleep(0.2)
+    assert [d["seq"] for d in seen] == list(range(1, 9))
+    assert [w["resumed"] for w in welcomes] == [False, True]
+    assert len(resets) == 1
+    assert a.last_seq == 8
+
+    late = make(room, user_id="late", since=5)
+    late_seen = collect(late, "draw")
+    await late.connect().wait_open()
+    await until(lambda: len(late_seen) >= 3, "replay after since=5")
+    assert [d["seq"] for d in late_seen] == [6, 7, 8]
+
+
+async def test_4401_refreshes_the_token_then_reconnects(make: Callable[..., DormClient]) -> None:
+    calls: list[dict[str, Any]] = []
+
+    async def refresh(info: dict[str, Any]) -> dict[str, str]:
+        calls.append(info)
+        # Token auth is off on this development server: the refreshed
+        # credentials are an anonymous identity.
+        return {"userId": "refreshed"}
+
+    client = make(room_name("py"), token="expired", refresh_token=refresh)
+    states = collect(client, "state")
+    await client.connect().wait_open()
+    assert [c["code"] for c in calls] == [4401]
+    assert "token=expired" in states[0]["url"]
+    assert client.user_id == "refreshed"
+    assert (await client.send("draw", {"ok": 1}))["seq"] == 1
+
+
+async def test_4401_without_new_credentials_stops_and_fails_the_queue(make: Callable[..., DormClient]) -> None:
+    client = make(room_name("py"), token="bad", refresh_token=lambda info: None)
+    client.connect()
+    queued = client.send("draw", {"x": 1})
+    with pytest.raises(DormError) as err:
+        await asyncio.wait_for(queued.future, 5)
+    assert err.value.reason == "closed" and err.value.code == 4401
+    assert client.state == CLOSED
+
+
+async def test_terminal_codes_stop_reconnecting(make: Callable[..., DormClient]) -> None:
+    assert {4400, 4403, 4404} <= TERMINAL_CODES
+    client = make("not a valid room!", user_id="u1")
+    states = collect(client, "state")
+    client.connect()
+    with pytest.raises(DormError):
+        await client.wait_open(5)
+    await asyncio.sleep(0.3)
+    assert client.close_code == 4400
+    assert [s["state"] for s in states].count("connecting") == 1
+    assert "reconnecting" not in [s["state"] for s in states]
+
+
+async def test_error_reply_raises_and_reconciles_the_optimistic_copy(make: Callable[..., DormClient]) -> None:
+    client = make(room_name("py"), user_id="u1")
+    local = collect(client, "erase")
+    rejects = collect(client, "reject")
+    await client.connect().wait_open()
+    handle = client.send("erase", {"seq": 999}, optimistic=True)
+    assert local == [{"type": "erase", "id": handle.id, "userId": "u1", "payload": {"seq": 999}, "pending": True}]
+    with pytest.raises(DormError) as err:
+        await handle
+    assert err.value.reason == "invalid_message" and err.value.id == handle.id
+    assert [r["id"] for r in rejects] == [handle.id]
+    assert (await client.send("draw", {"fine": 1}))["seq"] == 1
+
+
+async def test_presence_members_and_status(make: Callable[..., DormClient]) -> None:
+    room = room_name("py")
+    alice = make(room, user_id="alice")
+    await alice.connect().wait_open()
+    bob = make(room, user_id="bob")
+    await bob.connect().wait_open()
+    assert sorted(m["userId"] for m in bob.members) == ["alice", "bob"]
+    await until(lambda: any(m["userId"] == "bob" for m in alice.members), "alice sees bob")
+    bob.set_presence("typing")
+    await until(lambda: any(m == {"userId": "bob", "status": "typing"} for m in alice.members), "bob typing")
+    await bob.close()
+    await until(lambda: all(m["userId"] != "bob" for m in alice.members), "bob left")
+
+
+async def test_latency_and_unsubscribe(make: Callable[..., DormClient]) -> None:
+    client = make(room_name("py"), user_id="u1")
+    latencies = collect(client, "latency")
+    calls: list[Any] = []
+    off = client.on("latency", calls.append)
+    await client.connect().wait_open()
+    await until(lambda: latencies, "first latency")
+    assert client.latency_ms is not None and 0 <= client.latency_ms < 5000
+    off()
+    client.ping()
+    await until(lambda: len(latencies) >= 2, "second latency")
+    assert len(calls) == 1
+
+
+async def test_seq_tracking_delivers_each_durable_event_once_across_a_gap() -> None:
+    """An own ack lost in a cut leaves a gap: `since` stays below it, and the
+    replay after reconnect re-sends events the client already has."""
+    client = DormClient("ws://127.0.0.1:9", "room-1", user_id="u1")
+    draws = collect(client, "draw")
+
+    def frame(**f: Any) -> None:
+        client._on_frame(json.dumps(f))
+
+    frame(type="welcome", room="room-1", kind="whiteboard", userId="u1", connectionId="c", seq=5, resumed=False, state={}, presence=[])
+    frame(type="draw", seq=7, userId="b", payload={"n": 7}, ts=1)  # 6 is our own, its ack was lost
+    frame(type="draw", seq=8, userId="b", payload={"n": 8}, ts=1)
+    assert client.last_seq == 5 and "since=5" in client.url
+    frame(type="welcome", room="room-1", kind="whiteboard", userId="u1", connectionId="d", seq=8, resumed=True, presence=[])
+    for n in (6, 7, 8):
+        frame(type="draw", seq=n, userId="u1" if n == 6 else "b", payload={"n": n}, ts=1)
+    frame(type="draw", seq=9, userId="b", payload={"n": 9}, ts=1)
+    assert [d["seq"] for d in draws] == [7, 8, 6, 9]
+    assert client.last_seq == 9
