@@ -223,6 +223,9 @@ def test_chat_typing_indicator_and_presence_list(dorm_server: DormServer, open_p
     carol.wait_for_selector("#messages li[data-seq]", timeout=WAIT_MS)
     alice.wait_for_selector('#presence li[data-user="carol"]', timeout=WAIT_MS)
 
+    # Logs carry metadata only, never what people wrote.
+    assert "hello alice" not in dorm_server.log_text()
+
     bob.close()
     alice.wait_for_selector('#presence li[data-user="bob"]', state="detached", timeout=WAIT_MS)
     assert sorted(alice.locator("#presence li").evaluate_all("els => els.map(e => e.dataset.user)")) == ["alice", "carol"]

@@ -243,3 +243,82 @@ async def test_seq_tracking_delivers_each_durable_event_once_across_a_gap() -> N
     frame(type="draw", seq=9, userId="b", payload={"n": 9}, ts=1)
     assert [d["seq"] for d in draws] == [7, 8, 6, 9]
     assert client.last_seq == 9
+
+
+# -- a scripted peer: a real websockets server that sends chosen frames and
+# records what the client sends.
+
+
+class ScriptedPeer:
+    def __init__(self) -> None:
+        self.received: list[dict[str, Any]] = []
+        self.connections: list[Any] = []
+        self.url = ""
+
+    async def handler(self, ws: Any) -> None:
+        self.connections.append(ws)
+        await ws.send(json.dumps({"type": "welcome", "room": "r", "kind": "whiteboard", "userId": "u1", "connectionId": "c", "seq": 0, "resumed": False, "state": {}, "presence": []}))
+        async for text in ws:
+            self.received.append(json.loads(text))
+
+    def sent(self, type_: str) -> list[dict[str, Any]]:
+        return [f for f in self.received if f.get("type") == type_]
+
+    async def send(self, frame: dict[str, Any]) -> None:
+        await self.connections[-1].send(json.dumps(frame))
+
+
+@pytest.fixture
+async def peer() -> AsyncIterator[ScriptedPeer]:
+    from websockets.asyncio.server import serve
+
+    scripted = ScriptedPeer()
+    async with serve(scripted.handler, "127.0.0.1", 0) as server:
+        port = next(iter(server.sockets)).getsockname()[1]
+        scripted.url = f"ws://127.0.0.1:{port}"
+        yield scripted
+
+
+async def test_rate_limited_pauses_then_resends_unacked_with_same_ids(peer: ScriptedPeer) -> None:
+    client = DormClient(peer.url, "r", user_id="u1", heartbeat=60)
+    try:
+        await client.connect().wait_open()
+        a = client.send("draw", {"n": 1})
+        b = client.send("draw", {"n": 2})
+        await until(lambda: len(peer.sent("draw")) == 2, "two draws")
+        await peer.send({"type": "ack", "id": a.id, "seq": 1})
+        await peer.send({"type": "rate_limited", "retryAfterMs": 200})
+        started = asyncio.get_running_loop().time()
+        assert (await a)["seq"] == 1
+        await until(lambda: len(peer.sent("draw")) == 3, "the resend")
+        assert asyncio.get_running_loop().time() - started >= 0.15
+        assert peer.sent("draw")[2]["id"] == b.id
+        await peer.send({"type": "ack", "id": b.id, "seq": 2})
+        assert (await b)["seq"] == 2 and client.last_seq == 2
+    finally:
+        await client.close()
+
+
+async def test_internal_error_is_retried_with_the_same_id_then_raised(peer: ScriptedPeer) -> None:
+    client = DormClient(peer.url, "r", user_id="u1", heartbeat=60, backoff_base=0.02, internal_retries=2)
+    try:
+        await client.connect().wait_open()
+        handle = client.send("draw", {"n": 1})
+        for attempt in range(1, 4):
+            await until(lambda: len(peer.sent("draw")) == attempt, f"attempt {attempt}")  # noqa: B023
+            await peer.send({"type": "error", "reason": "internal", "id": handle.id})
+        with pytest.raises(DormError) as err:
+            await handle
+        assert err.value.reason == "internal"
+        assert {f["id"] for f in peer.sent("draw")} == {handle.id}
+    finally:
+        await client.close()
+
+
+async def test_heartbeat_and_ping_frames_are_periodic(peer: ScriptedPeer) -> None:
+    client = DormClient(peer.url, "r", user_id="u1", heartbeat=0.1)
+    try:
+        await client.connect().wait_open()
+        await until(lambda: len(peer.sent("heartbeat")) >= 3 and len(peer.sent("ping")) >= 3, "three heartbeats and pings")
+    finally:
+        await client.close()

@@ -4,6 +4,7 @@
 import { test } from "node:test";
 import assert from "node:assert/strict";
 import net from "node:net";
+import crypto from "node:crypto";
 
 import { DormClient, DormError, backoffDelay, TERMINAL_CODES } from "../dorm.js";
 
@@ -280,4 +281,146 @@ test("seq tracking delivers each durable event once across a gap (own ack lost)"
   c._stopTimers();
   c._ws = null;
   c.close();
+});
+
+// -- a scripted peer: a real TCP socket speaking just enough WebSocket to send
+// chosen frames, record what the client sends, and stay silent on purpose.
+
+function textFrame(text) {
+  const data = Buffer.from(text);
+  const head = data.length < 126 ? Buffer.from([0x81, data.length]) : Buffer.from([0x81, 126, data.length >> 8, data.length & 255]);
+  return Buffer.concat([head, data]);
+}
+
+function parseFrames(buf) {
+  const frames = [];
+  let off = 0;
+  while (buf.length - off >= 2) {
+    let len = buf[off + 1] & 0x7f;
+    let p = off + 2;
+    if (len === 126) {
+      if (buf.length < p + 2) break;
+      len = buf.readUInt16BE(p);
+      p += 2;
+    }
+    const mask = buf.subarray(p, p + 4);
+    p += 4;
+    if (buf.length < p + len) break;
+    const data = Buffer.from(buf.subarray(p, p + len));
+    for (let i = 0; i < len; i++) data[i] ^= mask[i % 4];
+    if ((buf[off] & 0x0f) === 1) frames.push(JSON.parse(data.toString()));
+    off = p + len;
+  }
+  return { frames, rest: buf.subarray(off) };
+}
+
+async function scriptedPeer(onConnection) {
+  const sockets = [];
+  const srv = net.createServer((sock) => {
+    sockets.push(sock);
+    sock.on("error", () => {});
+    sock.once("data", (req) => {
+      const key = /sec-websocket-key: *(.+)\r\n/i.exec(req.toString())[1].trim();
+      const accept = crypto.createHash("sha1").update(`${key}258EAFA5-E914-47DA-95CA-C5AB0DC85B11`).digest("base64");
+      sock.write(`HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: ${accept}\r\n\r\n`);
+      const peer = { received: [], send: (obj) => sock.write(textFrame(JSON.stringify(obj))), socket: sock };
+      let buf = Buffer.alloc(0);
+      sock.on("data", (chunk) => {
+        const parsed = parseFrames(Buffer.concat([buf, chunk]));
+        buf = parsed.rest;
+        peer.received.push(...parsed.frames);
+      });
+      onConnection(peer, sockets.length);
+    });
+  });
+  await new Promise((r) => srv.listen(0, "127.0.0.1", r));
+  return {
+    url: `ws://127.0.0.1:${srv.address().port}`,
+    close: () => {
+      for (const s of sockets) s.destroy();
+      srv.close();
+    },
+  };
+}
+
+const welcome = (seq = 0) => ({ type: "welcome", room: "r", kind: "whiteboard", userId: "u1", connectionId: "c", seq, resumed: false, state: {}, presence: [] });
+
+test("heartbeats: periodic ping and heartbeat frames, and a silent socket is dropped and replaced", async () => {
+  const peers = [];
+  const srv = await scriptedPeer((peer) => {
+    peers.push(peer);
+    peer.send(welcome()); // ...and never another frame, pong included
+  });
+  try {
+    const c = client({ url: srv.url, room: "r", userId: "u1", heartbeatMs: 150 });
+    const states = collect(c, "state");
+    c.connect();
+    await until(() => peers.length >= 2, "a second connection after the silent one was dropped", 5000);
+    const types = peers[0].received.map((f) => f.type);
+    assert.ok(types.filter((t) => t === "heartbeat").length >= 3, types.join(","));
+    assert.ok(types.filter((t) => t === "ping").length >= 3, types.join(","));
+    assert.ok(states.some((s) => s.state === "reconnecting" && s.code === 1006));
+  } finally {
+    srv.close();
+  }
+});
+
+test("rate_limited pauses, then resends the unacknowledged messages with the same ids", async () => {
+  let peer;
+  const srv = await scriptedPeer((p) => {
+    peer = p;
+    p.send(welcome());
+  });
+  try {
+    const c = client({ url: srv.url, room: "r", userId: "u1" }).connect();
+    await until(() => c.state === "open", "open");
+    const a = c.send("draw", { n: 1 });
+    const b = c.send("draw", { n: 2 });
+    await until(() => peer.received.filter((f) => f.type === "draw").length === 2, "two draws sent");
+    peer.send({ type: "ack", id: a.id, seq: 1 });
+    peer.send({ type: "rate_limited", retryAfterMs: 200 }); // the second one was dropped
+    const sentAt = Date.now();
+    assert.equal((await a).seq, 1);
+    await until(() => peer.received.filter((f) => f.type === "draw").length === 3, "the resend");
+    assert.ok(Date.now() - sentAt >= 150, "waited for retryAfterMs");
+    const draws = peer.received.filter((f) => f.type === "draw");
+    assert.equal(draws[2].id, b.id, "only the unacknowledged message is resent, with its id");
+    peer.send({ type: "ack", id: b.id, seq: 2 });
+    assert.equal((await b).seq, 2);
+    assert.equal(c.lastSeq, 2);
+  } finally {
+    srv.close();
+  }
+});
+
+test("error: internal is retried with the same id before the promise rejects", async () => {
+  let peer;
+  const srv = await scriptedPeer((p) => {
+    peer = p;
+    p.send(welcome());
+  });
+  try {
+    const c = client({ url: srv.url, room: "r", userId: "u1", backoffBaseMs: 20, internalRetries: 2 }).connect();
+    await until(() => c.state === "open", "open");
+    const m = c.send("draw", { n: 1 });
+    for (let i = 1; i <= 3; i++) {
+      await until(() => peer.received.filter((f) => f.type === "draw").length === i, `attempt ${i}`);
+      peer.send({ type: "error", reason: "internal", id: m.id });
+    }
+    await assert.rejects(m, (err) => err.reason === "internal");
+    assert.ok(peer.received.filter((f) => f.type === "draw").every((f) => f.id === m.id));
+  } finally {
+    srv.close();
+  }
+});
+
+test("connect() while waiting out a backoff reconnects at once (app back in the foreground)", async () => {
+  const c = client({ url: await freePortUrl(), room: roomName(), userId: "u1", backoffBaseMs: 10_000 });
+  const states = collect(c, "state");
+  c.connect();
+  await until(() => c.state === "reconnecting", "first failure");
+  assert.ok(states.at(-1).delayMs >= 5000);
+  const before = states.filter((s) => s.state === "connecting").length;
+  c.connect();
+  assert.equal(states.filter((s) => s.state === "connecting").length, before + 1);
 });

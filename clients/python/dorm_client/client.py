@@ -253,6 +253,8 @@ class DormClient:
             code, reason = await self._session()
             if self._closing:
                 return
+            if self.state == OPEN:  # the session got its welcome
+                unauthorized_in_row = 0
             if code in TERMINAL_CODES:
                 self._stop(code, reason)
                 return
@@ -263,8 +265,6 @@ class DormClient:
                     return
                 if unauthorized_in_row <= 1:
                     continue  # the first refresh reconnects at once
-            elif self.state == OPEN or self._attempt == 0:
-                unauthorized_in_row = 0
             await self._backoff(code, reason)
 
     async def _backoff(self, code: int, reason: str) -> None:
