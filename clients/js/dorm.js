@@ -159,10 +159,9 @@ export class DormClient {
       try {
         fn(event);
       } catch (err) {
-        // A listener's bug must not break the connection.
-        queueMicrotask(() => {
-          throw err;
-        });
+        // A listener's bug must not break the connection (nor, in Node,
+        // kill the process as an uncaught exception would): report it.
+        (typeof globalThis.reportError === "function" ? globalThis.reportError : console.error)(err);
       }
     }
   }

@@ -194,6 +194,27 @@ def test_whiteboard_drawing_offline_across_a_server_restart(
     assert len({e[3] for e in stored}) == 5, "each queued stroke was stored once"
     print(f"\nreconnected and flushed {reconnect_s:.1f} s after the restart")
 
+    # The socket cut right after three strokes left, before their acks: the
+    # resume replays them as events, the retries are acked with the same seqs,
+    # and the page's board must not hold any of them twice.
+    alice.evaluate(
+        """() => {
+            for (let i = 0; i < 3; i++) {
+                const x = 600 + 40 * i;
+                dormClient.send("draw", { color: "#333", width: 3, points: [x, 80, x + 20, 140] }, { optimistic: true });
+            }
+            dormClient.dropConnection();
+        }"""
+    )
+    wait_strokes(alice, 8)
+    wait_strokes(bob, 8)
+    a, b = strokes(alice), strokes(bob)
+    assert a == b
+    assert [s["seq"] for s in a] == list(range(1, 9))
+    stored = server.events(room)
+    assert [e[0] for e in stored] == list(range(1, 9))
+    assert len({e[3] for e in stored}) == 8
+
 
 def test_chat_typing_indicator_and_presence_list(dorm_server: DormServer, open_page: Callable[..., Any], artifacts_dir: Path) -> None:
     room = room_name("chat")

@@ -424,3 +424,27 @@ test("connect() while waiting out a backoff reconnects at once (app back in the 
   c.connect();
   assert.equal(states.filter((s) => s.state === "connecting").length, before + 1);
 });
+
+test("a throwing listener is reported and does not break the client", async () => {
+  const room = roomName();
+  const reported = [];
+  const original = console.error;
+  console.error = (err) => reported.push(err);
+  try {
+    const a = client({ room, userId: "a" });
+    a.on("draw", () => {
+      throw new Error("listener bug");
+    });
+    const seen = collect(a, "draw");
+    a.connect();
+    const b = client({ room, userId: "b" }).connect();
+    await until(() => a.state === "open" && b.state === "open", "both open");
+    await b.send("draw", { n: 1 });
+    await b.send("draw", { n: 2 });
+    await until(() => seen.length === 2, "both draws still delivered");
+    assert.equal(reported.length, 2);
+    assert.equal(a.state, "open");
+  } finally {
+    console.error = original;
+  }
+});

@@ -141,6 +141,7 @@ class DormClient:
         self.close_reason: str = ""
         self._seen_above: set[int] = set()
         self._listeners: dict[str, list[Listener]] = {}
+        self._listener_tasks: set[asyncio.Future[Any]] = set()
         self._outbox: dict[str, _Outgoing] = {}  # insertion order = send order
         self._ids = itertools.count(1)
         self._tag = id_prefix or uuid.uuid4().hex[:12]
@@ -172,7 +173,10 @@ class DormClient:
             try:
                 result = fn(event)
                 if asyncio.iscoroutine(result):
-                    asyncio.ensure_future(result)
+                    task = asyncio.ensure_future(result)
+                    # Keep a reference until done (the loop holds tasks weakly).
+                    self._listener_tasks.add(task)
+                    task.add_done_callback(self._listener_tasks.discard)
             except Exception:
                 log.exception("listener failed room=%s type=%s", self.room, type_)
 
