@@ -13,7 +13,9 @@ connection a channel-layer channel that fan-out does not use.
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import time
 from typing import Any
 from urllib.parse import parse_qsl
 
@@ -23,6 +25,7 @@ from channels.exceptions import StopConsumer
 
 from presence.backends.base import PresenceBackend
 from rooms import limits
+from rooms.access import db_load_access
 from rooms.auth import Identity, Refusal, identify
 from rooms.conf import dorm_settings
 from rooms.protocol import (
@@ -49,6 +52,9 @@ class RoomConsumer(AsyncConsumer):
     conn: Connection | None = None
     identity: Identity | None = None
     room: str = ""
+    # Fires at the token's expiry (closes with 4401).
+    _expiry: asyncio.TimerHandle | None = None
+    _expiry_task: asyncio.Task[None] | None = None
 
     async def dispatch(self, message: dict[str, Any]) -> None:
         kind = message["type"]
@@ -88,19 +94,37 @@ class RoomConsumer(AsyncConsumer):
             if not ROOM_ID_RE.fullmatch(self.room):
                 raise Refusal(CloseCode.BAD_REQUEST, "room id must be 1-64 characters of A-Z a-z 0-9 _ -")
             since = self._since(query)
+            # The cheapest refusal first: a flood from one address costs one
+            # bucket check each, no database lookup and no signature check.
             client = self.scope.get("client") or ("", 0)
-            refused = limits.admit_connection(str(client[0]), self.room)
+            refused = await limits.admit_connection(str(client[0]), self.room)
             if refused is not None:
                 raise Refusal(*refused)
-            self.identity = identify(query, self.room)
+            access = await db_load_access(self.room)
+            self.identity = identify(query, self.room, access)
+            runtime = get_runtime()
+            # No await between this check and hub.add below: two handshakes
+            # cannot both take the last place.
+            refused = limits.admit_occupancy(runtime.hub.count(self.room), access.max_connections)
+            if refused is not None:
+                raise Refusal(*refused)
         except Refusal as refusal:
             await self._refuse(refusal.code, refusal.reason)
             return
-        runtime = get_runtime()
         conn = Connection(self.room, self.identity.user_id, self.identity.scope, self.base_send)
         self.conn = conn
         runtime.hub.add(conn)
         runtime.registry.submit(self.room, Join(conn, since))
+        if self.identity.expires_at is not None:
+            delay = max(0.0, self.identity.expires_at - time.time())
+            self._expiry = asyncio.get_running_loop().call_later(delay, self._token_expired)
+
+    def _token_expired(self) -> None:
+        conn = self.conn
+        if conn is None or conn.closed:
+            return
+        # Kept referenced until done (a bare task may be collected mid-flight).
+        self._expiry_task = asyncio.ensure_future(conn.close(CloseCode.UNAUTHORIZED, "token expired"))
 
     def _query(self) -> dict[str, str]:
         raw = self.scope.get("query_string", b"")
@@ -172,15 +196,24 @@ class RoomConsumer(AsyncConsumer):
         if type_ == "heartbeat":
             presence.touch(self.room, conn.id)
             return
-        wait_ms = limits.admit_message(self.identity, self.room)  # type: ignore[arg-type]
+        wait_ms = await limits.admit_message(self.identity, self.room)  # type: ignore[arg-type]
         if wait_ms is not None:
-            await conn.reply(dumps({"type": "rate_limited", "retryAfterMs": wait_ms}))
+            # Not abuse (PROTOCOL.md section 5): the frame is dropped, nothing
+            # is stored, the connection stays. `id` (an added optional field)
+            # tells the client which message to send again.
+            limited: dict[str, Any] = {"type": "rate_limited", "retryAfterMs": wait_ms}
+            if client_id is not None:
+                limited["id"] = client_id
+            await conn.reply(dumps(limited))
             return
         runtime.registry.submit(self.room, Frame(conn, type_, client_id, payload))
 
     # -- disconnect -------------------------------------------------------------
 
     def disconnect(self, code: int, reason: str) -> None:
+        if self._expiry is not None:
+            self._expiry.cancel()
+            self._expiry = None
         conn = self.conn
         if conn is None:
             return
