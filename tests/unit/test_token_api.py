@@ -101,3 +101,14 @@ def test_a_verify_only_server_says_it_does_not_issue(backend: APIClient) -> None
     with dorm(TOKEN_SECRET=""):
         response = backend.post("/api/rooms/r/token", {}, format="json")
     assert response.status_code == 503 and "does not issue" in response.json()["detail"]
+
+
+def test_token_requests_are_throttled_per_user(user: User) -> None:
+    from django.core.cache import cache
+
+    cache.clear()
+    client = APIClient()
+    client.force_authenticate(user)
+    statuses = [client.post("/api/rooms/r/token", {}, format="json").status_code for _ in range(121)]
+    assert statuses[:120] == [200] * 120 and statuses[120] == 429
+    cache.clear()
