@@ -55,6 +55,8 @@ class RoomConsumer(AsyncConsumer):
     # Fires at the token's expiry (closes with 4401).
     _expiry: asyncio.TimerHandle | None = None
     _expiry_task: asyncio.Task[None] | None = None
+    # Holds a place in a size-limited room (given back at disconnect).
+    _placed = False
 
     async def dispatch(self, message: dict[str, Any]) -> None:
         kind = message["type"]
@@ -102,16 +104,17 @@ class RoomConsumer(AsyncConsumer):
                 raise Refusal(*refused)
             access = await db_load_access(self.room)
             self.identity = identify(query, self.room, access)
-            runtime = get_runtime()
-            # No await between this check and hub.add below: two handshakes
-            # cannot both take the last place.
-            refused = limits.admit_occupancy(runtime.hub.count(self.room), access.max_connections)
-            if refused is not None:
-                raise Refusal(*refused)
+            conn = Connection(self.room, self.identity.user_id, self.identity.scope, self.base_send)
+            # Atomic in its store (memory or Redis): two handshakes cannot
+            # both take the last place, even on two processes.
+            placed = await limits.admit_occupancy(self.room, conn.id, access.max_connections)
+            if isinstance(placed, tuple):
+                raise Refusal(*placed)
+            self._placed = placed
         except Refusal as refusal:
             await self._refuse(refusal.code, refusal.reason)
             return
-        conn = Connection(self.room, self.identity.user_id, self.identity.scope, self.base_send)
+        runtime = get_runtime()
         self.conn = conn
         runtime.hub.add(conn)
         runtime.registry.submit(self.room, Join(conn, since))
@@ -217,6 +220,9 @@ class RoomConsumer(AsyncConsumer):
         conn = self.conn
         if conn is None:
             return
+        if self._placed:
+            self._placed = False
+            limits.release_occupancy(self.room, conn.id)
         runtime = get_runtime()
         runtime.hub.remove(conn)
         if conn.close_code is not None:  # we closed it: our code says why

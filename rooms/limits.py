@@ -5,13 +5,15 @@ The consumer asks these questions on every connection and every frame:
 - ``admit_connection``: new connections per client address, a token bucket
   (``CONNECT_RATE_PER_SECOND``, ``CONNECT_BURST``); refused with 4429.
 - ``admit_occupancy``: connections per room (the room's ``max_connections``,
-  else ``MAX_CONNECTIONS_PER_ROOM``); refused with 4409.
+  else ``MAX_CONNECTIONS_PER_ROOM``); refused with 4409. ``release_occupancy``
+  gives the place back when the connection ends.
 - ``admit_message``: messages per user per room, a token bucket
   (``MESSAGE_RATE_PER_SECOND``, ``MESSAGE_BURST``); refused softly with
   ``rate_limited`` and the milliseconds to wait, the connection stays.
 
-The buckets live in process memory, or in Redis when ``LIMITS_REDIS_URL`` is
-set (distributed mode) so that a limit holds across processes.
+The counters (``rooms/buckets/``, ``rooms/occupancy.py``) live in process
+memory, or in Redis when ``LIMITS_REDIS_URL`` is set (distributed mode) so
+that a limit holds across processes.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from rooms.auth import Identity
 from rooms.buckets.base import TokenBuckets
 from rooms.buckets.memory import MemoryBuckets
 from rooms.conf import dorm_settings
+from rooms.occupancy import MemoryOccupancy, Occupancy
 from rooms.protocol import CloseCode
 
 log = logging.getLogger("dorm.security")
@@ -32,48 +35,75 @@ log = logging.getLogger("dorm.security")
 # One warning per this many seconds while Redis is failing, not one per frame.
 REDIS_ERROR_LOG_EVERY_SECONDS = 10.0
 
-_buckets: tuple[asyncio.AbstractEventLoop, str, TokenBuckets] | None = None
+class _Stores:
+    """The counters of one event loop (a Redis client is bound to one loop)."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, url: str) -> None:
+        self.loop = loop
+        self.url = url
+        self.buckets: TokenBuckets
+        self.occupancy: Occupancy
+        if url:
+            from rooms.buckets.redis import RedisBuckets
+            from rooms.occupancy import RedisOccupancy
+
+            prefix = str(dorm_settings.LIMITS_KEY_PREFIX)
+            self.buckets = RedisBuckets(url, prefix)
+            self.occupancy = RedisOccupancy(url, prefix)
+        else:
+            self.buckets = MemoryBuckets()
+            self.occupancy = MemoryOccupancy()
+
+    async def close(self) -> None:
+        await self.buckets.close()
+        await self.occupancy.close()
+
+
+_stores: _Stores | None = None
 _last_error_log = 0.0
+# Place releases scheduled from the consumer's synchronous disconnect, kept
+# referenced until done.
+_releases: set[asyncio.Task[None]] = set()
+
+
+def stores() -> _Stores:
+    global _stores
+    loop = asyncio.get_running_loop()
+    url = str(dorm_settings.LIMITS_REDIS_URL or "")
+    if _stores is None or _stores.loop is not loop or _stores.url != url:
+        _stores = _Stores(loop, url)
+    return _stores
 
 
 def buckets() -> TokenBuckets:
-    """The buckets of the running event loop (a Redis client is bound to one loop)."""
-    global _buckets
-    loop = asyncio.get_running_loop()
-    url = str(dorm_settings.LIMITS_REDIS_URL or "")
-    if _buckets is not None and _buckets[0] is loop and _buckets[1] == url:
-        return _buckets[2]
-    backend: TokenBuckets
-    if url:
-        from rooms.buckets.redis import RedisBuckets
-
-        backend = RedisBuckets(url, str(dorm_settings.LIMITS_KEY_PREFIX))
-    else:
-        backend = MemoryBuckets()
-    _buckets = (loop, url, backend)
-    return backend
+    return stores().buckets
 
 
 async def reset() -> None:
-    """Forget every bucket and close the store's connections (tests, shutdown)."""
-    global _buckets
-    current, _buckets = _buckets, None
-    if current is not None and current[0] is asyncio.get_running_loop():
-        await current[2].close()
+    """Forget every counter and close the store's connections (tests, shutdown)."""
+    global _stores
+    current, _stores = _stores, None
+    if current is not None and current.loop is asyncio.get_running_loop():
+        if _releases:
+            await asyncio.gather(*_releases, return_exceptions=True)
+        await current.close()
+
+
+def _store_failed(exc: Exception) -> None:
+    # Fail open: a Redis outage must not take every room down with it. The
+    # frame-size limits and the abuse counter still hold while Redis is away.
+    global _last_error_log
+    now = time.monotonic()
+    if now - _last_error_log > REDIS_ERROR_LOG_EVERY_SECONDS:
+        _last_error_log = now
+        log.warning("limit store unavailable, admitting error=%s", type(exc).__name__)
 
 
 async def _take(key: str, rate: float, burst: int) -> float:
     try:
         return await buckets().take(key, rate, burst)
     except Exception as exc:
-        # Fail open: a Redis outage must not take every room down with it.
-        # The frame-size limits, the abuse counter and max_connections (local)
-        # still hold while Redis is away.
-        global _last_error_log
-        now = time.monotonic()
-        if now - _last_error_log > REDIS_ERROR_LOG_EVERY_SECONDS:
-            _last_error_log = now
-            log.warning("limit store unavailable, admitting error=%s", type(exc).__name__)
+        _store_failed(exc)
         return 0.0
 
 
@@ -88,12 +118,35 @@ async def admit_connection(client_address: str, room: str) -> tuple[int, str] | 
     return None
 
 
-def admit_occupancy(current: int, max_connections: int | None) -> tuple[int, str] | None:
-    """``current``: the room's connections before this one."""
+async def admit_occupancy(room: str, connection_id: str, max_connections: int | None) -> tuple[int, str] | bool:
+    """False: the room has no size limit (nothing was counted, nothing to release).
+
+    True: a place was taken (release it with ``release_occupancy``). A tuple:
+    refused with ``(close code, reason)``.
+    """
     limit = max_connections if max_connections is not None else dorm_settings.MAX_CONNECTIONS_PER_ROOM
-    if limit is not None and current >= int(limit):
-        return CloseCode.ROOM_FULL, "room is full"
-    return None
+    if limit is None:
+        return False
+    try:
+        taken = await stores().occupancy.occupy(room, connection_id, int(limit))
+    except Exception as exc:
+        _store_failed(exc)
+        return False
+    return True if taken else (CloseCode.ROOM_FULL, "room is full")
+
+
+def release_occupancy(room: str, connection_id: str) -> None:
+    """Give a place back (from a synchronous disconnect; runs in the background)."""
+
+    async def release() -> None:
+        try:
+            await stores().occupancy.vacate(room, connection_id)
+        except Exception as exc:  # the place's lease ends by itself
+            _store_failed(exc)
+
+    task = asyncio.get_running_loop().create_task(release())
+    _releases.add(task)
+    task.add_done_callback(_releases.discard)
 
 
 async def admit_message(identity: Identity, room: str) -> int | None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import shutil
 import socket
+import sqlite3
 import subprocess
 import sys
 import time
@@ -78,10 +79,18 @@ def migrated_db(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def start_server(migrated_db: Path, tmp_path: Path) -> Iterator[Callable[..., Server]]:
     servers: list[Server] = []
 
-    def _start(server: str = "daphne", **env: Any) -> Server:
+    def _start(server: str = "daphne", rooms: dict[str, int] | None = None, **env: Any) -> Server:
+        """``rooms``: slug -> max_connections, created in the server's database first."""
         port = _free_port()
         db = tmp_path / f"db-{port}.sqlite3"
         shutil.copy(migrated_db, db)
+        if rooms:
+            with sqlite3.connect(db) as conn:
+                conn.executemany(
+                    "INSERT INTO rooms_room (slug, kind, private, max_connections, settings, created_at)"
+                    " VALUES (?, 'whiteboard', 0, ?, '{}', datetime('now'))",
+                    list(rooms.items()),
+                )
         log_path = tmp_path / f"{server}-{port}.log"
         if server == "daphne":
             # The access log on: an operator may turn it on, it must stay clean too.

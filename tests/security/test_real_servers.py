@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 from typing import Any, Callable
 
@@ -88,6 +89,30 @@ async def test_per_address_limit_holds_across_two_processes(
         # Server two has seen one connection from this address; the shared bucket has seen three.
         code, reason = await _closed_with(f"{two.ws}/ws/spread?userId=d")
         assert code == 4429 and "too many connection attempts" in reason
+
+
+async def test_room_size_holds_across_two_processes(
+    start_server: Callable[..., Server], redis_url: str, redis_prefix: str
+) -> None:
+    shared = {"REDIS_URL": redis_url, "DORM_LIMITS_KEY_PREFIX": redis_prefix}
+    one, two = start_server(rooms={"capped": 2}, **shared), start_server(rooms={"capped": 2}, **shared)
+    async with connect(f"{one.ws}/ws/capped?userId=a") as a, connect(f"{two.ws}/ws/capped?userId=b") as b:
+        await _welcome(a)
+        await _welcome(b)
+        # Each process holds one connection; the room holds two, its maximum.
+        assert await _closed_with(f"{one.ws}/ws/capped?userId=c") == (4409, "room is full")
+        assert await _closed_with(f"{two.ws}/ws/capped?userId=c") == (4409, "room is full")
+    # Both left: their places are given back, on either process.
+    for _ in range(50):
+        try:
+            async with connect(f"{two.ws}/ws/capped?userId=c") as c, connect(f"{one.ws}/ws/capped?userId=d") as d:
+                await _welcome(c)
+                await _welcome(d)
+                break
+        except AssertionError:
+            await asyncio.sleep(0.05)
+    else:
+        raise AssertionError("places were not given back")
 
 
 async def test_browser_origins_are_checked_and_production_warns_at_start(

@@ -189,3 +189,43 @@ async def test_the_default_room_size_applies_to_rooms_without_their_own(connect:
     await connect("dflt", userId="a")
     full = await connect("dflt", userId="b", expect_welcome=False)
     assert (await full.closed_with())[0] == 4409
+
+
+# -- room places in Redis (distributed max_connections) ----------------------------
+
+
+async def test_redis_places_are_shared_and_given_back(redis_url: str, redis_prefix: str) -> None:
+    from rooms.occupancy import RedisOccupancy
+
+    one, two = RedisOccupancy(redis_url, redis_prefix), RedisOccupancy(redis_url, redis_prefix)
+    try:
+        assert await one.occupy("r", "c1", 2) and await two.occupy("r", "c2", 2)
+        assert not await two.occupy("r", "c3", 2)
+        assert await one.occupy("r", "c1", 2)  # a place already held is held, not counted twice
+        assert await one.occupy("other", "c3", 2)  # rooms are independent
+        await one.vacate("r", "c1")
+        assert await two.occupy("r", "c3", 2)
+    finally:
+        await one.close()
+        await two.close()
+
+
+async def test_redis_places_of_a_dead_process_free_themselves_and_live_ones_are_renewed(
+    redis_url: str, redis_prefix: str
+) -> None:
+    from rooms.occupancy import RedisOccupancy
+
+    dead = RedisOccupancy(redis_url, redis_prefix, lease_seconds=0.3)
+    alive = RedisOccupancy(redis_url, redis_prefix, lease_seconds=0.3)
+    try:
+        assert await dead.occupy("r", "gone", 2) and await alive.occupy("r", "here", 2)
+        await dead.close()  # the process dies: no vacate, no renewal
+        await asyncio.sleep(0.7)  # two leases; "here" renewed meanwhile
+        check = RedisOccupancy(redis_url, redis_prefix, lease_seconds=0.3)
+        try:
+            assert await check.occupy("r", "new", 2)  # "gone" freed its place
+            assert not await check.occupy("r", "newer", 2)  # "here" still holds one
+        finally:
+            await check.close()
+    finally:
+        await alive.close()
