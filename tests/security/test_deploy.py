@@ -44,6 +44,7 @@ def test_check_deploy_is_clean_in_production_settings() -> None:
     [
         ({"DORM_TOKEN_SECRET": ""}, "dorm.E001"),
         ({"DORM_TOKEN_SECRET": "short"}, "dorm.E001"),
+        ({"DORM_TOKEN_SECRET": settings.DEV_TOKEN_SECRET}, "dorm.E002"),
         ({"DORM_ALLOW_ANONYMOUS": "true"}, "dorm.W001"),
         ({"DORM_TOKEN_ALGORITHM": "RS256"}, "dorm.E003"),
         ({"DJANGO_SECURE_HSTS_SECONDS": "0"}, "security.W004"),
