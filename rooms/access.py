@@ -11,15 +11,18 @@ from __future__ import annotations
 from channels.db import database_sync_to_async
 
 from rooms.auth import RoomAccess
+from rooms.conf import dorm_settings
 from rooms.models import Room
 
 
 def load_access(slug: str) -> RoomAccess:
-    row = Room.objects.filter(slug=slug).values_list("private", "max_connections", "settings").first()
+    row = Room.objects.filter(slug=slug).values_list("private", "max_connections", "settings", "kind").first()
     if row is None:
-        return RoomAccess()
-    private, max_connections, settings = row
-    return RoomAccess.from_room(private, max_connections, settings)
+        # The kind the actor would create it with (and if it will not create
+        # it, the join is refused with 4404 before any frame counts).
+        return RoomAccess(kind=str(dorm_settings.DEFAULT_KIND))
+    private, max_connections, settings, kind = row
+    return RoomAccess.from_room(private, max_connections, settings, kind)
 
 
 db_load_access = database_sync_to_async(load_access)

@@ -42,11 +42,18 @@ class RoomAccess:
     max_connections: int | None = None
     # "read" lets anonymous clients in read-only; "" (default) does not.
     anonymous: str = ""
+    # The room's kind ("" for a room that does not exist yet).
+    kind: str = ""
 
     @classmethod
-    def from_room(cls, private: bool, max_connections: int | None, settings: Any) -> RoomAccess:
+    def from_room(cls, private: bool, max_connections: int | None, settings: Any, kind: str = "") -> RoomAccess:
         anonymous = settings.get("anonymous", "") if isinstance(settings, dict) else ""
-        return cls(private=private, max_connections=max_connections, anonymous="read" if anonymous == "read" else "")
+        return cls(
+            private=private,
+            max_connections=max_connections,
+            anonymous="read" if anonymous == "read" else "",
+            kind=kind,
+        )
 
 
 class Refusal(Exception):

@@ -24,10 +24,12 @@ from channels.consumer import AsyncConsumer
 from channels.exceptions import StopConsumer
 
 from presence.backends.base import PresenceBackend
-from rooms import limits
+from rooms import limits, validation
 from rooms.access import db_load_access
 from rooms.auth import Identity, Refusal, identify
 from rooms.conf import dorm_settings
+from rooms.kinds import UnknownKind, kind_class
+from rooms.kinds.base import RoomKind
 from rooms.protocol import (
     MAX_CLIENT_ID_CHARS,
     MESSAGE_TYPE_RE,
@@ -57,6 +59,8 @@ class RoomConsumer(AsyncConsumer):
     _expiry_task: asyncio.Task[None] | None = None
     # Holds a place in a size-limited room (given back at disconnect).
     _placed = False
+    # The room's kind, to check frames at the edge (rooms/validation.py).
+    _kind: type[RoomKind] | None = None
 
     async def dispatch(self, message: dict[str, Any]) -> None:
         kind = message["type"]
@@ -104,6 +108,7 @@ class RoomConsumer(AsyncConsumer):
                 raise Refusal(*refused)
             access = await db_load_access(self.room)
             self.identity = identify(query, self.room, access)
+            self._kind = _kind_or_none(access.kind)
             conn = Connection(self.room, self.identity.user_id, self.identity.scope, self.base_send)
             # Atomic in its store (memory or Redis): two handshakes cannot
             # both take the last place, even on two processes.
@@ -199,6 +204,14 @@ class RoomConsumer(AsyncConsumer):
         if type_ == "heartbeat":
             presence.touch(self.room, conn.id)
             return
+        kind = self._kind
+        if kind is not None:
+            refused = validation.refuse(kind, conn.scope, type_, payload)
+            if refused is not None:
+                await conn.error(refused[0], client_id, refused[1])
+                return
+        # After validation: an invalid frame costs no token (and, in the
+        # distributed mode, no Redis round trip); the abuse counter bounds it.
         wait_ms = await limits.admit_message(self.identity, self.room)  # type: ignore[arg-type]
         if wait_ms is not None:
             # Not abuse (PROTOCOL.md section 5): the frame is dropped, nothing
@@ -231,6 +244,14 @@ class RoomConsumer(AsyncConsumer):
         if not conn.refused:
             runtime.registry.submit(self.room, Leave(conn, code, reason))
         log.info("disconnect room=%s user=%s conn=%s code=%s", self.room, conn.user_id, conn.id, code)
+
+
+def _kind_or_none(name: str) -> type[RoomKind] | None:
+    try:
+        return kind_class(name)
+    except UnknownKind:
+        # A room whose kind is no longer configured: the actor refuses it.
+        return None
 
 
 def _utf8_size_at_least(text: str, limit: int) -> int:
