@@ -35,19 +35,19 @@ log = logging.getLogger("dorm.security")
 # One warning per this many seconds while Redis is failing, not one per frame.
 REDIS_ERROR_LOG_EVERY_SECONDS = 10.0
 
+
 class _Stores:
     """The counters of one event loop (a Redis client is bound to one loop)."""
 
-    def __init__(self, loop: asyncio.AbstractEventLoop, url: str) -> None:
+    def __init__(self, loop: asyncio.AbstractEventLoop, url: str, prefix: str) -> None:
         self.loop = loop
-        self.url = url
+        self.key = (url, prefix)
         self.buckets: TokenBuckets
         self.occupancy: Occupancy
         if url:
             from rooms.buckets.redis import RedisBuckets
             from rooms.occupancy import RedisOccupancy
 
-            prefix = str(dorm_settings.LIMITS_KEY_PREFIX)
             self.buckets = RedisBuckets(url, prefix)
             self.occupancy = RedisOccupancy(url, prefix)
         else:
@@ -61,8 +61,8 @@ class _Stores:
 
 _stores: _Stores | None = None
 _last_error_log = 0.0
-# Place releases scheduled from the consumer's synchronous disconnect, kept
-# referenced until done.
+# Background work (place releases from the consumer's synchronous
+# disconnect, closing a replaced store), kept referenced until done.
 _releases: set[asyncio.Task[None]] = set()
 
 
@@ -70,9 +70,18 @@ def stores() -> _Stores:
     global _stores
     loop = asyncio.get_running_loop()
     url = str(dorm_settings.LIMITS_REDIS_URL or "")
-    if _stores is None or _stores.loop is not loop or _stores.url != url:
-        _stores = _Stores(loop, url)
+    prefix = str(dorm_settings.LIMITS_KEY_PREFIX)
+    if _stores is None or _stores.loop is not loop or _stores.key != (url, prefix):
+        previous, _stores = _stores, _Stores(loop, url, prefix)
+        if previous is not None and previous.loop is loop:
+            # The settings changed (tests): let go of the old store's connections.
+            _keep_until_done(loop.create_task(previous.close()))
     return _stores
+
+
+def _keep_until_done(task: asyncio.Task[None]) -> None:
+    _releases.add(task)
+    task.add_done_callback(_releases.discard)
 
 
 def buckets() -> TokenBuckets:
@@ -144,9 +153,7 @@ def release_occupancy(room: str, connection_id: str) -> None:
         except Exception as exc:  # the place's lease ends by itself
             _store_failed(exc)
 
-    task = asyncio.get_running_loop().create_task(release())
-    _releases.add(task)
-    task.add_done_callback(_releases.discard)
+    _keep_until_done(asyncio.get_running_loop().create_task(release()))
 
 
 async def admit_message(identity: Identity, room: str) -> int | None:
