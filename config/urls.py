@@ -1,5 +1,5 @@
 from django.contrib import admin
-from django.urls import path
+from django.urls import include, path
 
 from config.health import healthz, readyz
 
@@ -7,4 +7,6 @@ urlpatterns = [
     path("admin/", admin.site.urls),
     path("healthz", healthz),
     path("readyz", readyz),
+    # Room tokens (rooms/token_api.py); the REST API mounts its own include here too.
+    path("api/", include("rooms.token_api")),
 ]
