@@ -194,7 +194,8 @@ DORM = {
     # Room tokens (docs/security.md). The secret signs and checks HS256
     # tokens; a development default exists only with DEBUG on, so a
     # production server without DORM_TOKEN_SECRET refuses every token
-    # (and `check --deploy` says so) instead of trusting a public key.
+    # (and `check --deploy` says so) instead of accepting tokens signed
+    # with a secret that is public in this repository.
     "TOKEN_SECRET": os.environ.get("DORM_TOKEN_SECRET") or (DEV_TOKEN_SECRET if DEBUG else ""),
     "TOKEN_ALGORITHM": os.environ.get("DORM_TOKEN_ALGORITHM", "HS256"),
     # RS256/ES256: PEM text, inline or from a file (a mounted secret).
