@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 HOST ?= 127.0.0.1
 PORT ?= 8000
 
-.PHONY: run run-uvicorn test bench clean
+.PHONY: run run-uvicorn cluster test bench clean
 
 $(STAMP): requirements.txt requirements-dev.txt
 	$(PYTHON) -m venv $(VENV)
@@ -26,6 +26,16 @@ run: $(STAMP)
 run-uvicorn: $(STAMP)
 	$(PY) manage.py migrate --noinput
 	$(PY) -m uvicorn config.asgi:application --host $(HOST) --port $(PORT) --ws websockets --ws-max-size 1048576
+
+# A local distributed-mode cluster (Procfile: two daphne processes on 8001 and
+# 8002) on the machine's PostgreSQL and Redis; deploy/nginx.conf serves both
+# on :8000. Override CLUSTER_DATABASE_URL / CLUSTER_REDIS_URL as needed.
+CLUSTER_DATABASE_URL ?= postgres://postgres@127.0.0.1:5432/dorm
+CLUSTER_REDIS_URL ?= redis://127.0.0.1:6379/0
+cluster: $(STAMP)
+	DATABASE_URL=$(CLUSTER_DATABASE_URL) $(PY) deploy/ensure_database.py
+	DATABASE_URL=$(CLUSTER_DATABASE_URL) REDIS_URL=$(CLUSTER_REDIS_URL) $(PY) manage.py migrate --noinput
+	DATABASE_URL=$(CLUSTER_DATABASE_URL) REDIS_URL=$(CLUSTER_REDIS_URL) $(VENV)/bin/honcho start -f Procfile
 
 # The whole suite: unit tests, end-to-end tests against real servers.
 test: $(STAMP)

@@ -14,7 +14,12 @@ django_asgi_app = get_asgi_application()
 from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
 
 from rooms.asgi import BrowserOriginValidator, NeverCloseWith1011  # noqa: E402
+from rooms.checks import warn_at_start  # noqa: E402
 from rooms.routing import websocket_urlpatterns  # noqa: E402
+
+# The server runs no system checks: say it at start if production runs with
+# anonymous access on or without a token secret (docs/security.md).
+warn_at_start()
 
 application = ProtocolTypeRouter(
     {

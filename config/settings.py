@@ -32,6 +32,19 @@ def env_int(name: str, default: int) -> int:
     return default if value in (None, "") else int(value)
 
 
+def env_list(name: str, default: str = "") -> list[str]:
+    return [item.strip() for item in os.environ.get(name, default).split(",") if item.strip()]
+
+
+def env_text_or_file(name: str) -> str:
+    """``NAME`` itself, or the content of the file at ``NAME_FILE`` (mounted secrets)."""
+    value = os.environ.get(name, "")
+    path = os.environ.get(f"{name}_FILE", "")
+    if not value and path:
+        value = Path(path).read_text()
+    return value
+
+
 # ---------------------------------------------------------------------------
 # Core
 # ---------------------------------------------------------------------------
@@ -45,11 +58,10 @@ SECRET_KEY = os.environ.get(
     "DJANGO_SECRET_KEY", "dorm-insecure-development-key-change-me-in-production"
 )
 
-ALLOWED_HOSTS = [
-    h.strip()
-    for h in os.environ.get("DJANGO_ALLOWED_HOSTS", "127.0.0.1,localhost,[::1]").split(",")
-    if h.strip()
-]
+ALLOWED_HOSTS = env_list("DJANGO_ALLOWED_HOSTS", "127.0.0.1,localhost,[::1]")
+
+# Signs room tokens in development only (see DORM["TOKEN_SECRET"] below).
+DEV_TOKEN_SECRET = "dorm-insecure-development-token-secret-change-me"
 
 INSTALLED_APPS = [
     # daphne first so that `runserver` serves the ASGI application.
@@ -62,6 +74,8 @@ INSTALLED_APPS = [
     "django.contrib.staticfiles",
     "channels",
     "rest_framework",
+    # DRF tokens: how app backends authenticate to ask for room tokens.
+    "rest_framework.authtoken",
     "rooms",
     "presence",
     "billing",
@@ -177,7 +191,63 @@ DORM = {
     "MAX_BATCH_EVENTS": env_int("DORM_MAX_BATCH_EVENTS", 1000),
     "RESUME_MAX_EVENTS": env_int("DORM_RESUME_MAX_EVENTS", 10_000),
     "DIRECT_SOCKET_WRITES": env_bool("DORM_DIRECT_SOCKET_WRITES", True),
+    # Room tokens (docs/security.md). The secret signs and checks HS256
+    # tokens; a development default exists only with DEBUG on, so a
+    # production server without DORM_TOKEN_SECRET refuses every token
+    # (and `check --deploy` says so) instead of accepting tokens signed
+    # with a secret that is public in this repository.
+    "TOKEN_SECRET": os.environ.get("DORM_TOKEN_SECRET") or (DEV_TOKEN_SECRET if DEBUG else ""),
+    "TOKEN_ALGORITHM": os.environ.get("DORM_TOKEN_ALGORITHM", "HS256"),
+    # RS256/ES256: PEM text, inline or from a file (a mounted secret).
+    "TOKEN_PUBLIC_KEY": env_text_or_file("DORM_TOKEN_PUBLIC_KEY"),
+    "TOKEN_PRIVATE_KEY": env_text_or_file("DORM_TOKEN_PRIVATE_KEY"),
+    "TOKEN_TTL_SECONDS": env_int("DORM_TOKEN_TTL_SECONDS", 15 * 60),
+    "TOKEN_LEEWAY_SECONDS": env_float("DORM_TOKEN_LEEWAY_SECONDS", 10.0),
+    # Limits (PROTOCOL.md sections 1 and 5); a rate of 0 turns a limit off.
+    "CONNECT_RATE_PER_SECOND": env_float("DORM_CONNECT_RATE_PER_SECOND", 10.0),
+    "CONNECT_BURST": env_int("DORM_CONNECT_BURST", 60),
+    "MESSAGE_RATE_PER_SECOND": env_float("DORM_MESSAGE_RATE_PER_SECOND", 20.0),
+    "MESSAGE_BURST": env_int("DORM_MESSAGE_BURST", 40),
+    "MAX_CONNECTIONS_PER_ROOM": env_int("DORM_MAX_CONNECTIONS_PER_ROOM", 0) or None,
+    # Distributed mode: the limit counters live in Redis, shared by every process.
+    "LIMITS_REDIS_URL": os.environ.get("DORM_LIMITS_REDIS_URL", REDIS_URL),
+    "LIMITS_KEY_PREFIX": os.environ.get("DORM_LIMITS_KEY_PREFIX", "dorm:limits:"),
 }
+
+# ---------------------------------------------------------------------------
+# Security for production (`manage.py check --deploy` is clean with DEBUG off;
+# tests/security/test_deploy.py runs it). Dorm is expected behind a TLS
+# terminating proxy or load balancer.
+# ---------------------------------------------------------------------------
+
+# Browser origins allowed to open WebSockets and to POST with a session
+# cookie, e.g. "https://app.example.com". Hosts in ALLOWED_HOSTS are allowed
+# too (rooms/asgi.py); clients without an Origin header (apps, bots) are not
+# browsers and are checked by their token instead.
+ALLOWED_ORIGINS = env_list("DJANGO_ALLOWED_ORIGINS")
+CSRF_TRUSTED_ORIGINS = [o for o in ALLOWED_ORIGINS if "://" in o]
+
+# The proxy says which requests came over TLS; without this header Django
+# would see every request as plain HTTP and the redirect below would loop.
+if env_bool("DJANGO_BEHIND_TLS_PROXY", not DEBUG):
+    SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
+SECURE_SSL_REDIRECT = env_bool("DJANGO_SECURE_SSL_REDIRECT", not DEBUG)
+# Load balancer health checks come over plain HTTP from inside the network.
+SECURE_REDIRECT_EXEMPT = [r"^healthz$"]
+# Cookies (admin session, CSRF) only over TLS in production.
+SESSION_COOKIE_SECURE = env_bool("DJANGO_SESSION_COOKIE_SECURE", not DEBUG)
+CSRF_COOKIE_SECURE = env_bool("DJANGO_CSRF_COOKIE_SECURE", not DEBUG)
+SESSION_COOKIE_HTTPONLY = True
+# HSTS: browsers refuse plain HTTP to this host for a year once seen over TLS.
+# Off in development (it would stick to localhost in the developer's browser).
+SECURE_HSTS_SECONDS = env_int("DJANGO_SECURE_HSTS_SECONDS", 0 if DEBUG else 31_536_000)
+SECURE_HSTS_INCLUDE_SUBDOMAINS = env_bool("DJANGO_SECURE_HSTS_INCLUDE_SUBDOMAINS", not DEBUG)
+# The preload directive alone does nothing until the domain is submitted to
+# hstspreload.org; set it false if subdomains may ever serve plain HTTP.
+SECURE_HSTS_PRELOAD = env_bool("DJANGO_SECURE_HSTS_PRELOAD", not DEBUG)
+SECURE_CONTENT_TYPE_NOSNIFF = True
+SECURE_REFERRER_POLICY = "same-origin"
+X_FRAME_OPTIONS = "DENY"
 
 # ---------------------------------------------------------------------------
 # Internationalization, static files
@@ -206,10 +276,18 @@ LOGGING = {
     "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
     "loggers": {
         "dorm": {"handlers": ["console"], "level": LOG_LEVEL, "propagate": False},
+        # uvicorn logs handshake URLs with their query string: rooms/redact.py
+        # filters `?token=` out of them (daphne logs paths only).
         "django": {"handlers": ["console"], "level": "WARNING"},
     },
 }
 
 REST_FRAMEWORK = {
     "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
+    # Browsers use the Django session (with CSRF); app backends a DRF token.
+    "DEFAULT_AUTHENTICATION_CLASSES": [
+        "rest_framework.authentication.SessionAuthentication",
+        "rest_framework.authentication.TokenAuthentication",
+    ],
+    "DEFAULT_THROTTLE_RATES": {"room_token": os.environ.get("DORM_TOKEN_ISSUE_RATE", "120/min")},
 }

@@ -7,6 +7,8 @@ urlpatterns = [
     path("admin/", admin.site.urls),
     path("healthz", healthz),
     path("readyz", readyz),
+    # Room tokens (rooms/token_api.py); the REST API mounts its own include here too.
+    path("api/", include("rooms.token_api")),
     # Demo pages and the JavaScript client (rooms/pages_urls.py).
     path("", include("rooms.pages_urls")),
 ]

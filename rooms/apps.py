@@ -4,3 +4,8 @@ from django.apps import AppConfig
 class RoomsConfig(AppConfig):
     name = "rooms"
     verbose_name = "Rooms"
+
+    def ready(self) -> None:
+        from rooms import checks, redact  # noqa: F401  (registers the system checks)
+
+        redact.install()

@@ -26,7 +26,9 @@ class BrowserOriginValidator(OriginValidator):
     """
 
     def __init__(self, application: Any) -> None:
-        allowed = list(settings.ALLOWED_HOSTS)
+        # ALLOWED_ORIGINS: browser apps served from other hosts than Dorm's
+        # ("https://app.example.com"); Channels matches scheme and port too.
+        allowed = list(settings.ALLOWED_HOSTS) + list(getattr(settings, "ALLOWED_ORIGINS", []))
         if settings.DEBUG and not allowed:
             allowed = ["localhost", "127.0.0.1", "[::1]"]
         super().__init__(application, allowed)

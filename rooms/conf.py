@@ -42,6 +42,34 @@ DEFAULTS: dict[str, Any] = {
     # Distributed mode: a room's lease lives this long unless renewed (every
     # third of it). Also how long a dead owner's rooms wait for a new one.
     "LEASE_TTL_SECONDS": 5.0,
+    # -- security (docs/security.md) --------------------------------------
+    # Room tokens. HS256 with TOKEN_SECRET (>= 32 bytes) by default; RS*/ES*
+    # verify with TOKEN_PUBLIC_KEY and issue only if TOKEN_PRIVATE_KEY is set.
+    # An empty secret disables tokens (refused with 4401, never trusted).
+    "TOKEN_ALGORITHM": "HS256",
+    "TOKEN_SECRET": "",
+    "TOKEN_PUBLIC_KEY": "",
+    "TOKEN_PRIVATE_KEY": "",
+    "TOKEN_TTL_SECONDS": 15 * 60,
+    # Clock skew tolerated between the token's issuer and this server.
+    "TOKEN_LEEWAY_SECONDS": 10.0,
+    # Who may get which token: a function (user, slug, room or None, scope,
+    # user_id) -> bool, by dotted path. Apps plug in their own membership.
+    "TOKEN_POLICY": "rooms.token_api.default_policy",
+    # New WebSocket connections per client address (token bucket; 4429).
+    # Generous: many users share one address behind NAT or a corporate proxy.
+    "CONNECT_RATE_PER_SECOND": 10.0,
+    "CONNECT_BURST": 60,
+    # Messages per user per room (token bucket; soft `rate_limited`).
+    "MESSAGE_RATE_PER_SECOND": 20.0,
+    "MESSAGE_BURST": 40,
+    # Connections per room when the room's own max_connections is unset
+    # (None: no limit).
+    "MAX_CONNECTIONS_PER_ROOM": None,
+    # Where the limit counters live: "" keeps them in process memory
+    # (embedded mode); a redis:// URL shares them across processes.
+    "LIMITS_REDIS_URL": "",
+    "LIMITS_KEY_PREFIX": "dorm:limits:",
     # Kinds available to rooms: name -> dotted path of the RoomKind class.
     "KINDS": {
         "whiteboard": "rooms.kinds.whiteboard.Whiteboard",

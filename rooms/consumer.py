@@ -13,7 +13,9 @@ connection a channel-layer channel that fan-out does not use.
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import time
 from typing import Any
 from urllib.parse import parse_qsl
 
@@ -22,9 +24,12 @@ from channels.consumer import AsyncConsumer
 from channels.exceptions import StopConsumer
 
 from presence.backends.base import PresenceBackend
-from rooms import limits
+from rooms import limits, validation
+from rooms.access import db_load_access
 from rooms.auth import Identity, Refusal, identify
 from rooms.conf import dorm_settings
+from rooms.kinds import UnknownKind, kind_class
+from rooms.kinds.base import RoomKind
 from rooms.protocol import (
     MAX_CLIENT_ID_CHARS,
     MESSAGE_TYPE_RE,
@@ -50,6 +55,13 @@ class RoomConsumer(AsyncConsumer):
     conn: Connection | None = None
     identity: Identity | None = None
     room: str = ""
+    # Fires at the token's expiry (closes with 4401).
+    _expiry: asyncio.TimerHandle | None = None
+    _expiry_task: asyncio.Task[None] | None = None
+    # Holds a place in a size-limited room (given back at disconnect).
+    _placed = False
+    # The room's kind, to check frames at the edge (rooms/validation.py).
+    _kind: type[RoomKind] | None = None
 
     async def dispatch(self, message: dict[str, Any]) -> None:
         kind = message["type"]
@@ -85,27 +97,47 @@ class RoomConsumer(AsyncConsumer):
         await self.base_send({"type": "websocket.accept"})
         close_cleanly_on_protocol_errors(self.base_send)
         self.room = str(self.scope["url_route"]["kwargs"].get("room", ""))
+        if get_runtime().shutting_down:
+            await self._refuse(CloseCode.GOING_AWAY, "server shutting down, reconnect")
+            return
         try:
             query = self._query()
             if not ROOM_ID_RE.fullmatch(self.room):
                 raise Refusal(CloseCode.BAD_REQUEST, "room id must be 1-64 characters of A-Z a-z 0-9 _ -")
             since = self._since(query)
+            # The cheapest refusal first: a flood from one address costs one
+            # bucket check each, no database lookup and no signature check.
             client = self.scope.get("client") or ("", 0)
-            refused = limits.admit_connection(str(client[0]), self.room)
+            refused = await limits.admit_connection(str(client[0]), self.room)
             if refused is not None:
                 raise Refusal(*refused)
-            self.identity = identify(query, self.room)
+            access = await db_load_access(self.room)
+            self.identity = identify(query, self.room, access)
+            self._kind = _kind_or_none(access.kind)
+            conn = Connection(self.room, self.identity.user_id, self.identity.scope, self.base_send)
+            # Atomic in its store (memory or Redis): two handshakes cannot
+            # both take the last place, even on two processes.
+            placed = await limits.admit_occupancy(self.room, conn.id, access.max_connections)
+            if isinstance(placed, tuple):
+                raise Refusal(*placed)
+            self._placed = placed
         except Refusal as refusal:
             await self._refuse(refusal.code, refusal.reason)
             return
         runtime = get_runtime()
-        if runtime.shutting_down:
-            await self._refuse(CloseCode.GOING_AWAY, "server shutting down, reconnect")
-            return
-        conn = Connection(self.room, self.identity.user_id, self.identity.scope, self.base_send)
         self.conn = conn
         runtime.hub.add(conn)
         runtime.registry.submit(self.room, Join(conn, since))
+        if self.identity.expires_at is not None:
+            delay = max(0.0, self.identity.expires_at - time.time())
+            self._expiry = asyncio.get_running_loop().call_later(delay, self._token_expired)
+
+    def _token_expired(self) -> None:
+        conn = self.conn
+        if conn is None or conn.closed:
+            return
+        # Kept referenced until done (a bare task may be collected mid-flight).
+        self._expiry_task = asyncio.ensure_future(conn.close(CloseCode.UNAUTHORIZED, "token expired"))
 
     def _query(self) -> dict[str, str]:
         raw = self.scope.get("query_string", b"")
@@ -177,18 +209,38 @@ class RoomConsumer(AsyncConsumer):
         if type_ == "heartbeat":
             presence.touch(self.room, conn.id)
             return
-        wait_ms = limits.admit_message(self.identity, self.room)  # type: ignore[arg-type]
+        kind = self._kind
+        if kind is not None:
+            refused = validation.refuse(kind, conn.scope, type_, payload)
+            if refused is not None:
+                await conn.error(refused[0], client_id, refused[1])
+                return
+        # After validation: an invalid frame costs no token (and, in the
+        # distributed mode, no Redis round trip); the abuse counter bounds it.
+        wait_ms = await limits.admit_message(self.identity, self.room)  # type: ignore[arg-type]
         if wait_ms is not None:
-            await conn.reply(dumps({"type": "rate_limited", "retryAfterMs": wait_ms}))
+            # Not abuse (PROTOCOL.md section 5): the frame is dropped, nothing
+            # is stored, the connection stays. `id` (an added optional field)
+            # tells the client which message to send again.
+            limited: dict[str, Any] = {"type": "rate_limited", "retryAfterMs": wait_ms}
+            if client_id is not None:
+                limited["id"] = client_id
+            await conn.reply(dumps(limited))
             return
         runtime.registry.submit(self.room, Frame(conn, type_, client_id, payload))
 
     # -- disconnect -------------------------------------------------------------
 
     def disconnect(self, code: int, reason: str) -> None:
+        if self._expiry is not None:
+            self._expiry.cancel()
+            self._expiry = None
         conn = self.conn
         if conn is None:
             return
+        if self._placed:
+            self._placed = False
+            limits.release_occupancy(self.room, conn.id)
         runtime = get_runtime()
         runtime.hub.remove(conn)
         if conn.close_code is not None:  # we closed it: our code says why
@@ -197,6 +249,14 @@ class RoomConsumer(AsyncConsumer):
         if not conn.refused:
             runtime.registry.submit(self.room, Leave(conn, code, reason))
         log.info("disconnect room=%s user=%s conn=%s code=%s", self.room, conn.user_id, conn.id, code)
+
+
+def _kind_or_none(name: str) -> type[RoomKind] | None:
+    try:
+        return kind_class(name)
+    except UnknownKind:
+        # A room whose kind is no longer configured: the actor refuses it.
+        return None
 
 
 def _utf8_size_at_least(text: str, limit: int) -> int:

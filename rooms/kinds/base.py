@@ -64,7 +64,10 @@ class Incoming:
 # Message types every kind understands (PROTOCOL.md section 5). `ping` and
 # `heartbeat` are answered by the consumer itself and never reach the actor.
 BUILTIN_MESSAGES: dict[str, MessageType] = {
-    "presence": ephemeral(Json(object_only=True, max_depth=4, max_keys=32, max_string_chars=256), max_payload_bytes=1024),
+    # Read-only members are still present: they may say "away" or "typing".
+    "presence": ephemeral(
+        Json(object_only=True, max_depth=4, max_keys=32, max_string_chars=256), max_payload_bytes=1024, scope="read"
+    ),
     "cursor": ephemeral(Json(max_depth=4, max_keys=32, max_string_chars=256), max_payload_bytes=1024),
 }
 

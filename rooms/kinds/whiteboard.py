@@ -1,5 +1,7 @@
 """Whiteboard: strokes, erase (a tombstone, never a delete), per-user undo/redo.
 
+``clear`` (host scope only) wipes the board for everyone, undo history too.
+
 The snapshot a joining client sees is the live strokes in seq order. Undo and
 redo are durable events too, so the board is a pure fold of its log and every
 client (and every wake-up from hibernation) computes the same board.
@@ -46,6 +48,8 @@ class Whiteboard(RoomKind):
         "erase": durable(Obj({"seq": Int(1, 2**53)}), max_payload_bytes=128),
         "undo": durable(Nothing(), max_payload_bytes=16),
         "redo": durable(Nothing(), max_payload_bytes=16),
+        # Everyone's strokes at once: the room's host only (a token with scope "host").
+        "clear": durable(Nothing(), max_payload_bytes=16, scope="host"),
     }
 
     def initial_state(self) -> Board:
@@ -76,6 +80,10 @@ class Whiteboard(RoomKind):
             if target is not None:
                 state.drawn[user].pop()
                 state.undone.setdefault(user, []).append(state.strokes.pop(target))
+        elif event.type == "clear":
+            state.strokes.clear()
+            state.drawn.clear()
+            state.undone.clear()
         elif event.type == "redo":
             stack = state.undone.get(user)
             if stack:

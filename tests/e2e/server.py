@@ -51,6 +51,12 @@ def server_env(db_path: Path, extra: dict[str, str] | None = None) -> dict[str, 
             "DORM_ALLOW_ANONYMOUS": "1",
             "DORM_LOG_LEVEL": "INFO",
             "PYTHONUNBUFFERED": "1",
+            # These tests drive the runtime hard from one address and few
+            # users; the limits have their own tests (tests/security).
+            "DORM_CONNECT_RATE_PER_SECOND": "100000",
+            "DORM_CONNECT_BURST": "100000",
+            "DORM_MESSAGE_RATE_PER_SECOND": "100000",
+            "DORM_MESSAGE_BURST": "100000",
         }
     )
     env.update(extra or {})

@@ -9,11 +9,13 @@ for every receiver, the output gate, idempotent retries, resume with
 from __future__ import annotations
 
 import asyncio
+import signal
+from pathlib import Path
 
 import orjson
 import pytest
 
-from tests.e2e.client import Connect, ack_for, event, of_type, reply_for, room_name
+from tests.e2e.client import Connect, WsClient, ack_for, event, of_type, reply_for, room_name
 from tests.e2e.server import HIBERNATE_AFTER_SECONDS, DormServer
 
 pytestmark = pytest.mark.e2e
@@ -272,3 +274,23 @@ def _live_stroke_seqs(state: object) -> list[int]:
 
 
 __all__ = ["reply_for"]
+
+
+async def test_sigterm_closes_sockets_with_1001_after_committing(tmp_path: Path) -> None:
+    from tests.e2e.server import start_server
+
+    own = start_server("daphne", tmp_path)
+    try:
+        room = room_name()
+        a = await WsClient.open(own.url(room, userId="a"))
+        for n in range(3):
+            await a.draw({"n": n})
+        own.process.send_signal(signal.SIGTERM)  # type: ignore[union-attr]
+        assert await a.wait_closed() == 1001
+        assert a.frames[-1] == {"type": "close", "code": 1001, "reason": "server shutting down, reconnect with since"}
+        assert own.process.wait(20) is not None  # type: ignore[union-attr]
+        runs = own.actor_runs(room)
+        assert runs[-1][4] == "shutdown" and runs[-1][2] is not None
+        assert [s[0] for s in own.snapshots(room)] == [3], "the state is snapshotted on the way out"
+    finally:
+        own.stop()

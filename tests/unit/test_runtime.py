@@ -285,6 +285,9 @@ async def test_a_failed_start_refuses_then_the_next_join_retries(connect: Any, m
     assert second.welcome["seq"] == 0
 
 
+# Bursts past the per-user message limit on purpose: the limit is tested in
+# tests/unit/test_limits.py.
+@dorm(MESSAGE_RATE_PER_SECOND=0)
 async def test_chat_messages_fold_into_the_last_fifty(connect: Any) -> None:
     await database_sync_to_async(Room.objects.create)(slug="chat1", kind="chat")
     a = await connect("chat1", userId="a")
@@ -299,6 +302,9 @@ async def test_chat_messages_fold_into_the_last_fifty(connect: Any) -> None:
     assert texts == [f"hi {i}" for i in range(5, 55)]
 
 
+# Bursts past the per-user message limit on purpose: the limit is tested in
+# tests/unit/test_limits.py.
+@dorm(MESSAGE_RATE_PER_SECOND=0)
 async def test_group_commit_shares_transactions_under_load(connect: Any, monkeypatch: pytest.MonkeyPatch) -> None:
     from rooms.runtime import actor as actor_module
 

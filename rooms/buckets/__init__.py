@@ -1,0 +1,1 @@
+"""Token buckets behind one interface: process memory or Redis (centrifuge's split)."""
