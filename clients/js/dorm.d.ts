@@ -133,7 +133,7 @@ export interface ClientEvents {
   members: Member[];
   error: { type: "error"; reason: string; detail?: string };
   close: { type: "close"; code: number; reason: string };
-  rate_limited: { type: "rate_limited"; retryAfterMs: number };
+  rate_limited: { type: "rate_limited"; retryAfterMs: number; id?: string };
   user_joined: { type: "user_joined"; userId: string; connectionId: string; at: number };
   user_left: { type: "user_left"; userId: string; connectionId: string; code: number; reason: string };
   "*": Record<string, unknown>;

@@ -395,14 +395,19 @@ export class DormClient {
         this._closeFrame = { code: frame.code, reason: frame.reason };
         this._emit("close", frame);
         return;
-      case "rate_limited":
-        // The server dropped one frame without saying which: pause, then
-        // resend every unacknowledged message (ids make this safe).
-        this._pausedUntil = now() + (frame.retryAfterMs || 250);
-        for (const m of this._outbox) m.sent = false;
-        this._scheduleFlush(frame.retryAfterMs || 250);
+      case "rate_limited": {
+        // The server dropped one frame: pause, then resend it. Its `id` says
+        // which; without one (older servers, messages without ids) every
+        // unacknowledged message is resent (ids make that safe).
+        const wait = frame.retryAfterMs || 250;
+        this._pausedUntil = now() + wait;
+        const dropped = frame.id !== undefined ? this._byId.get(frame.id) : null;
+        if (dropped) dropped.sent = false;
+        else if (frame.id === undefined) for (const m of this._outbox) m.sent = false;
+        this._scheduleFlush(wait);
         this._emit("rate_limited", frame);
         return;
+      }
       case "user_joined":
         if (!this.members.some((m) => m.userId === frame.userId)) {
           this.members = [...this.members, { userId: frame.userId, status: "online" }];
@@ -579,7 +584,13 @@ export class DormClient {
   }
 
   _flush() {
-    if (this.state !== States.OPEN || now() < this._pausedUntil) return;
+    if (this.state !== States.OPEN) return;
+    const pausedMs = this._pausedUntil - now();
+    if (pausedMs > 0) {
+      // Timers may fire a little early: come back when the pause is over.
+      this._scheduleFlush(Math.ceil(pausedMs) + 1);
+      return;
+    }
     for (const m of this._outbox) {
       if (m.sent) continue;
       const frame = { type: m.type, id: m.id };

@@ -7,12 +7,14 @@ of each test (``pytest -s`` shows them; DORM_ARTIFACTS_DIR chooses the place).
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+from websockets.sync.client import connect as ws_connect
 
 from tests.clients.conftest import CHROMIUM, require_tool
 from tests.e2e.client import room_name
@@ -151,6 +153,19 @@ def test_whiteboard_strokes_cursors_erase_undo_redo_across_pages(
     # Undo with nothing of bob's to undo is refused by the server and shown.
     bob.click("#undo")
     bob.wait_for_function("document.getElementById('notice').textContent.includes('undo refused')", timeout=WAIT_MS)
+
+    # The room's host (a real token with scope "host") clears the board for everyone.
+    from rooms import tokens
+
+    host_token, _ = tokens.issue("host", room, "host")
+    with ws_connect(f"ws://127.0.0.1:{dorm_server.port}/ws/{room}?token={host_token}", proxy=None) as host:
+        assert json.loads(host.recv(timeout=5))["type"] == "welcome"
+        host.send(json.dumps({"type": "clear", "id": "clear-1"}))
+        while (frame := json.loads(host.recv(timeout=5)))["type"] != "ack":
+            pass
+        assert frame["id"] == "clear-1"
+    wait_strokes(alice, 0)
+    wait_strokes(bob, 0)
 
 
 def test_whiteboard_drawing_offline_across_a_server_restart(

@@ -7,14 +7,28 @@ report in the failure message.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import subprocess
+import time
 
 from tests.clients.conftest import require_tool
 from tests.e2e.server import REPO, DormServer
 
 NODE_TIMEOUT_SECONDS = 90
+
+
+def room_tokens() -> dict[str, str]:
+    """Real room tokens for the Node tests (signed with the development secret
+    the server uses too): one expired an hour ago, one fresh."""
+    from rooms import tokens
+
+    room = f"js-token-{int(time.time() * 1000)}"
+    expired, _ = tokens.issue("alice", room, "write", now=time.time() - 3600)
+    fresh, _ = tokens.issue("alice", room, "write")
+    other_room, _ = tokens.issue("alice", f"{room}-other", "write")
+    return {"room": room, "expired": expired, "fresh": fresh, "otherRoom": other_room}
 
 
 def test_js_client_node_suite(dorm_server: DormServer) -> None:
@@ -27,7 +41,7 @@ def test_js_client_node_suite(dorm_server: DormServer) -> None:
     result = subprocess.run(
         [node, *flags, "--test", "--test-concurrency=1", "--test-reporter=tap", "clients/js/test/"],
         cwd=REPO,
-        env={**os.environ, "DORM_WS_URL": f"ws://127.0.0.1:{dorm_server.port}"},
+        env={**os.environ, "DORM_WS_URL": f"ws://127.0.0.1:{dorm_server.port}", "DORM_TEST_TOKENS": json.dumps(room_tokens())},
         capture_output=True,
         text=True,
         timeout=NODE_TIMEOUT_SECONDS,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 import json
 from collections.abc import AsyncIterator, Callable
 from typing import Any
@@ -279,22 +280,25 @@ async def peer() -> AsyncIterator[ScriptedPeer]:
         yield scripted
 
 
-async def test_rate_limited_pauses_then_resends_unacked_with_same_ids(peer: ScriptedPeer) -> None:
+async def test_rate_limited_pauses_then_resends_the_dropped_message(peer: ScriptedPeer) -> None:
     client = DormClient(peer.url, "r", user_id="u1", heartbeat=60)
     try:
         await client.connect().wait_open()
-        a = client.send("draw", {"n": 1})
-        b = client.send("draw", {"n": 2})
-        await until(lambda: len(peer.sent("draw")) == 2, "two draws")
+        a, b, d = (client.send("draw", {"n": n}) for n in (1, 2, 3))
+        await until(lambda: len(peer.sent("draw")) == 3, "three draws")
         await peer.send({"type": "ack", "id": a.id, "seq": 1})
-        await peer.send({"type": "rate_limited", "retryAfterMs": 200})
+        await peer.send({"type": "rate_limited", "retryAfterMs": 200, "id": d.id})
         started = asyncio.get_running_loop().time()
         assert (await a)["seq"] == 1
-        await until(lambda: len(peer.sent("draw")) == 3, "the resend")
+        await until(lambda: len(peer.sent("draw")) == 4, "the resend")
         assert asyncio.get_running_loop().time() - started >= 0.15
-        assert peer.sent("draw")[2]["id"] == b.id
+        assert peer.sent("draw")[3]["id"] == d.id, "only the dropped message, with its id"
+        await peer.send({"type": "rate_limited", "retryAfterMs": 50})  # no id: all unacknowledged
+        await until(lambda: len(peer.sent("draw")) == 6, "both unacknowledged resent")
+        assert [f["id"] for f in peer.sent("draw")[4:]] == [b.id, d.id]
         await peer.send({"type": "ack", "id": b.id, "seq": 2})
-        assert (await b)["seq"] == 2 and client.last_seq == 2
+        await peer.send({"type": "ack", "id": d.id, "seq": 3})
+        assert [(await b)["seq"], (await d)["seq"]] == [2, 3] and client.last_seq == 3
     finally:
         await client.close()
 
@@ -322,3 +326,84 @@ async def test_heartbeat_and_ping_frames_are_periodic(peer: ScriptedPeer) -> Non
         await until(lambda: len(peer.sent("heartbeat")) >= 3 and len(peer.sent("ping")) >= 3, "three heartbeats and pings")
     finally:
         await client.close()
+
+
+# -- real room tokens (rooms/tokens.py, the development secret shared with the server)
+
+
+async def test_an_expired_token_is_refreshed_with_a_real_token(make: Callable[..., DormClient]) -> None:
+    from rooms import tokens
+
+    room = room_name("py")
+    expired, _ = tokens.issue("alice", room, "write", now=time.time() - 3600)
+    calls: list[dict[str, Any]] = []
+
+    def refresh(info: dict[str, Any]) -> str:
+        calls.append(info)
+        return tokens.issue("alice", room, "write")[0]
+
+    client = make(room, token=expired, refresh_token=refresh)
+    await client.connect().wait_open()
+    assert [c["code"] for c in calls] == [4401]
+    assert client.user_id == "alice"
+    assert (await client.send("draw", {"n": 1}))["seq"] == 1
+
+
+async def test_token_expiry_mid_session_refreshes_and_resumes_without_loss(make: Callable[..., DormClient]) -> None:
+    from rooms import tokens
+
+    room = room_name("py")
+    # Expired 9 s ago: still inside the server's 10 s leeway, which ends (and
+    # closes the socket with 4401) about 1 s from now.
+    from rooms.conf import dorm_settings
+
+    leeway = float(dorm_settings.TOKEN_LEEWAY_SECONDS)
+    short, _ = tokens.issue("alice", room, "write", now=time.time() - 60 - (leeway - 1), ttl_seconds=60)
+    refreshes: list[int] = []
+
+    def refresh(info: dict[str, Any]) -> str:
+        refreshes.append(info["code"])
+        return tokens.issue("alice", room, "write")[0]
+
+    alice = make(room, token=short, refresh_token=refresh)
+    seen = collect(alice, "draw")
+    welcomes = collect(alice, "welcome")
+    bob = make(room, user_id="bob")
+    await alice.connect().wait_open()
+    await bob.connect().wait_open()
+    sent = 0
+    while not refreshes or len(welcomes) < 2 or sent < 15:  # through the expiry and past the resume
+        await bob.send("draw", {"n": sent})
+        sent += 1
+        await asyncio.sleep(0.05)
+        assert sent < 200, "the token never expired"
+    await until(lambda: len(seen) == sent, "every draw reached alice")
+    assert [d["seq"] for d in seen] == list(range(1, sent + 1))
+    assert refreshes == [4401]
+    assert [w["resumed"] for w in welcomes] == [False, True]
+
+
+async def test_real_rate_limits_delay_but_never_lose_or_duplicate(tmp_path: Any) -> None:
+    from tests.e2e.server import start_server
+
+    server = start_server(
+        "daphne",
+        tmp_path,
+        extra_env={"DORM_MESSAGE_RATE_PER_SECOND": "20", "DORM_MESSAGE_BURST": "5"},
+        name="rate-limited",
+    )
+    try:
+        room = room_name("py")
+        client = DormClient(f"ws://127.0.0.1:{server.port}", room, user_id="burst", heartbeat=60)
+        limited = collect(client, "rate_limited")
+        await client.connect().wait_open()
+        handles = [client.send("draw", {"n": n}) for n in range(30)]
+        acks = [await h for h in handles]
+        await client.close()
+        assert limited, "the burst was rate limited"
+        stored = server.events(room)
+        assert len(stored) == 30
+        assert sorted(json.loads(e[4])["n"] for e in stored) == list(range(30))
+        assert sorted(a["seq"] for a in acks) == list(range(1, 31))
+    finally:
+        server.stop()

@@ -9,6 +9,8 @@ import crypto from "node:crypto";
 import { DormClient, DormError, backoffDelay, TERMINAL_CODES } from "../dorm.js";
 
 const URL_ = process.env.DORM_WS_URL;
+// Real room tokens minted by the pytest wrapper: {room, expired, fresh, otherRoom}.
+const TOKENS = JSON.parse(process.env.DORM_TEST_TOKENS || "null");
 if (!URL_) throw new Error("DORM_WS_URL is not set (the pytest wrapper starts a server and sets it)");
 
 let n = 0;
@@ -365,29 +367,33 @@ test("heartbeats: periodic ping and heartbeat frames, and a silent socket is dro
   }
 });
 
-test("rate_limited pauses, then resends the unacknowledged messages with the same ids", async () => {
+test("rate_limited pauses, then resends the dropped message (by id) with the same id", async () => {
   let peer;
   const srv = await scriptedPeer((p) => {
     peer = p;
     p.send(welcome());
   });
+  const draws = () => peer.received.filter((f) => f.type === "draw");
   try {
     const c = client({ url: srv.url, room: "r", userId: "u1" }).connect();
     await until(() => c.state === "open", "open");
-    const a = c.send("draw", { n: 1 });
-    const b = c.send("draw", { n: 2 });
-    await until(() => peer.received.filter((f) => f.type === "draw").length === 2, "two draws sent");
+    const [a, b, d] = [1, 2, 3].map((n) => c.send("draw", { n }));
+    await until(() => draws().length === 3, "three draws sent");
     peer.send({ type: "ack", id: a.id, seq: 1 });
-    peer.send({ type: "rate_limited", retryAfterMs: 200 }); // the second one was dropped
+    peer.send({ type: "rate_limited", retryAfterMs: 200, id: d.id }); // the third was dropped
     const sentAt = Date.now();
     assert.equal((await a).seq, 1);
-    await until(() => peer.received.filter((f) => f.type === "draw").length === 3, "the resend");
+    await until(() => draws().length === 4, "the resend");
     assert.ok(Date.now() - sentAt >= 150, "waited for retryAfterMs");
-    const draws = peer.received.filter((f) => f.type === "draw");
-    assert.equal(draws[2].id, b.id, "only the unacknowledged message is resent, with its id");
+    assert.equal(draws()[3].id, d.id, "only the dropped message is resent, with its id");
+    // A rate_limited without id (an older server): every unacknowledged message again.
+    peer.send({ type: "rate_limited", retryAfterMs: 50 });
+    await until(() => draws().length === 6, "both unacknowledged resent");
+    assert.deepEqual(draws().slice(4).map((f) => f.id), [b.id, d.id]);
     peer.send({ type: "ack", id: b.id, seq: 2 });
-    assert.equal((await b).seq, 2);
-    assert.equal(c.lastSeq, 2);
+    peer.send({ type: "ack", id: d.id, seq: 3 });
+    assert.deepEqual([(await b).seq, (await d).seq], [2, 3]);
+    assert.equal(c.lastSeq, 3);
   } finally {
     srv.close();
   }
@@ -447,4 +453,33 @@ test("a throwing listener is reported and does not break the client", async () =
   } finally {
     console.error = original;
   }
+});
+
+test("a real expired token: 4401, refreshToken gives a fresh one, the client joins as its user", async (t) => {
+  if (!TOKENS) return t.skip("DORM_TEST_TOKENS not set (run through pytest)");
+  const calls = [];
+  const c = client({
+    room: TOKENS.room,
+    token: TOKENS.expired,
+    refreshToken: async (info) => {
+      calls.push(info.code);
+      return TOKENS.fresh;
+    },
+  });
+  c.connect();
+  await until(() => c.state === "open", "open with the fresh token");
+  assert.deepEqual(calls, [4401]);
+  assert.equal(c.userId, "alice");
+  assert.ok((await c.send("draw", { n: 1 })).seq >= 1);
+});
+
+test("a token for another room is 4403: terminal, no refresh", async (t) => {
+  if (!TOKENS) return t.skip("DORM_TEST_TOKENS not set (run through pytest)");
+  let calls = 0;
+  const c = client({ room: TOKENS.room, token: TOKENS.otherRoom, refreshToken: () => (calls++, TOKENS.fresh) });
+  const states = collect(c, "state");
+  c.connect();
+  await until(() => c.state === "closed", "closed");
+  assert.equal(states.at(-1).code, 4403);
+  assert.equal(calls, 0);
 });

@@ -407,12 +407,18 @@ class DormClient:
             self._emit("close", frame)
             return
         if type_ == "rate_limited":
-            # One frame was dropped, which one is not said: pause, then resend
-            # every unacknowledged message (ids make it safe).
+            # One frame was dropped: pause, then resend it. Its `id` says
+            # which; without one every unacknowledged message is resent (ids
+            # make that safe).
             wait = (frame.get("retryAfterMs") or 250) / 1000
             self._paused_until = time.monotonic() + wait
-            for m in self._outbox.values():
-                m.sent = False
+            if "id" in frame:
+                dropped = self._outbox.get(str(frame["id"]))
+                if dropped is not None:
+                    dropped.sent = False
+            else:
+                for m in self._outbox.values():
+                    m.sent = False
             asyncio.get_running_loop().call_later(wait, self._flush)
             self._emit("rate_limited", frame)
             return
@@ -533,7 +539,11 @@ class DormClient:
         return [{"id": m.id, "type": m.type, "payload": m.payload} for m in self._outbox.values()]
 
     def _flush(self) -> None:
-        if self.state != OPEN or time.monotonic() < self._paused_until:
+        if self.state != OPEN:
+            return
+        paused = self._paused_until - time.monotonic()
+        if paused > 0:  # a timer fired early, or a send during the pause
+            asyncio.get_running_loop().call_later(paused + 0.001, self._flush)
             return
         for m in self._outbox.values():
             if m.sent:
