@@ -1,9 +1,10 @@
 """Demo pages: a landing page listing rooms, a whiteboard and a chat.
 
 Plain Django templates and one ES module (the JavaScript client, served from
-``clients/js/dorm.js`` at ``/static/dorm/dorm.js``): no build step. The pages
-are for development and demos; they connect with ``?userId=`` and so need
-anonymous access (the development default).
+``clients/js/dorm.js`` at ``/static/dorm/dorm.js``): no build step. A
+logged-in user's page joins with room tokens from ``/api/rooms/<slug>/token``
+(and refreshes them on 4401); otherwise, on development servers, with
+``?userId=`` (anonymous access).
 """
 
 from __future__ import annotations
@@ -13,10 +14,12 @@ from pathlib import Path
 from django.conf import settings
 from django.db.models import Count, Max
 from django.http import FileResponse, Http404, HttpRequest, HttpResponse, HttpResponseRedirect
+from django.middleware.csrf import get_token
 from django.shortcuts import render
 from django.urls import reverse
 from django.views.decorators.http import require_GET, require_http_methods
 
+from rooms.conf import dorm_settings
 from rooms.models import ROOM_SLUG_PATTERN, Room, slug_validator
 from rooms.protocol import ROOM_ID_RE
 
@@ -62,7 +65,21 @@ def room_page(request: HttpRequest, slug: str) -> HttpResponse:
     template = PAGE_TEMPLATES.get(room.kind)
     if template is None:
         raise Http404(f"no demo page for rooms of kind {room.kind}")
-    return render(request, template, {"room": room})
+    mode = auth_mode(request)
+    # The token API takes the session with Django's CSRF token (and this sets its cookie).
+    auth = {"mode": mode, "csrf": get_token(request) if mode == "session" else ""}
+    return render(request, template, {"room": room, "auth": auth})
+
+
+def auth_mode(request: HttpRequest) -> str:
+    """How a page joins: ``session`` (a logged-in user fetches room tokens
+    from /api/rooms/<slug>/token), ``anonymous`` (``?userId=``, development
+    servers) or ``login`` (neither: the page asks to log in)."""
+    if request.user.is_authenticated:
+        return "session"
+    if dorm_settings.ALLOW_ANONYMOUS:
+        return "anonymous"
+    return "login"
 
 
 @require_GET

@@ -8,6 +8,8 @@ of each test (``pytest -s`` shows them; DORM_ARTIFACTS_DIR chooses the place).
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -18,7 +20,7 @@ from websockets.sync.client import connect as ws_connect
 
 from tests.clients.conftest import CHROMIUM, require_tool
 from tests.e2e.client import room_name
-from tests.e2e.server import DormServer
+from tests.e2e.server import REPO, DormServer, server_env, start_server
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -265,3 +267,50 @@ def test_chat_typing_indicator_and_presence_list(dorm_server: DormServer, open_p
     bob.close()
     alice.wait_for_selector('#presence li[data-user="bob"]', state="detached", timeout=WAIT_MS)
     assert sorted(alice.locator("#presence li").evaluate_all("els => els.map(e => e.dataset.user)")) == ["alice", "carol"]
+
+
+def test_logged_in_pages_join_with_room_tokens_and_refresh_them(
+    tmp_path: Path, open_page: Callable[..., Any], artifacts_dir: Path
+) -> None:
+    """Anonymous access off (production): a page asks to log in; once logged
+    in it joins with a token from /api/rooms/<slug>/token, and when the token
+    expires (close 4401) it fetches a new one and resumes."""
+    server = start_server(
+        "daphne",
+        tmp_path,
+        extra_env={"DORM_ALLOW_ANONYMOUS": "0", "DORM_TOKEN_TTL_SECONDS": "3", "DORM_TOKEN_LEEWAY_SECONDS": "0"},
+        name="tokens",
+    )
+    try:
+        subprocess.run(
+            [sys.executable, "manage.py", "shell", "-c",
+             "from django.contrib.auth.models import User; User.objects.create_superuser('dana', password='pw-dana-1')"],
+            cwd=REPO, env=server_env(server.db_path, server.extra_env), check=True, capture_output=True, timeout=60,
+        )
+        room = room_name("wb")
+        page = open_page(server, f"/rooms/{room}/")
+        page.wait_for_selector("#login-needed:not([hidden])", timeout=WAIT_MS)
+        assert page.locator("#status").get_attribute("data-state") == "idle"
+
+        page.click("#login-needed a")
+        page.fill("#id_username", "dana")
+        page.fill("#id_password", "pw-dana-1")
+        page.click("input[type=submit]")
+        page.wait_for_url(f"**/rooms/{room}/", timeout=WAIT_MS)
+        wait_open(page)
+        page.evaluate("() => { window.__welcomes = []; dormClient.on('welcome', (w) => window.__welcomes.push(w.resumed)); }")
+        draw(page, [(100, 100), (200, 150)])
+        wait_strokes(page, 1)
+        user_id = page.locator("#me").text_content()
+        assert user_id and server.events(room)[0][2] == user_id
+
+        # The 3 s token expires: 4401, a new token from the session, resumed.
+        page.wait_for_function("window.__welcomes.length >= 1", timeout=WAIT_MS)
+        assert page.evaluate("window.__welcomes") == [True]
+        wait_open(page)
+        draw(page, [(300, 300), (350, 320)])
+        wait_strokes(page, 2)
+        assert [e[2] for e in server.events(room)] == [user_id, user_id]
+        page.screenshot(path=str(artifacts_dir / "whiteboard-logged-in.png"))
+    finally:
+        server.stop()

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
-from django.test import Client
+from django.conf import settings
+from django.contrib.auth.models import User
+from django.test import Client, override_settings
 
 from rooms.models import Event, Room
 
@@ -69,3 +73,19 @@ def test_the_js_client_is_served_as_an_es_module(client: Client) -> None:
     assert response["Content-Type"].startswith("text/javascript")
     body = b"".join(response.streaming_content).decode()
     assert "export class DormClient" in body
+
+
+def _auth(html: str) -> dict[str, str]:
+    return json.loads(html.split('<script id="auth" type="application/json">')[1].split("</script>")[0])
+
+
+def test_how_a_page_joins_anonymous_session_or_login(client: Client) -> None:
+    Room.objects.create(slug="talk", kind="chat")
+    with override_settings(DORM={**settings.DORM, "ALLOW_ANONYMOUS": True}):
+        assert _auth(client.get("/rooms/talk/").content.decode()) == {"mode": "anonymous", "csrf": ""}
+    with override_settings(DORM={**settings.DORM, "ALLOW_ANONYMOUS": False}):
+        html = client.get("/rooms/talk/").content.decode()
+        assert _auth(html)["mode"] == "login" and 'id="login-needed"' in html
+        client.force_login(User.objects.create_user("ann", password="pw"))
+        auth = _auth(client.get("/rooms/talk/").content.decode())
+        assert auth["mode"] == "session" and len(auth["csrf"]) >= 32
