@@ -124,7 +124,6 @@ export class DormClient {
     this._lastFrameAt = 0;
     this._closeFrame = null;
     this._presenceStatus = null;
-    this._refreshing = false;
     this._unauthorizedInRow = 0;
     this._pausedUntil = 0;
     this._flushTimer = null;
