@@ -31,8 +31,10 @@ run-uvicorn: $(STAMP)
 test: $(STAMP)
 	$(PY) -m pytest
 
+# Fan-out benchmark (docs/performance.md); e.g. make bench BENCH_ARGS="--server uvicorn".
+BENCH_ARGS ?=
 bench: $(STAMP)
-	$(PY) bench/fanout.py
+	$(PY) bench/fanout.py $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .hypothesis

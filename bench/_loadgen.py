@@ -82,6 +82,10 @@ class StepResult:
     refused: dict[str, int]
     generator_cpu_pct: float
     server_cpu_pct: float | None
+    # Busy share of the server's and the generator's cores (from /proc/stat)
+    # not used by the server or the generator: other processes on the machine.
+    other_server_core_pct: float | None
+    other_generator_core_pct: float | None
     drain_s: float
 
     def as_dict(self) -> dict[str, Any]:
@@ -272,6 +276,29 @@ def cpu_seconds(pid: int) -> float | None:
     return (int(fields[11]) + int(fields[12])) / _CLK_TCK
 
 
+def core_times(cores: tuple[int, ...]) -> dict[int, tuple[int, int]]:
+    """(busy, total) jiffies per core, from /proc/stat."""
+    out: dict[int, tuple[int, int]] = {}
+    try:
+        with open("/proc/stat") as f:
+            for line in f:
+                name, *values = line.split()
+                if name.startswith("cpu") and name != "cpu" and int(name[3:]) in cores:
+                    v = [int(x) for x in values[:8]]
+                    idle = v[3] + v[4]  # idle + iowait
+                    out[int(name[3:])] = (sum(v) - idle, sum(v))
+    except OSError:
+        pass
+    return out
+
+
+def _busy_pct(before: dict[int, tuple[int, int]], after: dict[int, tuple[int, int]], core: int) -> float | None:
+    if core not in before or core not in after:
+        return None
+    busy, total = after[core][0] - before[core][0], after[core][1] - before[core][1]
+    return 100.0 * busy / total if total else None
+
+
 def percentile(sorted_values: list[float], q: float) -> float | None:
     if not sorted_values:
         return None
@@ -302,7 +329,9 @@ async def _send(client: Client, rec: Recorder, rate: float, start: float, stop: 
         due += interval
 
 
-async def run_step(cfg: StepConfig, server_pid: int | None) -> StepResult:
+async def run_step(
+    cfg: StepConfig, server_pid: int | None, server_core: int | None = None, generator_core: int | None = None
+) -> StepResult:
     rec = Recorder()
     users = [f"s{i}" if i < cfg.senders else f"r{i}" for i in range(cfg.clients)]
     opening = [asyncio.ensure_future(_open(cfg, rec, u)) for u in users]
@@ -331,17 +360,26 @@ async def run_step(cfg: StepConfig, server_pid: int | None) -> StepResult:
         rec.refused.clear()  # count refusals of measured messages only
         arrived0, cpu0, wall0 = rec.arrived, time.process_time(), time.perf_counter()
         srv0 = cpu_seconds(server_pid) if server_pid else None
+        cores = tuple(c for c in (server_core, generator_core) if c is not None)
+        cores0 = core_times(cores)
         await asyncio.wait_for(asyncio.gather(*writers), cfg.window_s + cfg.warmup_s + 5.0)
         wall = time.perf_counter() - wall0
         arrived = rec.arrived - arrived0
         gen_cpu = (time.process_time() - cpu0) / wall * 100.0
         srv1 = cpu_seconds(server_pid) if server_pid else None
         srv_cpu = (srv1 - srv0) / wall * 100.0 if srv0 is not None and srv1 is not None else None
+        cores1 = core_times(cores)
+        core_busy = {c: _busy_pct(cores0, cores1, c) for c in cores}
+        other_srv = other_gen = None
+        if server_core is not None and core_busy.get(server_core) is not None and srv_cpu is not None:
+            other_srv = max(0.0, core_busy[server_core] - srv_cpu)  # type: ignore[operator]
+        if generator_core is not None and core_busy.get(generator_core) is not None:
+            other_gen = max(0.0, core_busy[generator_core] - gen_cpu)  # type: ignore[operator]
         last_measured = len(rec.send_times)
         drained = await _drain(rec, cfg, last_measured)
     finally:
         await asyncio.gather(*(c.close(2.0) for c in clients), return_exceptions=True)
-    return _summarise(cfg, rec, last_measured, wall, arrived, gen_cpu, srv_cpu, drained)
+    return _summarise(cfg, rec, last_measured, wall, arrived, gen_cpu, srv_cpu, (other_srv, other_gen), drained)
 
 
 async def _drain(rec: Recorder, cfg: StepConfig, last_measured: int) -> float:
@@ -370,6 +408,7 @@ def _summarise(
     arrived: int,
     gen_cpu: float,
     srv_cpu: float | None,
+    other: tuple[float | None, float | None],
     drained: float,
 ) -> StepResult:
     first = rec.first_measured
@@ -401,5 +440,7 @@ def _summarise(
         refused=dict(rec.refused),
         generator_cpu_pct=gen_cpu,
         server_cpu_pct=srv_cpu,
+        other_server_core_pct=other[0],
+        other_generator_core_pct=other[1],
         drain_s=drained,
     )
