@@ -342,17 +342,22 @@ def run_target(args: argparse.Namespace, target: str, server: str, port: int, pi
     rows: list[Row] = []
     if args.rate > 0:
         rows.append(run_one(args, target, server, port, pid, "fixed", args.rate))
+    climbed_on = False
     for i, rate in enumerate(args.rates, 1):
         rows.append(row := run_one(args, target, server, port, pid, f"ladder {i}", rate))
         why = stop_reason(args, row.result)
         if why is not None and i < len(args.rates):
-            if (row.result.other_server_core_pct or 0.0) > DISTURBED_PCT and row.result.generator_cpu_pct < GENERATOR_BUSY_PCT:
-                # Other processes took the server's core: the limit may be theirs.
-                log(f"  {target}/{server}: {why}, but other processes used the server's core; climbing on")
+            disturbed = (row.result.other_server_core_pct or 0.0) > DISTURBED_PCT
+            if disturbed and not climbed_on and row.result.generator_cpu_pct < GENERATOR_BUSY_PCT:
+                # Other processes took the server's core: the limit may be
+                # theirs. One more step tells; two failures in a row stop.
+                log(f"  {target}/{server}: {why}, but other processes used the server's core; one more step")
+                climbed_on = True
                 continue
             log(f"  {target}/{server}: {why}; ladder stopped")
         if why is not None:
             break
+        climbed_on = False
     return rows
 
 
