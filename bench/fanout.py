@@ -50,14 +50,15 @@ GENERATOR_CORE = 1
 DEFAULT_RATE = 100.0  # msg/s of the fixed-rate step: 4,900 deliveries/s, below every target's limit
 DEFAULT_RATES = "50,100,200,500,1000,2000,3000,4000,5000,6000,7000,8000"  # msg/s
 STARTUP_TIMEOUT_S = 60.0
-# Past this share of its core the generator's own queueing shows in the
-# latencies (seen here: generator at 92%, Dorm's core at 65%, p99 up 3x).
+# Past this share of its core the generator's own queueing would show in the
+# latencies: such a step measures the generator, and the ladder stops.
 GENERATOR_BUSY_PCT = 90.0
 # A step that could not send this share of its offered messages was pushed
 # back (the server stopped reading) or starved of generator CPU.
 MIN_SENT_SHARE = 0.9
-# The machine may be shared: a step during which other processes kept either
-# pinned core busier than this is re-run (--retries), keeping the quietest try.
+# The machine may be shared: a step during which other processes took more
+# than this share of the server's core (or filled the generator's core) is
+# re-run (--retries), keeping the quietest try.
 DISTURBED_PCT = 15.0
 
 # target name -> (ASGI application, DJANGO_SETTINGS_MODULE, extra environment)
