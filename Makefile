@@ -41,8 +41,10 @@ cluster: $(STAMP)
 test: $(STAMP)
 	$(PY) -m pytest
 
+# Fan-out benchmark (docs/performance.md); e.g. make bench BENCH_ARGS="--server uvicorn".
+BENCH_ARGS ?=
 bench: $(STAMP)
-	$(PY) bench/fanout.py
+	$(PY) bench/fanout.py $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .hypothesis
