@@ -62,6 +62,10 @@ INSTALLED_APPS = [
     "django.contrib.staticfiles",
     "channels",
     "rest_framework",
+    "rest_framework.authtoken",
+    "drf_spectacular",
+    # Swagger UI served from our own static files (no CDN at /api/docs/).
+    "drf_spectacular_sidecar",
     "rooms",
     "presence",
     "billing",
@@ -207,6 +211,32 @@ LOGGING = {
     },
 }
 
+# ---------------------------------------------------------------------------
+# REST API (rooms/api/, PROTOCOL.md section 6)
+# ---------------------------------------------------------------------------
+
 REST_FRAMEWORK = {
     "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
+    # Token first: its WWW-Authenticate header makes an anonymous request a
+    # 401 (with session auth first DRF answers 403, which means "forbidden").
+    "DEFAULT_AUTHENTICATION_CLASSES": [
+        "rest_framework.authentication.TokenAuthentication",
+        "rest_framework.authentication.SessionAuthentication",
+    ],
+    "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
+    "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
+    # JSON bodies for the errors DRF does not know (413, refused publishes).
+    "EXCEPTION_HANDLER": "rooms.api.errors.exception_handler",
+}
+
+SPECTACULAR_SETTINGS = {
+    "TITLE": "Dorm REST API",
+    "DESCRIPTION": "Rooms, history, state and server-side publish (PROTOCOL.md section 6).",
+    "VERSION": "1",
+    "SERVE_INCLUDE_SCHEMA": False,
+    "SWAGGER_UI_DIST": "SIDECAR",
+    "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
+    # The schema and docs are public: they describe the API, not its data.
+    "SERVE_PERMISSIONS": ["rest_framework.permissions.AllowAny"],
+    "SERVE_AUTHENTICATION": [],
 }

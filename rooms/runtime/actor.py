@@ -233,7 +233,7 @@ class RoomActor:
             else kind.load_state(orjson.loads(loaded.snapshot_state))
         )
         for seq, type_, user_id, _client_id, payload, ts in loaded.tail:
-            state = kind.fold(state, DurableEvent(seq, type_, user_id, orjson.loads(payload) if payload else None, ts))
+            state = kind.apply(state, DurableEvent(seq, type_, user_id, orjson.loads(payload) if payload else None, ts))
         self.state = state
         self.last_seq = loaded.last_seq
         self._next_seq = loaded.last_seq + 1
@@ -358,7 +358,7 @@ class RoomActor:
         if mtype.durable:
             seq = self._next_seq
             self._next_seq = seq + 1
-            self.state = kind.fold(self.state, DurableEvent(seq, frame.type, peer.user_id, payload, ts))
+            self.state = kind.apply(self.state, DurableEvent(seq, frame.type, peer.user_id, payload, ts))
             text = event_frame(frame.type, seq, peer.user_id, payload_json, ts)
             row = (self.room_id, seq, frame.type, peer.user_id, frame.client_id or "", payload_json, ts)
             self._staged.append(Staged(seq, peer, frame.client_id, text, row, message))
