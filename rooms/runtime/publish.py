@@ -19,6 +19,7 @@ loop.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import logging
 import secrets
 from typing import Any
@@ -144,7 +145,12 @@ async def publish(
     frame_id = client_id if client_id is not None else "srv-" + secrets.token_urlsafe(12)
     future: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
     peer = ServerPeer(user_id, scope, future)
-    get_runtime().registry.submit(room, Frame(peer, type_, frame_id, payload))
+    # Submit from an empty context: an actor woken here starts a task that
+    # copies the current context, and the caller's (a request's) holds
+    # asgiref's per-request executor, which dies with the request; the actor
+    # would then route its database calls to a dead thread. WebSocket-woken
+    # actors start from a clean context too.
+    contextvars.Context().run(get_runtime().registry.submit, room, Frame(peer, type_, frame_id, payload))
     try:
         ack = await asyncio.wait_for(asyncio.shield(future), ACK_TIMEOUT_SECONDS)
     except TimeoutError:
