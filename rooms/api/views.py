@@ -16,7 +16,7 @@ from django.db import IntegrityError, transaction
 from django.db.models import OuterRef, QuerySet, Subquery
 from django.shortcuts import get_object_or_404
 from drf_spectacular.types import OpenApiTypes
-from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema
+from drf_spectacular.utils import OpenApiExample, OpenApiParameter, OpenApiResponse, extend_schema
 from rest_framework import generics, serializers, status
 from rest_framework.exceptions import PermissionDenied, Throttled
 from rest_framework.pagination import CursorPagination
@@ -65,6 +65,15 @@ IDEMPOTENCY_KEY = OpenApiParameter(
         f"1-{IDEMPOTENCY_KEY_MAX_CHARS} characters. A retry with the same key (same user, within 10 minutes) "
         "is applied once and answered with the first seq."
     ),
+)
+
+
+SLUG = OpenApiParameter(
+    "slug",
+    str,
+    OpenApiParameter.PATH,
+    description="the room id: 1-64 characters of A-Z a-z 0-9 _ -",
+    examples=[OpenApiExample("a room", value="board-1")],
 )
 
 
@@ -148,7 +157,7 @@ class RoomDetail(generics.RetrieveAPIView):
     def get_queryset(self) -> QuerySet[Room]:
         return _with_latest_seq(visible_rooms(self.request.user))
 
-    @extend_schema(summary="One room", responses={200: RoomSerializer, **ERRORS})
+    @extend_schema(summary="One room", parameters=[SLUG], responses={200: RoomSerializer, **ERRORS})
     def get(self, request: Request, *args: Any, **kwargs: Any) -> Response:
         return super().get(request, *args, **kwargs)
 
@@ -170,7 +179,7 @@ class History(RoomMixin, APIView):
             "`since=N`: events with seq > N, ascending (default since=0). `before=N`: events with seq < N, "
             "newest first. Follow `next` for the next page: stable while the room is being written to."
         ),
-        parameters=[HistoryParams],
+        parameters=[SLUG, HistoryParams],
         responses={200: HistoryPageSerializer, **ERRORS},
     )
     def get(self, request: Request, slug: str) -> Response:
@@ -189,7 +198,7 @@ class State(RoomMixin, APIView):
     @extend_schema(
         summary="The room's state, now or right after event `seq`",
         description="From the nearest stored snapshot plus the log; `seq` is the point in time (time travel).",
-        parameters=[StateParams],
+        parameters=[SLUG, StateParams],
         responses={200: StateSerializer, **ERRORS},
     )
     def get(self, request: Request, slug: str) -> Response:
@@ -212,7 +221,7 @@ class Messages(RoomMixin, APIView):
             "ordered with the room's WebSocket traffic, committed, broadcast, then answered with its seq."
         ),
         request=PublishSerializer,
-        parameters=[IDEMPOTENCY_KEY],
+        parameters=[SLUG, IDEMPOTENCY_KEY],
         responses={
             201: AckSerializer,
             413: OpenApiResponse(ErrorSerializer, description="payload too large"),
@@ -250,7 +259,7 @@ class Restore(APIView):
             "receive the `restore` event (payload `{seq, state, snapshot}`) and reset to `snapshot`."
         ),
         request=RestoreSerializer,
-        parameters=[IDEMPOTENCY_KEY],
+        parameters=[SLUG, IDEMPOTENCY_KEY],
         responses={
             201: AckSerializer,
             413: OpenApiResponse(ErrorSerializer, description="that state is too large to restore in one event"),

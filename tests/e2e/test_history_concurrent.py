@@ -9,7 +9,7 @@ from typing import Any
 
 import websockets
 
-from tests.fixtures.servers import Server
+from tests.fixtures.servers import CLOSE_TIMEOUT_SECONDS, Server
 
 WRITERS = 5
 EACH = 30
@@ -22,7 +22,7 @@ async def test_pages_read_during_concurrent_writes_skip_and_repeat_nothing(daphn
     done = asyncio.Event()
 
     async def write(w: int) -> None:
-        async with websockets.connect(f"{server.ws}/ws/busy?userId=w{w}") as ws:
+        async with websockets.connect(f"{server.ws}/ws/busy?userId=w{w}", close_timeout=CLOSE_TIMEOUT_SECONDS) as ws:
             for i in range(EACH):
                 await ws.send(json.dumps({"type": "draw", "id": f"{w}-{i}", "payload": {"w": w, "i": i}}))
                 if i % 5 == 4:

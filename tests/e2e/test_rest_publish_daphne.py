@@ -9,7 +9,7 @@ from typing import Any
 
 import websockets
 
-from tests.fixtures.servers import Server
+from tests.fixtures.servers import CLOSE_TIMEOUT_SECONDS, Server
 
 
 async def recv(ws: Any) -> dict[str, Any]:
@@ -21,8 +21,8 @@ async def test_rest_publish_is_ordered_with_the_clients_own_traffic(daphne_serve
     status, body = await asyncio.to_thread(server.request, "POST", "/api/rooms/", {"slug": "e2e"})
     assert status == 201, body
     n = 15
-    async with websockets.connect(f"{server.ws}/ws/e2e?userId=u1") as ws, websockets.connect(
-        f"{server.ws}/ws/e2e?userId=u2"
+    async with websockets.connect(f"{server.ws}/ws/e2e?userId=u1", close_timeout=CLOSE_TIMEOUT_SECONDS) as ws, websockets.connect(
+        f"{server.ws}/ws/e2e?userId=u2", close_timeout=CLOSE_TIMEOUT_SECONDS
     ) as watcher:
         assert (await recv(ws))["type"] == "welcome"
         assert (await recv(watcher))["type"] == "welcome"
