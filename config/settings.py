@@ -69,6 +69,7 @@ INSTALLED_APPS = [
     "rooms",
     "presence",
     "billing",
+    "webhooks",
 ]
 
 MIDDLEWARE = [
@@ -161,6 +162,18 @@ else:
     CHANNEL_LAYERS = {"default": {"BACKEND": "channels.layers.InMemoryChannelLayer"}}
 
 # ---------------------------------------------------------------------------
+# Celery (webhook deliveries; alarms in the distributed mode)
+# ---------------------------------------------------------------------------
+
+# Redis or RabbitMQ. Unset: no broker, and webhooks stay off.
+CELERY_BROKER_URL = os.environ.get("CELERY_BROKER_URL", "") or REDIS_URL
+CELERY_TASK_ACKS_LATE = True
+# A worker takes one task at a time: a slow webhook receiver must not hold
+# back tasks prefetched behind it.
+CELERY_WORKER_PREFETCH_MULTIPLIER = 1
+CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
+
+# ---------------------------------------------------------------------------
 # Dorm runtime (read through rooms.conf.dorm_settings; defaults live there)
 # ---------------------------------------------------------------------------
 
@@ -178,6 +191,10 @@ DORM = {
     "MAX_BATCH_EVENTS": env_int("DORM_MAX_BATCH_EVENTS", 1000),
     "RESUME_MAX_EVENTS": env_int("DORM_RESUME_MAX_EVENTS", 10_000),
     "DIRECT_SOCKET_WRITES": env_bool("DORM_DIRECT_SOCKET_WRITES", True),
+    # Webhooks need a Celery broker to deliver through.
+    "WEBHOOKS": env_bool("DORM_WEBHOOKS", bool(CELERY_BROKER_URL)),
+    "WEBHOOK_BACKOFF_SECONDS": env_float("DORM_WEBHOOK_BACKOFF_SECONDS", 2.0),
+    "WEBHOOK_DURABLE_THROTTLE_SECONDS": env_float("DORM_WEBHOOK_DURABLE_THROTTLE_SECONDS", 1.0),
 }
 
 # ---------------------------------------------------------------------------
