@@ -236,7 +236,7 @@ REST_FRAMEWORK = {
     "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
     # A JSON API. (Multipart bodies also never reach Django under daphne:
     # Twisted parses them itself and answers a malformed one with a bare 400.)
-    "DEFAULT_PARSER_CLASSES": ["rest_framework.parsers.JSONParser"],
+    "DEFAULT_PARSER_CLASSES": ["rooms.api.parsers.JSONParser"],
     # Token first: its WWW-Authenticate header makes an anonymous request a
     # 401 (with session auth first DRF answers 403, which means "forbidden").
     "DEFAULT_AUTHENTICATION_CLASSES": [

@@ -11,11 +11,14 @@ from __future__ import annotations
 from typing import Any
 
 from django.core.exceptions import RequestDataTooBig
+from drf_spectacular.types import OpenApiTypes
+from drf_spectacular.utils import OpenApiResponse
 from rest_framework import status
 from rest_framework.exceptions import APIException
 from rest_framework.response import Response
 from rest_framework.views import exception_handler as drf_exception_handler
 
+from rooms.api.serializers import ErrorSerializer
 from rooms.runtime import publish
 
 
@@ -36,6 +39,16 @@ class ServiceUnavailable(APIException):
     default_detail = "the room is unavailable, retry later"
     default_code = "unavailable"
 
+
+# The error responses every operation documents (the schema lists them, and
+# the schemathesis run checks no other status appears).
+ERRORS = {
+    400: OpenApiResponse(OpenApiTypes.OBJECT, description='bad input: {"detail"} or per-field messages'),
+    401: OpenApiResponse(ErrorSerializer, description="not authenticated"),
+    403: OpenApiResponse(ErrorSerializer, description="not allowed"),
+    404: OpenApiResponse(ErrorSerializer, description="not found (or not visible to you)"),
+    413: OpenApiResponse(ErrorSerializer, description="request body too large"),
+}
 
 # Runtime refusal -> HTTP status. `internal` is the server's fault and the
 # only 5xx: the commit failed or the room did not answer (retry, same key).

@@ -1,6 +1,6 @@
 """URLs of the REST API, mounted under /api/ (config/urls.py)."""
 
-from django.urls import path, re_path
+from django.urls import include, path
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 
 from rooms.api import views
@@ -17,6 +17,8 @@ urlpatterns = [
     path("rooms/<str:slug>/state", views.State.as_view(), name="state"),
     path("rooms/<str:slug>/messages", views.Messages.as_view(), name="messages"),
     path("rooms/<str:slug>/restore", views.Restore.as_view(), name="restore"),
+    # The webhooks app owns its endpoints; they live under the same /api/.
+    path("", include("webhooks.urls")),
     path("schema/", SpectacularAPIView.as_view(), name="schema"),
     path("docs/", SpectacularSwaggerView.as_view(url_name="api:schema"), name="docs"),
 ]

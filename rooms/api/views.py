@@ -15,7 +15,6 @@ from django.core.handlers.asgi import ASGIRequest
 from django.db import IntegrityError, transaction
 from django.db.models import OuterRef, QuerySet, Subquery
 from django.shortcuts import get_object_or_404
-from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiExample, OpenApiParameter, OpenApiResponse, extend_schema
 from rest_framework import generics, serializers, status
 from rest_framework.exceptions import PermissionDenied, Throttled
@@ -26,7 +25,7 @@ from rest_framework.views import APIView
 
 from rooms import limits
 from rooms.api import history
-from rooms.api.errors import Conflict, PayloadTooLarge, ServiceUnavailable
+from rooms.api.errors import ERRORS, Conflict, PayloadTooLarge, ServiceUnavailable
 from rooms.api.pagination import HistoryParams, SeqCursorPagination
 from rooms.api.permissions import IsStaff, listed_rooms, may_write, visible_rooms
 from rooms.api.serializers import (
@@ -50,12 +49,6 @@ from rooms.runtime import publish
 
 log = logging.getLogger("dorm.api")
 
-ERRORS = {
-    400: OpenApiResponse(OpenApiTypes.OBJECT, description="bad input: {\"detail\"} or per-field messages"),
-    401: OpenApiResponse(ErrorSerializer, description="not authenticated"),
-    403: OpenApiResponse(ErrorSerializer, description="not allowed"),
-    404: OpenApiResponse(ErrorSerializer, description="no such room (or not visible to you)"),
-}
 
 IDEMPOTENCY_KEY = OpenApiParameter(
     "Idempotency-Key",

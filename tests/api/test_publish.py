@@ -184,3 +184,16 @@ def test_publish_without_an_asgi_server_is_503_not_a_crash(owner: Any) -> None:
     response = token_client(owner).post("/api/rooms/wsgi/messages", {"type": "draw", "payload": {}}, content_type="application/json")
     assert response.status_code == 503
     assert "ASGI" in response.json()["detail"]
+
+
+async def test_over_the_rate_limit_is_429_with_retry_after(runtime: Any, owner: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    # rooms.limits answers "yes" until the security issue adds its buckets;
+    # this switches it to "wait 1.5 s" to check the API's side of the contract.
+    from rooms import limits
+
+    monkeypatch.setattr(limits, "admit_message", lambda identity, room: 1500)
+    await make_room("rl", owner)
+    response = await post(owner, "rl", {"type": "draw", "payload": {}})
+    assert response.status_code == 429 and response["Retry-After"] == "2"
+    assert "detail" in response.json()
+    assert await log_of("rl") == []

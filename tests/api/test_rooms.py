@@ -127,3 +127,11 @@ def test_room_list_pages_with_a_limit(owner: Any) -> None:
     second = api.get(first["next"]).json()
     assert [r["slug"] for r in second["results"]] == ["r2", "r3"]
     assert api.get("/api/rooms/?cursor=garbage").status_code == 404
+
+
+def test_a_huge_body_is_413_not_parsed(owner: Any) -> None:
+    body = '{"slug": "big", "settings": {"k": "' + "x" * (2 * 1024 * 1024) + '"}}'
+    response = token_client(owner).post("/api/rooms/", body, content_type="application/json")
+    assert response.status_code == 413
+    assert "detail" in response.json()
+    assert not Room.objects.exists()
