@@ -67,3 +67,26 @@ async def test_rest_publish_is_ordered_with_the_clients_own_traffic(daphne_serve
     assert status == 201 and again["seq"] == published[0][1]["seq"]
     status, page = await asyncio.to_thread(server.request, "GET", "/api/rooms/e2e/history?limit=1000")
     assert [e["seq"] for e in page["results"]] == list(range(1, 2 * n + 1))
+
+
+async def test_a_publish_that_wakes_the_room_leaves_a_healthy_actor(daphne_server: Server) -> None:
+    """The actor started by a REST request outlives it: later commits and joins work.
+
+    (An actor that inherited the request's context would send its database
+    calls to the request's executor thread, gone once the response is sent.)
+    """
+    server = daphne_server
+    status, _ = await asyncio.to_thread(server.request, "POST", "/api/rooms/", {"slug": "cold"})
+    assert status == 201
+
+    def publish(i: int) -> tuple[int, Any]:
+        return server.request("POST", "/api/rooms/cold/messages", {"type": "draw", "payload": {"i": i}})
+
+    assert await asyncio.to_thread(publish, 0) == (201, {"seq": 1, "id": None})  # wakes the actor
+    await asyncio.sleep(0.2)  # the first request's thread is gone
+    assert await asyncio.to_thread(publish, 1) == (201, {"seq": 2, "id": None})
+    async with websockets.connect(f"{server.ws}/ws/cold?userId=u1", close_timeout=CLOSE_TIMEOUT_SECONDS) as ws:
+        welcome = await recv(ws)
+        assert welcome["seq"] == 2 and [s["payload"]["i"] for s in welcome["state"]["strokes"]] == [0, 1]
+        await ws.send(json.dumps({"type": "draw", "id": "c", "payload": {"i": 2}}))
+        assert (await recv(ws)) == {"type": "ack", "id": "c", "seq": 3}
