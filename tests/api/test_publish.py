@@ -197,3 +197,17 @@ async def test_over_the_rate_limit_is_429_with_retry_after(runtime: Any, owner: 
     assert response.status_code == 429 and response["Retry-After"] == "2"
     assert "detail" in response.json()
     assert await log_of("rl") == []
+
+
+async def test_publish_logs_carry_metadata_never_payloads(runtime: Any, owner: Any, caplog: pytest.LogCaptureFixture) -> None:
+    import logging
+
+    caplog.set_level(logging.DEBUG, logger="dorm")
+    await make_room("logs", owner)
+    ok = await post(owner, "logs", {"type": "draw", "payload": {"note": "SECRET-PAYLOAD"}})
+    refused = await post(owner, "logs", {"type": "draw", "payload": {"note": "SECRET-PAYLOAD", "n": 1e300}})
+    assert (ok.status_code, refused.status_code) == (201, 400)
+    text = "\n".join(r.getMessage() for r in caplog.records)
+    assert "publish room=logs user=app type=draw seq=1" in text
+    assert "publish refused room=logs" in text
+    assert "SECRET-PAYLOAD" not in text

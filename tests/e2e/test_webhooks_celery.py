@@ -8,57 +8,17 @@ import json
 import sqlite3
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
 import pytest
 import websockets
 
+from tests.fixtures.receiver import Receiver
 from tests.fixtures.servers import CLOSE_TIMEOUT_SECONDS, ROOT, Server, start_daphne, stop
 from webhooks import signing
-
-
-class Receiver:
-    """Records every POST; ``/flaky`` answers 500 to a delivery's first attempt."""
-
-    def __init__(self) -> None:
-        self.requests: list[tuple[str, dict[str, str], bytes]] = []
-        self.failed_once: set[str] = set()
-        receiver = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:  # noqa: N802
-                body = self.rfile.read(int(self.headers["Content-Length"]))
-                receiver.requests.append((self.path, dict(self.headers), body))
-                delivery = self.headers["Dorm-Delivery"]
-                status = 200
-                if self.path == "/flaky" and delivery not in receiver.failed_once:
-                    receiver.failed_once.add(delivery)
-                    status = 500
-                self.send_response(status)
-                self.send_header("Content-Length", "0")
-                self.end_headers()
-
-            def log_message(self, *args: Any) -> None:
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-
-    def bodies(self, path: str) -> list[dict[str, Any]]:
-        return [json.loads(body) for p, _, body in self.requests if p == path]
-
-
-@pytest.fixture
-def receiver() -> Iterator[Receiver]:
-    r = Receiver()
-    yield r
-    r.server.shutdown()
 
 
 @pytest.fixture

@@ -9,18 +9,11 @@ from django.conf import settings
 from django.test import override_settings
 
 from rooms.models import Room
-from tests.e2e.test_webhooks_celery import Receiver
+from tests.fixtures.receiver import Receiver
 from webhooks import dispatch, tasks
 from webhooks.models import Delivery, Endpoint
 
 pytestmark = pytest.mark.django_db
-
-
-@pytest.fixture
-def receiver() -> Any:
-    r = Receiver()
-    yield r
-    r.server.shutdown()
 
 
 def test_backoff_doubles_from_the_base() -> None:
