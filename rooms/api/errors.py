@@ -19,6 +19,7 @@ from rest_framework.response import Response
 from rest_framework.views import exception_handler as drf_exception_handler
 
 from rooms.api.serializers import ErrorSerializer
+from rooms.kinds import UnknownKind
 from rooms.runtime import publish
 
 
@@ -67,6 +68,10 @@ RETRY_AFTER_SECONDS = 1
 def exception_handler(exc: Exception, context: dict[str, Any]) -> Response | None:
     if isinstance(exc, RequestDataTooBig):
         exc = PayloadTooLarge()
+    if isinstance(exc, UnknownKind):
+        # A room whose kind was removed from DORM["KINDS"]: the room exists
+        # but this server cannot interpret its log.
+        exc = Conflict(f"this server has no room kind {exc}")
     if isinstance(exc, publish.PublishError):
         code = PUBLISH_STATUS.get(type(exc), status.HTTP_503_SERVICE_UNAVAILABLE)
         body: dict[str, Any] = {"detail": exc.detail or exc.reason, "reason": exc.reason}

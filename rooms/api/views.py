@@ -192,7 +192,7 @@ class State(RoomMixin, APIView):
         summary="The room's state, now or right after event `seq`",
         description="From the nearest stored snapshot plus the log; `seq` is the point in time (time travel).",
         parameters=[SLUG, StateParams],
-        responses={200: StateSerializer, **ERRORS},
+        responses={200: StateSerializer, 409: OpenApiResponse(ErrorSerializer, description="the room's kind is not installed"), **ERRORS},
     )
     def get(self, request: Request, slug: str) -> Response:
         room = self.room(slug)

@@ -135,3 +135,10 @@ def test_a_huge_body_is_413_not_parsed(owner: Any) -> None:
     assert response.status_code == 413
     assert "detail" in response.json()
     assert not Room.objects.exists()
+
+
+def test_a_room_of_a_kind_this_server_lacks_is_409_not_500(owner: Any) -> None:
+    Room.objects.create(slug="old", owner=owner, kind="retired")
+    response = token_client(owner).get("/api/rooms/old/state")
+    assert response.status_code == 409
+    assert "retired" in response.json()["detail"]
