@@ -172,6 +172,10 @@ CELERY_TASK_ACKS_LATE = True
 # back tasks prefetched behind it.
 CELERY_WORKER_PREFETCH_MULTIPLIER = 1
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
+CELERY_BEAT_SCHEDULE = {
+    # Webhook deliveries whose task was lost (broker down when queued).
+    "webhooks-requeue-stalled": {"task": "webhooks.tasks.requeue_stalled", "schedule": 60.0},
+}
 
 # ---------------------------------------------------------------------------
 # Dorm runtime (read through rooms.conf.dorm_settings; defaults live there)

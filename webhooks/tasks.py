@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import time
+from datetime import timedelta
 import urllib.error
 import urllib.request
 
@@ -70,3 +71,24 @@ def deliver(self, delivery_id: int) -> str:  # type: ignore[no-untyped-def]
     if delivery.status == Delivery.Status.PENDING:
         raise self.retry(countdown=backoff_seconds(delivery.attempts - 1), exc=DeliveryFailed(error))
     return delivery.status
+
+
+# A delivery still untried this long after it was recorded lost its task (the
+# broker was down when it was queued): queue it again. Long enough that a
+# backed-up queue is not mistaken for a lost task; a rare duplicate is
+# possible, so receivers de-duplicate on the Dorm-Delivery header.
+STALLED_AFTER_SECONDS = 600
+
+
+@shared_task
+def requeue_stalled() -> int:
+    """Run by Celery beat (CELERY_BEAT_SCHEDULE): re-queue deliveries whose task was lost."""
+    cutoff = timezone.now() - timedelta(seconds=STALLED_AFTER_SECONDS)
+    stalled = list(
+        Delivery.objects.filter(status=Delivery.Status.PENDING, attempts=0, created_at__lt=cutoff).values_list("pk", flat=True)[:1000]
+    )
+    for pk in stalled:
+        deliver.delay(pk)
+    if stalled:
+        log.warning("webhook deliveries requeued count=%d", len(stalled))
+    return len(stalled)

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import pytest
 from django.conf import settings
 from django.test import override_settings
+from django.utils import timezone
 
 from rooms.models import Room
 from tests.fixtures.receiver import Receiver
@@ -44,3 +46,28 @@ def test_an_unreachable_endpoint_is_logged_not_raised(owner: Any) -> None:
     delivery = Delivery.objects.get(pk=delivery_id)
     assert delivery.status == "failed" and delivery.last_status_code is None
     assert delivery.last_error in {"ConnectionRefusedError", "URLError"}
+
+
+def test_stalled_deliveries_are_queued_again_on_the_broker(owner: Any, redis_url: str, settings: Any) -> None:
+    import datetime
+
+    import redis
+
+    from config.celery import app
+
+    room = Room.objects.create(slug="r", owner=owner)
+    endpoint = Endpoint.objects.create(owner=owner, room=room, url="https://example.com/h", events=["user.joined"])
+    old = timezone.now() - datetime.timedelta(seconds=tasks.STALLED_AFTER_SECONDS + 5)
+    lost = Delivery.objects.create(endpoint=endpoint, event="user.joined", room_slug="r", body="{}")
+    Delivery.objects.filter(pk=lost.pk).update(created_at=old)
+    Delivery.objects.create(endpoint=endpoint, event="user.joined", room_slug="r", body="{}")  # recent: its task may be queued
+    tried = Delivery.objects.create(endpoint=endpoint, event="user.joined", room_slug="r", body="{}", attempts=1)
+    Delivery.objects.filter(pk=tried.pk).update(created_at=old)  # retrying: its task is on the broker
+    app.conf.broker_url = redis_url
+    try:
+        assert tasks.requeue_stalled() == 1
+    finally:
+        app.conf.broker_url = settings.CELERY_BROKER_URL
+        app.pool.force_close_all()
+    queued = [json.loads(m) for m in redis.Redis.from_url(redis_url).lrange("celery", 0, -1)]
+    assert [(m["headers"]["task"], m["headers"]["argsrepr"]) for m in queued] == [("webhooks.tasks.deliver", f"({lost.pk},)")]
