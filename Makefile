@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 HOST ?= 127.0.0.1
 PORT ?= 8000
 
-.PHONY: run run-uvicorn cluster test bench clean
+.PHONY: run run-uvicorn cluster test bench bench-history clean
 
 $(STAMP): requirements.txt requirements-dev.txt
 	$(PYTHON) -m venv $(VENV)
@@ -45,6 +45,10 @@ test: $(STAMP)
 BENCH_ARGS ?=
 bench: $(STAMP)
 	$(PY) bench/fanout.py $(BENCH_ARGS)
+
+# History page latency at 1e3 and 1e6 events (docs/performance-history.md).
+bench-history: $(STAMP)
+	$(PY) bench/history.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .hypothesis
