@@ -33,6 +33,7 @@ import orjson
 from channels.db import database_sync_to_async
 from django.utils import timezone
 
+from rooms import signals
 from rooms.conf import dorm_settings
 from rooms.kinds import kind_class
 from rooms.kinds.base import DurableEvent, Incoming, Reject, RoomKind
@@ -258,7 +259,7 @@ class RoomActor:
             else kind.load_state(orjson.loads(loaded.snapshot_state))
         )
         for seq, type_, user_id, _client_id, payload, ts in loaded.tail:
-            state = kind.fold(state, DurableEvent(seq, type_, user_id, orjson.loads(payload) if payload else None, ts))
+            state = kind.apply(state, DurableEvent(seq, type_, user_id, orjson.loads(payload) if payload else None, ts))
         self.state = state
         self.last_seq = loaded.last_seq
         self._next_seq = loaded.last_seq + 1
@@ -383,7 +384,7 @@ class RoomActor:
         if mtype.durable:
             seq = self._next_seq
             self._next_seq = seq + 1
-            self.state = kind.fold(self.state, DurableEvent(seq, frame.type, peer.user_id, payload, ts))
+            self.state = kind.apply(self.state, DurableEvent(seq, frame.type, peer.user_id, payload, ts))
             text = event_frame(frame.type, seq, peer.user_id, payload_json, ts)
             row = (self.room_id, seq, frame.type, peer.user_id, frame.client_id or "", payload_json, ts)
             self._staged.append(Staged(seq, peer, frame.client_id, text, row, message))
@@ -441,6 +442,8 @@ class RoomActor:
         if _overrides(self.kind, "on_message"):
             for s in staged:
                 await self.kind.on_message(self.context, s.message, s.seq)
+        if staged:
+            signals.events_durable.send(None, room=self.slug, first_seq=staged[0].seq, last_seq=staged[-1].seq)
         self._since_snapshot += len(staged)
         if self._since_snapshot >= dorm_settings.SNAPSHOT_EVERY_EVENTS:
             await self._save_snapshot()
@@ -517,6 +520,9 @@ class RoomActor:
             last,
         )
         if first:
+            if len(welcome["presence"]) == 1:
+                signals.room_occupied.send(None, room=self.slug)
+            signals.user_joined.send(None, room=self.slug, user_id=peer.user_id)
             joined = {"type": "user_joined", "userId": peer.user_id, "connectionId": peer.id, "at": now_ms()}
             await self.runtime.transport.broadcast(self.slug, dumps(joined), None, peer.id)
         if _overrides(self.kind, "on_connect"):
@@ -540,6 +546,9 @@ class RoomActor:
         peer = leave.peer
         user_gone = self.runtime.presence.leave(self.slug, peer.id)
         if user_gone is not None:
+            signals.user_left.send(None, room=self.slug, user_id=peer.user_id)
+            if not self.runtime.presence.members(self.slug):
+                signals.room_vacated.send(None, room=self.slug)
             left = {
                 "type": "user_left",
                 "userId": peer.user_id,
