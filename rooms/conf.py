@@ -83,6 +83,8 @@ DEFAULTS: dict[str, Any] = {
     "KINDS": {
         "whiteboard": "rooms.kinds.whiteboard.Whiteboard",
         "chat": "rooms.kinds.chat.Chat",
+        "qa": "rooms.kinds.qa.QA",
+        "seats": "rooms.kinds.seats.Seats",
     },
 }
 

@@ -81,12 +81,14 @@ def ack_frame(client_id: str, seq: int | None) -> str:
     return orjson.dumps({"type": "ack", "id": client_id, "seq": seq}).decode()
 
 
-def error_frame(reason: str, client_id: str | None = None, detail: str | None = None) -> str:
+def error_frame(reason: str, client_id: str | None = None, detail: str | None = None, code: str | None = None) -> str:
     frame: dict[str, Any] = {"type": "error", "reason": reason}
     if client_id is not None:
         frame["id"] = client_id
     if detail:
         frame["detail"] = detail
+    if code:
+        frame["code"] = code
     return orjson.dumps(frame).decode()
 
 

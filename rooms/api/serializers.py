@@ -7,7 +7,8 @@ from typing import Any
 
 from rest_framework import serializers
 
-from rooms.kinds import kind_names
+from rooms.conf import dorm_settings
+from rooms.kinds import UnknownKind, kind_class, kind_names
 from rooms.models import Room, slug_validator
 from rooms.runtime import publish
 from rooms.protocol import MAX_CLIENT_ID_CHARS, MAX_USER_ID_CHARS, MESSAGE_TYPE_RE
@@ -48,6 +49,19 @@ class RoomSerializer(serializers.ModelSerializer):
             # PostgreSQL's jsonb cannot store NUL characters.
             raise serializers.ValidationError("NUL characters are not allowed")
         return value
+
+    def validate(self, attrs: dict[str, Any]) -> dict[str, Any]:
+        # The kind refuses settings it cannot run with (a seat map that is not
+        # a list) here, with a 400, not later when the room's actor starts.
+        kind = attrs.get("kind") or dorm_settings.DEFAULT_KIND
+        if "settings" in attrs or self.instance is None:
+            try:
+                kind_class(kind).check_settings(attrs.get("settings") or {})
+            except UnknownKind:
+                pass  # the kind field reports it
+            except ValueError as exc:
+                raise serializers.ValidationError({"settings": [str(exc)]}) from None
+        return attrs
 
 
 class EventSerializer(serializers.Serializer):

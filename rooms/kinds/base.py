@@ -20,7 +20,17 @@ if TYPE_CHECKING:
 
 
 class Reject(Exception):
-    """A kind refuses a message given the room's state (sent as invalid_message)."""
+    """A kind refuses a message given the room's state (sent as invalid_message).
+
+    ``code`` (optional, ``[a-z_]``) is added to the error frame so a client can
+    tell refusals apart without parsing the detail (``seat_taken``). A refusal
+    with a code is the room saying "not now" to a well-formed message (the
+    loser of a race), so it does not count towards the abuse limit.
+    """
+
+    def __init__(self, detail: str, *, code: str | None = None) -> None:
+        super().__init__(detail)
+        self.code = code
 
 
 @dataclass(frozen=True, slots=True)
@@ -130,6 +140,15 @@ class RoomKind:
     @classmethod
     def message_type(cls, type_: str) -> MessageType | None:
         return cls.messages.get(type_) or BUILTIN_MESSAGES.get(type_)
+
+    @classmethod
+    def check_settings(cls, settings: dict[str, Any]) -> None:
+        """Refuse room settings this kind cannot run with (raise ``ValueError``).
+
+        Room creation over REST calls it (a 400 with the message), so a bad
+        setting never reaches an actor. Settings that are not the kind's own
+        (``anonymous`` and other room options) must be let through.
+        """
 
     # -- state --------------------------------------------------------------
 

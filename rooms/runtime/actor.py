@@ -377,7 +377,7 @@ class RoomActor:
         try:
             kind.check(self.state, message)
         except Reject as exc:
-            await peer.error(ErrorReason.INVALID_MESSAGE, frame.client_id, str(exc))
+            await peer.error(ErrorReason.INVALID_MESSAGE, frame.client_id, str(exc), exc.code)
             return
         payload_json = payload_bytes.decode()
         ts = now_ms()

@@ -119,8 +119,10 @@ class RemotePeer:
     async def reply(self, text: str) -> None:
         self._cluster.bus.publish(self.room, {"k": "reply", "c": self.id, "t": text})
 
-    async def error(self, reason: str, client_id: str | None = None, detail: str | None = None) -> None:
-        self._cluster.bus.publish(self.room, {"k": "error", "c": self.id, "r": reason, "i": client_id, "d": detail})
+    async def error(
+        self, reason: str, client_id: str | None = None, detail: str | None = None, code: str | None = None
+    ) -> None:
+        self._cluster.bus.publish(self.room, {"k": "error", "c": self.id, "r": reason, "i": client_id, "d": detail, "e": code})
 
     async def close(self, code: int, reason: str) -> None:
         self._closed = True
@@ -615,7 +617,7 @@ class Cluster:
         elif kind == "reply":
             asyncio.ensure_future(target.reply(message["t"]))
         elif kind == "error":
-            asyncio.ensure_future(target.error(message["r"], message["i"], message["d"]))
+            asyncio.ensure_future(target.error(message["r"], message["i"], message["d"], message.get("e")))
         elif kind == "close":
             target.refused = True
             asyncio.ensure_future(target.close(message["code"], message["reason"]))

@@ -122,10 +122,13 @@ class Connection:
         self.state = ConnectionState.CLOSED
         self._pending.clear()
 
-    async def error(self, reason: str, client_id: str | None = None, detail: str | None = None) -> None:
+    async def error(
+        self, reason: str, client_id: str | None = None, detail: str | None = None, code: str | None = None
+    ) -> None:
         """Reply with an error frame; repeated client faults close with 1008."""
-        await self.reply(error_frame(reason, client_id, detail))
-        if reason in ABUSE_REASONS:
+        await self.reply(error_frame(reason, client_id, detail, code))
+        # A coded refusal is the room's state saying no (a lost race), not abuse.
+        if reason in ABUSE_REASONS and code is None:
             now = time.monotonic()
             marks = self._invalid_at
             marks.append(now)

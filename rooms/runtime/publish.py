@@ -110,7 +110,9 @@ class ServerPeer:
         if frame.get("type") == "ack" and not self._future.done():
             self._future.set_result(frame)
 
-    async def error(self, reason: str, client_id: str | None = None, detail: str | None = None) -> None:
+    async def error(
+        self, reason: str, client_id: str | None = None, detail: str | None = None, code: str | None = None
+    ) -> None:
         if self._future.done():
             return
         if reason == ErrorReason.INVALID_MESSAGE and (detail or "").startswith(_TOO_LARGE_DETAIL):
