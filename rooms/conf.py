@@ -85,6 +85,8 @@ DEFAULTS: dict[str, Any] = {
         "chat": "rooms.kinds.chat.Chat",
         "qa": "rooms.kinds.qa.QA",
         "seats": "rooms.kinds.seats.Seats",
+        "yjs": "rooms.kinds.yjs.YjsDocument",
+        "game": "rooms.kinds.game.GameTick",
     },
 }
 

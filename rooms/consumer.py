@@ -42,7 +42,7 @@ from rooms.protocol import (
 )
 from rooms.runtime.connection import Connection, ConnectionState
 from rooms.runtime.direct_write import close_cleanly_on_protocol_errors, close_socket
-from rooms.runtime.messages import Frame, Join, Leave
+from rooms.runtime.messages import Binary, Frame, Join, Leave
 from rooms.runtime.registry import get_runtime
 
 log = logging.getLogger("dorm.rooms")
@@ -115,6 +115,7 @@ class RoomConsumer(AsyncConsumer):
             self.identity = identify(query, self.room, access)
             self._kind = _kind_or_none(access.kind)
             conn = Connection(self.room, self.identity.user_id, self.identity.scope, self.base_send)
+            conn.binary = bool(self._kind is not None and self._kind.accepts_binary)
             # Atomic in its store (memory or Redis): two handshakes cannot
             # both take the last place, even on two processes.
             placed = await limits.admit_occupancy(self.room, conn.id, access.max_connections)
@@ -172,6 +173,14 @@ class RoomConsumer(AsyncConsumer):
             data = message.get("bytes") or b""
             if len(data) > dorm_settings.HARD_FRAME_LIMIT_BYTES:
                 await conn.close(CloseCode.MESSAGE_TOO_BIG, "frame larger than the hard limit")
+                return
+            if self._kind is not None and self._kind.accepts_binary:
+                # The kind's protocol checks the bytes. Not rate-limited like
+                # JSON messages: a dropped Yjs update is a divergence the
+                # protocol cannot see (the size limits still hold).
+                if conn.scope == "read":
+                    return  # read-only members receive but never write
+                get_runtime().registry.submit(self.room, Binary(conn, bytes(data)))
                 return
             await conn.error(ErrorReason.INVALID_MESSAGE, None, "binary frames are not accepted by this room kind")
             return

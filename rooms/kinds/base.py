@@ -41,14 +41,20 @@ class MessageType:
     max_payload_bytes: int = 16 * 1024
     # Smallest token scope allowed to send it: "read" < "write" < "host".
     scope: str = "write"
+    # Ephemeral only: broadcast it to the room's other sockets. False for
+    # messages only the room itself reads (a game's inputs: the others see
+    # the next tick, not the keypress).
+    relay: bool = True
 
 
 def durable(schema: Schema, *, max_payload_bytes: int = 16 * 1024, scope: str = "write") -> MessageType:
     return MessageType(True, schema, max_payload_bytes, scope)
 
 
-def ephemeral(schema: Schema, *, max_payload_bytes: int = 4 * 1024, scope: str = "write") -> MessageType:
-    return MessageType(False, schema, max_payload_bytes, scope)
+def ephemeral(
+    schema: Schema, *, max_payload_bytes: int = 4 * 1024, scope: str = "write", relay: bool = True
+) -> MessageType:
+    return MessageType(False, schema, max_payload_bytes, scope, relay)
 
 
 @dataclass(slots=True)
@@ -125,7 +131,9 @@ class RoomKind:
 
     name: ClassVar[str] = ""
     messages: ClassVar[dict[str, MessageType]] = {}
-    # Kinds that speak a binary protocol (Yjs) set this.
+    # Kinds that speak a binary protocol (Yjs) set this: binary frames go to
+    # ``on_binary``, and the room's sockets get no JSON frames (welcome, acks,
+    # user_joined, errors): answer with ``room.send_bytes``/``broadcast_bytes``.
     accepts_binary: ClassVar[bool] = False
 
     def __init__(self, settings: dict[str, Any] | None = None) -> None:
@@ -199,3 +207,12 @@ class RoomKind:
 
     async def on_alarm(self, room: RoomContext, name: str) -> None:
         """A durable alarm fired (see the alarms issue)."""
+
+    async def on_binary(self, room: RoomContext, peer: Peer, data: bytes) -> None:
+        """A binary frame arrived (only for kinds with ``accepts_binary``)."""
+
+    async def on_sleep(self, room: RoomContext) -> None:
+        """The room is about to hibernate or the server to stop: last writes.
+
+        Storage writes made here commit before the actor leaves memory. Not
+        called after a crash or a lost lease (nothing may be written then)."""

@@ -39,9 +39,10 @@ from rooms.kinds import kind_class
 from rooms.kinds.base import DurableEvent, Incoming, Reject, RoomKind
 from rooms.protocol import CloseCode, ErrorReason, ack_frame, dumps, event_frame, now_ms
 from rooms.runtime import persistence
-from rooms.runtime.messages import Call, Frame, Item, Join, Leave, Peer
+from rooms.runtime.messages import Binary, Call, Frame, Item, Join, Leave, Peer, Tick
 from rooms.runtime.persistence import LogRow, RoomNotFound
 from rooms.runtime.storage import RoomStorage
+from rooms.runtime.timers import Timer, TimerFn, Timers, run_timer
 from rooms.schema import Invalid
 
 if TYPE_CHECKING:
@@ -115,6 +116,31 @@ class RoomContext:
     async def send(self, peer: Peer, frame: dict[str, Any]) -> None:
         await peer.reply(dumps(frame))
 
+    # -- binary kinds (accepts_binary; their sockets get no JSON frames) ------------
+
+    async def send_bytes(self, peer: Peer, data: bytes) -> None:
+        """A binary frame to one connection of this process."""
+        await self._actor.runtime.hub.send_bytes(self._actor.slug, peer.id, data)
+
+    async def broadcast_bytes(self, data: bytes, *, exclude: str | None = None) -> None:
+        """A binary frame to every binary connection of the room but ``exclude``."""
+        await self._actor.runtime.hub.deliver_bytes(self._actor.slug, data, exclude)
+
+    # -- in-memory timers (awake only; stopped on hibernation) -----------------------
+
+    def after(self, seconds: float, fn: TimerFn) -> Timer:
+        """Run ``fn(room)`` once in ``seconds``, inside the actor, if still awake."""
+        return self._actor.timers.after(seconds, fn)
+
+    def every(self, seconds: float, fn: TimerFn) -> Timer:
+        """Run ``fn(room)`` every ``seconds`` while the room is awake."""
+        return self._actor.timers.every(seconds, fn)
+
+    def stay_awake(self, seconds: float) -> None:
+        """Do not hibernate for at least ``seconds`` from now, even if idle
+        (timer ticks alone do not count as activity)."""
+        self._actor.stay_awake(seconds)
+
 
 class RoomActor:
     def __init__(self, slug: str, runtime: Runtime) -> None:
@@ -142,6 +168,9 @@ class RoomActor:
         self.task: asyncio.Task[None] | None = None
         self._stop_requested = False
         self._aborted = False
+        self.timers = Timers(self.submit)
+        self._active_at = self.awake_since  # end of the last batch that was not only timer ticks
+        self._awake_until = 0.0  # monotonic; stay_awake()
 
     # -- inbox ----------------------------------------------------------------
 
@@ -150,6 +179,9 @@ class RoomActor:
         waiter = self._waiter
         if waiter is not None and not waiter.done():
             waiter.set_result(None)
+
+    def stay_awake(self, seconds: float) -> None:
+        self._awake_until = max(self._awake_until, time.monotonic() + seconds)
 
     def request_stop(self) -> None:
         """Finish what is queued, then sleep as after the idle timeout (shutdown)."""
@@ -162,25 +194,35 @@ class RoomActor:
         """Stop at once (lease lost): nothing more is committed or snapshotted."""
         self._aborted = True
         self._broken = True
+        self.timers.cancel_all()
         if self.task is not None:
             self.task.cancel()
 
     async def _next_batch(self) -> list[Item] | None:
-        """Every queued item (up to the batch limit); None after the idle timeout."""
-        if not self._items and self._stop_requested:
-            return None
-        if not self._items:
+        """Every queued item (up to the batch limit); None after the idle timeout.
+
+        Idle means no item but timer ticks since the last active batch, so a
+        running ``every`` timer does not keep a room awake forever."""
+        items = self._items
+        while True:
+            if not items and self._stop_requested:
+                return None
+            remaining = (
+                max(self._active_at + dorm_settings.HIBERNATE_AFTER_SECONDS, self._awake_until) - time.monotonic()
+            )
+            if remaining <= 0 and all(type(i) is Tick for i in items):
+                items.clear()  # late ticks of timers that stop with the sleep
+                return None
+            if items:
+                break
             loop = asyncio.get_running_loop()
             waiter = self._waiter = loop.create_future()
-            timer = loop.call_later(dorm_settings.HIBERNATE_AFTER_SECONDS, _resolve, waiter)
+            timer = loop.call_later(remaining, _resolve, waiter)
             try:
                 await waiter
             finally:
                 timer.cancel()
                 self._waiter = None
-            if not self._items:
-                return None
-        items = self._items
         limit = dorm_settings.MAX_BATCH_EVENTS
         if len(items) <= limit:
             batch = list(items)
@@ -216,6 +258,8 @@ class RoomActor:
                         continue
                     break
                 await self._handle_batch(batch)
+                if any(type(item) is not Tick for item in batch):
+                    self._active_at = time.monotonic()
         except asyncio.CancelledError:
             reason = "lease_lost" if self._aborted else "shutdown"
             clean = not self._aborted
@@ -236,7 +280,7 @@ class RoomActor:
 
     async def _start(self) -> None:
         await self._load()
-        self.awake_since = time.monotonic()
+        self.awake_since = self._active_at = time.monotonic()
         self._run_id = await db_start_run(self.room_id, timezone.now())
         self.started = True
         if _overrides(self.kind, "on_start"):
@@ -276,10 +320,20 @@ class RoomActor:
             expires = now + dorm_settings.DEDUP_WINDOW_SECONDS - (wall_ms - ts) / 1000
             self._dedup_expiry.append((expires, key))
         self.storage = RoomStorage(self.room_id)
+        self.timers.cancel_all()
 
     async def _sleep(self, reason: str) -> None:
+        self.timers.cancel_all()
         if not self.started:
             return
+        if not self._broken and not self._staged and _overrides(self.kind, "on_sleep"):
+            # The kind's last writes (a Yjs document kept outside the log)
+            # commit before the room leaves memory.
+            try:
+                await self.kind.on_sleep(self.context)
+                await self._flush()
+            except Exception:
+                log.exception("on_sleep failed room=%s", self.slug)
         self.started = False
         # A state holding uncommitted (staged) or failed events must never be
         # stored: the next wake rebuilds it from the log instead.
@@ -330,6 +384,10 @@ class RoomActor:
                     await self._on_leave(item)
                 elif type(item) is Call:
                     await self._on_call(item)
+                elif type(item) is Tick:
+                    await self._on_tick(item)
+                elif type(item) is Binary:
+                    await self.kind.on_binary(self.context, item.peer, item.data)
             except Exception:
                 if self._broken:
                     raise
@@ -391,10 +449,11 @@ class RoomActor:
             if key is not None:
                 self._remember(key, seq)
             return
-        text = event_frame(frame.type, None, peer.user_id, payload_json, ts)
         if frame.type == "presence" and isinstance(payload, dict) and isinstance(payload.get("status"), str):
             self.runtime.presence.set_status(self.slug, peer.id, payload["status"])
-        await self.runtime.transport.broadcast(self.slug, text, None, peer.id)
+        if mtype.relay:
+            text = event_frame(frame.type, None, peer.user_id, payload_json, ts)
+            await self.runtime.transport.broadcast(self.slug, text, None, peer.id)
         if key is not None:
             self._remember(key, EPHEMERAL)
             await peer.reply(ack_frame(frame.client_id, None))  # type: ignore[arg-type]
@@ -559,6 +618,16 @@ class RoomActor:
             await self.runtime.transport.broadcast(self.slug, dumps(left), None, peer.id)
         if _overrides(self.kind, "on_close"):
             await self.kind.on_close(self.context, peer)
+
+    async def _on_tick(self, tick: Tick) -> None:
+        timer = tick.timer
+        if not self.timers.due(timer):
+            return
+        try:
+            await run_timer(timer, self.context)
+        except Exception as exc:
+            # The type only: a message may quote room data (logs never carry payloads).
+            log.warning("timer failed room=%s error=%s", self.slug, type(exc).__name__)
 
     async def _on_call(self, call: Call) -> None:
         try:

@@ -39,7 +39,7 @@ from django.conf import settings
 from rooms.conf import dorm_settings
 from rooms.protocol import CloseCode, ErrorReason
 from rooms.runtime.connection import SCOPE_RANK, Connection
-from rooms.runtime.messages import Call, Frame, Item, Join, Leave, Peer
+from rooms.runtime.messages import Binary, Call, Frame, Item, Join, Leave, Peer, Tick
 
 if TYPE_CHECKING:
     from rooms.runtime.registry import ActorRegistry, Runtime
@@ -131,7 +131,9 @@ class RemotePeer:
 
 def encode_item(room: str, item: Item) -> dict[str, Any] | None:
     """A channel-layer message for an item (None: it cannot leave the process)."""
-    if isinstance(item, Call):
+    if isinstance(item, (Call, Tick, Binary)):
+        # Binary frames cannot cross processes yet: binary kinds (Yjs) run in
+        # the embedded mode only (docs/kinds.md).
         return None
     peer = item.peer
     base = {"type": "dorm.item", "room": room, "c": peer.id, "u": peer.user_id, "sc": peer.scope}
@@ -507,6 +509,10 @@ class Cluster:
 
     def _forward(self, owner: str, room: str, item: Item) -> None:
         message = encode_item(room, item)
+        if message is None and isinstance(item, Binary):
+            log.warning("binary frame not forwarded room=%s conn=%s", room, item.peer.id)
+            asyncio.ensure_future(item.peer.close(CloseCode.TRY_AGAIN_LATER, "binary rooms need the embedded mode"))
+            return
         if message is None:
             call = item
             assert isinstance(call, Call)

@@ -63,6 +63,7 @@ class Connection:
         "close_code",
         "close_reason",
         "write_frame",
+        "binary",
     )
 
     def __init__(self, room: str, user_id: str, scope: str, send: ASGISend) -> None:
@@ -81,6 +82,9 @@ class Connection:
         # Set when the server closed the socket (the ledger records why).
         self.close_code: int | None = None
         self.close_reason = ""
+        # A socket of a binary kind (Yjs): it gets binary frames only, never
+        # Dorm's JSON frames, which its client could not parse.
+        self.binary = False
 
     @property
     def closed(self) -> bool:
@@ -96,9 +100,10 @@ class Connection:
             return
         send = self.send
         try:
-            await send({"type": "websocket.send", "text": welcome})
-            for text in replay:
-                await send({"type": "websocket.send", "text": text})
+            if not self.binary:
+                await send({"type": "websocket.send", "text": welcome})
+                for text in replay:
+                    await send({"type": "websocket.send", "text": text})
             pending = self._pending
             while pending:
                 event_seq, message = pending.popleft()
@@ -110,7 +115,20 @@ class Connection:
         if self.state is ConnectionState.PENDING:
             self.state = ConnectionState.OPEN
 
+    async def send_bytes(self, data: bytes) -> None:
+        """A binary frame (binary kinds); held like events until the welcome."""
+        message = {"type": "websocket.send", "bytes": data}
+        if self.state is ConnectionState.PENDING:
+            self._pending.append((None, message))
+        elif self.state is ConnectionState.OPEN:
+            try:
+                await self.send(message)
+            except Exception:
+                self.lost()
+
     async def reply(self, text: str) -> None:
+        if self.binary:
+            return  # JSON replies (acks, errors, pong) mean nothing to a binary client
         if self.state is not ConnectionState.CLOSED:
             try:
                 await self.send({"type": "websocket.send", "text": text})
@@ -148,7 +166,8 @@ class Connection:
         self._pending.clear()
         log.info("close room=%s user=%s conn=%s code=%d reason=%s", self.room, self.user_id, self.id, code, reason)
         try:
-            await self.send({"type": "websocket.send", "text": close_frame(code, reason)})
+            if not self.binary:
+                await self.send({"type": "websocket.send", "text": close_frame(code, reason)})
             await close_socket(self.send, code, reason)
         except Exception:  # the socket may already be gone; closing is best effort
             log.debug("close on a dead socket room=%s conn=%s", self.room, self.id)

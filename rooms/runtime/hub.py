@@ -51,6 +51,20 @@ class LocalHub:
     def rooms(self) -> list[str]:
         return list(self._rooms)
 
+    async def send_bytes(self, room: str, connection_id: str, data: bytes) -> None:
+        conn = self.get(room, connection_id)
+        if conn is not None:
+            await conn.send_bytes(data)
+
+    async def deliver_bytes(self, room: str, data: bytes, exclude: str | None) -> int:
+        """A binary frame to the room's binary sockets but ``exclude`` (binary kinds)."""
+        delivered = 0
+        for conn in self._members.get(room, ()):
+            if conn.binary and conn.id != exclude and conn.state is not ConnectionState.CLOSED:
+                await conn.send_bytes(data)
+                delivered += 1
+        return delivered
+
     async def deliver(self, room: str, text: str, seq: int | None, exclude: str | None) -> int:
         """Write one event to the room's local sockets but ``exclude``; returns deliveries."""
         members = self._members.get(room)
@@ -60,7 +74,7 @@ class LocalHub:
         frame: bytes | None = None  # framed once, on first use
         delivered = 0
         for conn in members:
-            if conn.id == exclude:
+            if conn.id == exclude or conn.binary:
                 continue
             state = conn.state
             if state is _OPEN:

@@ -1,4 +1,4 @@
-"""What reaches a room's actor: joins, frames, leaves, and calls.
+"""What reaches a room's actor: joins, frames, leaves, calls, timer ticks and binary frames.
 
 The ``Peer`` protocol is what the actor needs of a connection. In the embedded
 mode every peer is a local :class:`~rooms.runtime.connection.Connection`; a
@@ -68,4 +68,19 @@ class Call:
     future: asyncio.Future[Any]
 
 
-Item = Join | Frame | Leave | Call
+@dataclass(slots=True)
+class Tick:
+    """An in-actor timer fired (``timers.py``); never leaves the process."""
+
+    timer: Any
+
+
+@dataclass(slots=True)
+class Binary:
+    """A binary frame for a kind that declares ``accepts_binary`` (Yjs)."""
+
+    peer: Peer
+    data: bytes
+
+
+Item = Join | Frame | Leave | Call | Tick | Binary

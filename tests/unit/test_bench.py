@@ -56,3 +56,10 @@ def test_recorder_counts_draws_and_acks(loadgen, frame: bytes) -> None:
     assert len(rec.latencies_ms) == 2 and all(ms >= 0 for ms in rec.latencies_ms)
     assert rec.acks == 1
     assert rec.refused == {"invalid_message": 1}
+
+
+def test_qa_spike_help_runs() -> None:
+    out = subprocess.run(
+        [sys.executable, str(BENCH / "qa_spike.py"), "--help"], capture_output=True, text=True, timeout=60, check=True
+    )
+    assert "--rates" in out.stdout and "--clients" in out.stdout
