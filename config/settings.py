@@ -200,6 +200,9 @@ DORM = {
     # Seconds without frames after which a room's actor leaves memory.
     "HIBERNATE_AFTER_SECONDS": env_float("DORM_HIBERNATE_AFTER_SECONDS", 30.0),
     "LEASE_TTL_SECONDS": env_float("DORM_LEASE_TTL_SECONDS", 5.0),
+    "OUTBOUND_SOFT_BYTES": env_int("DORM_OUTBOUND_SOFT_BYTES", 256 * 1024),
+    "OUTBOUND_MAX_BYTES": env_int("DORM_OUTBOUND_MAX_BYTES", 4 * 1024 * 1024),
+    "PENDING_MAX_FRAMES": env_int("DORM_PENDING_MAX_FRAMES", 10_000),
     # Create a room with DEFAULT_KIND on first connect; off -> close 4404.
     "AUTO_CREATE_ROOMS": env_bool("DORM_AUTO_CREATE_ROOMS", True),
     "DEFAULT_KIND": os.environ.get("DORM_DEFAULT_KIND", "whiteboard"),

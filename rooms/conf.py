@@ -79,6 +79,13 @@ DEFAULTS: dict[str, Any] = {
     "WEBHOOK_TIMEOUT_SECONDS": 10.0,
     # One event.durable webhook per room per window, covering its seq range.
     "WEBHOOK_DURABLE_THROTTLE_SECONDS": 1.0,
+    # Backpressure (backpressure.py): bytes queued for one socket past which
+    # ephemeral events are skipped for it, and past which it is closed with
+    # 4408; events held for a socket that has not had its welcome yet.
+    "OUTBOUND_SOFT_BYTES": 256 * 1024,
+    "OUTBOUND_MAX_BYTES": 4 * 1024 * 1024,
+    "PENDING_MAX_FRAMES": 10_000,
+    "BACKPRESSURE_INTERVAL_SECONDS": 0.1,
     # Kinds available to rooms: name -> dotted path of the RoomKind class.
     "KINDS": {
         "whiteboard": "rooms.kinds.whiteboard.Whiteboard",

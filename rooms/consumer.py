@@ -127,6 +127,7 @@ class RoomConsumer(AsyncConsumer):
         runtime = get_runtime()
         self.conn = conn
         runtime.hub.add(conn)
+        runtime.outbound_watch.start()
         runtime.registry.submit(self.room, Join(conn, since))
         if self.identity.expires_at is not None:
             delay = max(0.0, self.identity.expires_at - time.time())

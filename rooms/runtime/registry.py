@@ -17,6 +17,7 @@ from django.conf import settings
 from presence.backends.base import PresenceBackend
 from presence.backends.memory import MemoryPresence
 from rooms.runtime.actor import RoomActor
+from rooms.runtime.backpressure import OutboundWatch
 from rooms.runtime.hub import LocalHub
 from rooms.runtime.messages import Call, Item
 from rooms.protocol import CloseCode
@@ -99,6 +100,7 @@ class Runtime:
 
     def __init__(self, distributed: bool = False) -> None:
         self.hub = LocalHub()
+        self.outbound_watch = OutboundWatch(self.hub)
         self.presence: PresenceBackend = MemoryPresence()
         self.registry = ActorRegistry(self)
         self.shutting_down = False
@@ -159,6 +161,9 @@ async def reset_runtime() -> None:
     """Stop every actor and start afresh (tests: one runtime per event loop)."""
     global _runtime
     if _runtime is not None:
+        task = _runtime.outbound_watch.task
+        if task is not None:
+            task.cancel()
         await _runtime.registry.stop_all()
         if _runtime.cluster is not None:
             await _runtime.cluster.stop()
