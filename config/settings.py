@@ -211,6 +211,16 @@ DORM = {
     # Distributed mode: the limit counters live in Redis, shared by every process.
     "LIMITS_REDIS_URL": os.environ.get("DORM_LIMITS_REDIS_URL", REDIS_URL),
     "LIMITS_KEY_PREFIX": os.environ.get("DORM_LIMITS_KEY_PREFIX", "dorm:limits:"),
+    # Presence (docs/presence.md). Silent sockets go offline after the TTL;
+    # clients send `heartbeat` at a third of it.
+    "PRESENCE_TTL_SECONDS": env_float("DORM_PRESENCE_TTL_SECONDS", 60.0),
+    "PRESENCE_SWEEP_SECONDS": env_float("DORM_PRESENCE_SWEEP_SECONDS", 5.0),
+    "PRESENCE_COALESCE_MS": env_int("DORM_PRESENCE_COALESCE_MS", 100),
+    "PRESENCE_LEDGER_RETENTION_DAYS": env_int("DORM_PRESENCE_LEDGER_RETENTION_DAYS", 30),
+    # Distributed mode: live presence in Redis, so it survives a room moving
+    # and a dead process's entries expire by their score.
+    "PRESENCE_REDIS_URL": os.environ.get("DORM_PRESENCE_REDIS_URL", REDIS_URL),
+    "PRESENCE_KEY_PREFIX": os.environ.get("DORM_PRESENCE_KEY_PREFIX", "dorm:presence:"),
 }
 
 # ---------------------------------------------------------------------------

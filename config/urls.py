@@ -9,4 +9,6 @@ urlpatterns = [
     path("readyz", readyz),
     # Room tokens (rooms/token_api.py); the REST API mounts its own include here too.
     path("api/", include("rooms.token_api")),
+    # Presence: /api/rooms/<room>/presence, /api/presence/sessions, /api/presence/online.
+    path("api/", include("presence.urls")),
 ]
