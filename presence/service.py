@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING, Any
 from channels.db import database_sync_to_async
 
 from presence import ledger
+from presence.backends.base import StaleEntry
 from presence.ledger import LedgerBuffer
 from presence.models import PROCESS_GONE_CODE, PROCESS_GONE_REASON
 from presence.process import PROCESS_ID
@@ -42,6 +43,10 @@ if TYPE_CHECKING:
     from rooms.runtime.registry import Runtime
 
 log = logging.getLogger("dorm.presence")
+
+# Orphan sweep: at most this many stale entries looked at per sweep.
+ORPHAN_PAGE_SIZE = 500
+ORPHAN_PAGES = 10
 
 OFFLINE_FRAME = "$offline"
 ONLINE_FRAME = "$online"
@@ -167,9 +172,18 @@ class PresenceService:
         if cluster is None:
             return  # embedded: every entry is this process's own
         backend = self.runtime.presence
-        stale = await backend.stale()
-        if not stale:
-            return
+        # Silent sockets of live processes are stale too and stay so until
+        # they speak or close: page past them (oldest first).
+        for page in range(ORPHAN_PAGES):
+            stale = await backend.stale(ORPHAN_PAGE_SIZE, page * ORPHAN_PAGE_SIZE)
+            if stale:
+                await self._leave_orphans(stale)
+            if len(stale) < ORPHAN_PAGE_SIZE:
+                break
+
+    async def _leave_orphans(self, stale: list[StaleEntry]) -> None:
+        cluster = self.runtime.cluster
+        backend = self.runtime.presence
         others = sorted({s.process for s in stale if s.process != PROCESS_ID})
         alive = await backend.alive(others)
         now = time.monotonic()

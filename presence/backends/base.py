@@ -65,8 +65,8 @@ class PresenceBackend(Protocol):
     async def online(self, user_ids: list[str]) -> dict[str, list[str]]:
         """Of these users, those with a fresh connection anywhere: user -> rooms."""
 
-    async def stale(self, limit: int = 1000) -> list[StaleEntry]:
-        """Entries not refreshed within the TTL (oldest first), for the sweep."""
+    async def stale(self, limit: int = 1000, offset: int = 0) -> list[StaleEntry]:
+        """Entries not refreshed within the TTL (oldest first, a page), for the sweep."""
 
     async def forget(self, room: str, connection_id: str, user_id: str) -> None:
         """Drop an entry without any effect (the sweep, for a dead process's entries)."""

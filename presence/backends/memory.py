@@ -116,7 +116,7 @@ class MemoryPresence:
                 found[user_id] = rooms
         return found
 
-    async def stale(self, limit: int = 1000) -> list[StaleEntry]:
+    async def stale(self, limit: int = 1000, offset: int = 0) -> list[StaleEntry]:
         fresh_after = self._fresh_after()
         found = [
             StaleEntry(room, conn_id, e.user_id, e.process, int(e.last_seen))
@@ -125,7 +125,7 @@ class MemoryPresence:
             if e.last_seen <= fresh_after
         ]
         found.sort(key=lambda s: s.last_seen_ms)
-        return found[:limit]
+        return found[offset : offset + limit]
 
     async def forget(self, room: str, connection_id: str, user_id: str = "") -> None:
         await self.leave(room, connection_id)

@@ -9,7 +9,8 @@ Keys (``P`` = ``DORM["PRESENCE_KEY_PREFIX"]``; room ids hold no ``:`` or ``|``):
 ``P ru:<room>:<user>``     zset    the user's connections in the room -> last seen
 ``P user:<user>``          zset    ``<room>|<connection>`` -> last seen: the index
                                    the "who of these is online" query reads
-``P rooms``                zset    rooms with entries (the sweep's list)
+``P conns``                zset    ``<room>|<connection>`` -> last seen, every
+                                   entry: the sweep reads the stale end only
 =========================  ======  ==============================================
 
 Freshness is the score, compared with Redis's own clock (``TIME`` inside the
@@ -32,8 +33,8 @@ from rooms.conf import dorm_settings
 
 NOW = "local t = redis.call('TIME') local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000) "
 
-# KEYS: room hash, seen, ru, user index, rooms
-# ARGV: conn, entry (if new), ttl ms, expire ms, room, user-index member
+# KEYS: room hash, seen, ru, user index, conns
+# ARGV: conn, entry (if new), ttl ms, expire ms, room, member (<room>|<conn>)
 JOIN = NOW + """
 local fresh_after = now - tonumber(ARGV[3])
 local existed = redis.call('hexists', KEYS[1], ARGV[1]) == 1
@@ -54,14 +55,14 @@ end
 redis.call('zadd', KEYS[2], now, ARGV[1])
 redis.call('zadd', KEYS[3], now, ARGV[1])
 redis.call('zadd', KEYS[4], now, ARGV[6])
-redis.call('zadd', KEYS[5], now, ARGV[5])
+redis.call('zadd', KEYS[5], now, ARGV[6])
 for i = 1, 5 do redis.call('pexpire', KEYS[i], ARGV[4]) end
 if fresh > 0 or was_fresh then return 0 end
 if total > 0 or existed then return 2 end
 return 1
 """
 
-# KEYS: room hash, seen, ru, user index, rooms; ARGV: conn, ttl ms, room, member
+# KEYS: room hash, seen, ru, user index, conns; ARGV: conn, ttl ms, room, member
 LEAVE = NOW + """
 local raw = redis.call('hget', KEYS[1], ARGV[1])
 if not raw then return false end
@@ -71,7 +72,7 @@ redis.call('hdel', KEYS[1], ARGV[1])
 redis.call('zrem', KEYS[2], ARGV[1])
 redis.call('zrem', KEYS[3], ARGV[1])
 redis.call('zrem', KEYS[4], ARGV[4])
-if redis.call('hlen', KEYS[1]) == 0 then redis.call('zrem', KEYS[5], ARGV[3]) end
+redis.call('zrem', KEYS[5], ARGV[4])
 if redis.call('zcard', KEYS[3]) == 0 then return 'left' end
 if s and tonumber(s) > fresh_after and redis.call('zcount', KEYS[3], '(' .. fresh_after, '+inf') == 0 then
   return 'offline'
@@ -79,7 +80,7 @@ end
 return ''
 """
 
-# KEYS: room hash, seen, ru, user index; ARGV: conn, expire ms, member, [status, meta]
+# KEYS: room hash, seen, ru, user index, conns; ARGV: conn, expire ms, member, [status, meta]
 TOUCH = NOW + """
 if redis.call('hexists', KEYS[1], ARGV[1]) == 0 then return 0 end
 if ARGV[4] then
@@ -91,7 +92,8 @@ end
 redis.call('zadd', KEYS[2], 'XX', now, ARGV[1])
 redis.call('zadd', KEYS[3], 'XX', now, ARGV[1])
 redis.call('zadd', KEYS[4], 'XX', now, ARGV[3])
-for i = 1, 4 do redis.call('pexpire', KEYS[i], ARGV[2]) end
+redis.call('zadd', KEYS[5], 'XX', now, ARGV[3])
+for i = 1, 5 do redis.call('pexpire', KEYS[i], ARGV[2]) end
 return 1
 """
 
@@ -117,23 +119,21 @@ end
 return out
 """
 
-# KEYS: rooms; ARGV: ttl ms, limit -> {room, conn, entry, score, ...} of stale connections
+# KEYS: conns; ARGV: ttl ms, limit, prefix, offset -> {room, conn, entry, score, ...}
+# of the stalest connections (the entry's hash key is derived from the prefix).
 STALE = NOW + """
-local stale_before = now - tonumber(ARGV[1])
-local limit = tonumber(ARGV[2])
-local prefix = ARGV[3]
+local seen = redis.call('zrangebyscore', KEYS[1], '-inf', now - tonumber(ARGV[1]), 'WITHSCORES', 'LIMIT', tonumber(ARGV[4]), tonumber(ARGV[2]))
 local out = {}
-local rooms = redis.call('zrange', KEYS[1], 0, -1)
-for _, room in ipairs(rooms) do
-  local seen = redis.call('zrangebyscore', prefix .. 'seen:' .. room, '-inf', stale_before, 'WITHSCORES', 'LIMIT', 0, limit)
-  for i = 1, #seen, 2 do
-    local raw = redis.call('hget', prefix .. 'room:' .. room, seen[i])
-    if raw then
-      table.insert(out, room) table.insert(out, seen[i]) table.insert(out, raw) table.insert(out, seen[i + 1])
-      if #out >= limit * 4 then return out end
-    end
+for i = 1, #seen, 2 do
+  local sep = string.find(seen[i], '|', 1, true)
+  local room = string.sub(seen[i], 1, sep - 1)
+  local conn = string.sub(seen[i], sep + 1)
+  local raw = redis.call('hget', ARGV[3] .. 'room:' .. room, conn)
+  if raw then
+    table.insert(out, room) table.insert(out, conn) table.insert(out, raw) table.insert(out, seen[i + 1])
+  else
+    redis.call('zrem', KEYS[1], seen[i])  -- its room's keys expired
   end
-  if redis.call('hlen', prefix .. 'room:' .. room) == 0 then redis.call('zrem', KEYS[1], room) end
 end
 return out
 """
@@ -154,7 +154,7 @@ class RedisPresence:
 
     def _keys(self, room: str, user_id: str) -> list[str]:
         p = self.prefix
-        return [f"{p}room:{room}", f"{p}seen:{room}", f"{p}ru:{room}:{user_id}", f"{p}user:{user_id}", f"{p}rooms"]
+        return [f"{p}room:{room}", f"{p}seen:{room}", f"{p}ru:{room}:{user_id}", f"{p}user:{user_id}", f"{p}conns"]
 
     @staticmethod
     def _ttl_ms() -> int:
@@ -186,12 +186,12 @@ class RedisPresence:
 
     async def set_status(self, room: str, connection_id: str, user_id: str, status: str, meta: Any) -> bool:
         meta_text = "" if meta is None else orjson.dumps(meta).decode()
-        keys = self._keys(room, user_id)[:4]
+        keys = self._keys(room, user_id)
         args = [connection_id, self._expire_ms(), f"{room}|{connection_id}", status, meta_text]
         return bool(await self._touch(keys=keys, args=args))
 
     async def touch(self, room: str, connection_id: str, user_id: str) -> bool:
-        keys = self._keys(room, user_id)[:4]
+        keys = self._keys(room, user_id)
         return bool(await self._touch(keys=keys, args=[connection_id, self._expire_ms(), f"{room}|{connection_id}"]))
 
     async def forget(self, room: str, connection_id: str, user_id: str) -> None:
@@ -226,8 +226,8 @@ class RedisPresence:
                 found[user_id] = rooms
         return found
 
-    async def stale(self, limit: int = 1000) -> list[StaleEntry]:
-        raw = await self._stale(keys=[f"{self.prefix}rooms"], args=[self._ttl_ms(), limit, self.prefix])
+    async def stale(self, limit: int = 1000, offset: int = 0) -> list[StaleEntry]:
+        raw = await self._stale(keys=[f"{self.prefix}conns"], args=[self._ttl_ms(), limit, self.prefix, offset])
         found = []
         for i in range(0, len(raw), 4):
             entry = orjson.loads(raw[i + 2])

@@ -35,6 +35,7 @@ from django.utils import timezone
 
 from presence.backends.base import DEFAULT_STATUS
 from presence.coalesce import PresenceCoalescer
+from presence.roster import Roster
 from presence.process import PROCESS_ID
 from presence.service import OFFLINE_FRAME, ONLINE_FRAME
 from rooms.conf import dorm_settings
@@ -147,6 +148,8 @@ class RoomActor:
         self._aborted = False
         # user_joined / user_left / presence, at most one per room per window.
         self.presence_out = PresenceCoalescer(slug, runtime.transport)
+        # Who is here, for welcomes (presence/roster.py); loaded at wake.
+        self.roster = Roster()
 
     # -- inbox ----------------------------------------------------------------
 
@@ -242,6 +245,7 @@ class RoomActor:
 
     async def _start(self) -> None:
         await self._load()
+        await self.roster.load(self.runtime.presence, self.slug)
         self.awake_since = time.monotonic()
         self._run_id = await db_start_run(self.room_id, timezone.now())
         self.started = True
@@ -408,9 +412,9 @@ class RoomActor:
             return
         text = event_frame(frame.type, None, peer.user_id, payload_json, ts)
         if frame.type == "presence" and isinstance(payload, dict) and isinstance(payload.get("status"), str):
-            await self.runtime.presence.set_status(
-                self.slug, peer.id, peer.user_id, payload["status"][:64], payload.get("meta")
-            )
+            status = payload["status"][:64]
+            if await self.runtime.presence.set_status(self.slug, peer.id, peer.user_id, status, payload.get("meta")):
+                self.roster.status(peer.user_id, peer.id, status)
         await self.runtime.transport.broadcast(self.slug, text, None, peer.id)
         if key is not None:
             self._remember(key, EPHEMERAL)
@@ -523,10 +527,8 @@ class RoomActor:
             welcome["state"] = self.kind.snapshot(self.state)
         presence = self.runtime.presence
         effect = await presence.join(self.slug, peer.id, peer.user_id, getattr(peer, "process", "") or PROCESS_ID)
-        welcome["presence"] = [
-            {"userId": m["userId"], "status": m["status"], "connections": len(m["connections"])}
-            for m in await presence.members(self.slug)
-        ]
+        self.roster.join(peer.user_id, peer.id)
+        welcome["presence"] = self.roster.welcome()
         await peer.open(dumps(welcome), last, replay or [])
         log.info(
             "join room=%s user=%s conn=%s since=%s resumed=%s seq=%d",
@@ -561,6 +563,7 @@ class RoomActor:
     async def _on_leave(self, leave: Leave) -> None:
         peer = leave.peer
         gone = await self.runtime.presence.leave(self.slug, peer.id, peer.user_id)
+        self.roster.leave(peer.user_id, peer.id)
         effect = gone[1] if gone is not None else None
         if effect == "left":
             await self.presence_out.left(peer.user_id, peer.id, leave.code, leave.reason)
@@ -576,12 +579,14 @@ class RoomActor:
         if frame.type == OFFLINE_FRAME:
             # Silent past the TTL; others hear of it if no other socket of
             # the user is fresh.
+            self.roster.silent(peer.user_id, peer.id)
             if not await presence.is_online(self.slug, peer.user_id):
                 await self.presence_out.offline(peer.user_id, peer.id)
         elif frame.type == ONLINE_FRAME and not peer.closed:
             effect = await presence.join(self.slug, peer.id, peer.user_id, getattr(peer, "process", "") or PROCESS_ID)
+            self.roster.join(peer.user_id, peer.id)
             if effect is not None:
-                status = next((m["status"] for m in await presence.members(self.slug) if m["userId"] == peer.user_id), DEFAULT_STATUS)
+                status = next((m["status"] for m in self.roster.welcome() if m["userId"] == peer.user_id), DEFAULT_STATUS)
                 if effect == "joined":
                     await self.presence_out.joined(peer.user_id, peer.id)
                 else:

@@ -228,3 +228,20 @@ async def test_a_join_leave_storm_of_500_connections_is_coalesced(runtime: Any, 
     await flushed(runtime)
     rows = await ledger("storm")
     assert len(rows) == 501 and sum(r.left_at is not None for r in rows) == 500
+
+
+def test_the_ledger_in_the_admin_with_filters(admin_client: Any) -> None:
+    from presence.ledger import Opened, write_batch
+
+    joined = datetime.now(dt_timezone.utc)
+    write_batch("p", [Opened("adm1", "lobby", "alice", joined, "ua", ""), Opened("adm2", "other", "bob", joined, "ua", "")], [])
+    url = "/admin/presence/presencesession/"
+    page = admin_client.get(url, {"q": "alice"})
+    assert page.status_code == 200 and b"adm1" in page.content and b"adm2" not in page.content
+    page = admin_client.get(url, {"room": "other", "open": "yes"})
+    assert page.status_code == 200 and b"adm2" in page.content and b"adm1" not in page.content
+    # The time drill-down (date_hierarchy).
+    page = admin_client.get(url, {"joined_at__year": joined.year, "joined_at__month": joined.month})
+    assert page.status_code == 200 and b"adm1" in page.content and b"adm2" in page.content
+    page = admin_client.get(url, {"joined_at__year": joined.year - 1})
+    assert page.status_code == 200 and b"adm1" not in page.content
