@@ -36,6 +36,16 @@ PRESENCE_ENV = {
 PROCESS_DEAD_AFTER = max(3 * SWEEP, 1.0)
 
 
+async def settled(ws: WsClient, quiet: float = 0.5) -> float:
+    """Wait until ``ws`` received nothing for ``quiet`` seconds; the monotonic time of its last frame."""
+    count, last = ws.mark(), time.monotonic()
+    while time.monotonic() - last < quiet:
+        await asyncio.sleep(0.02)
+        if ws.mark() != count:
+            count, last = ws.mark(), time.monotonic()
+    return last
+
+
 def presence_frames(ws: WsClient) -> list[dict[str, Any]]:
     return ws.matching(of_type("user_joined", "user_left", "presence", "presence_diff"))
 
@@ -202,8 +212,8 @@ async def test_embedded_storm_of_500_connections_is_bounded(presence_server: Dor
             *(WsClient.open(presence_server.url(room, userId=f"s{batch * 50 + i}")) for i in range(50))
         )
     await asyncio.gather(*(c.close() for c in clients))
-    duration = time.monotonic() - started
-    await asyncio.sleep(0.4)
+    # The span from the first join to the last presence frame received.
+    duration = await settled(observer) - started
     frames = [f for f in observer.since_mark(mark) if f["type"] in ("user_joined", "user_left", "presence", "presence_diff")]
     bound = int(duration / 0.1) + 2
     print(f"storm (daphne): 500 joins+leaves in {duration:.2f}s -> {len(frames)} presence frames (bound {bound})")
@@ -214,6 +224,42 @@ async def test_embedded_storm_of_500_connections_is_bounded(presence_server: Dor
     assert [u["userId"] for u in body["users"]] == ["observer"]
     beating.cancel()
     await observer.close()
+
+
+async def test_embedded_sigkill_then_restart_the_sweep_closes_the_old_sessions(tmp_path: Path) -> None:
+    first = start_server("daphne", tmp_path, extra_env=PRESENCE_ENV, name="crash-1")
+    STARTED.append(first)
+    room = room_name("crash")
+    try:
+        a = await WsClient.open(first.url(room, userId="a"))
+        await asyncio.sleep(0.6)  # the ledger batch is written
+        first.process.send_signal(signal.SIGKILL)  # type: ignore[union-attr]
+        first.process.wait(10)  # type: ignore[union-attr]
+        await a.wait_closed()
+        rows = first.query("SELECT left_at FROM presence_presencesession WHERE room = ?", (room,))
+        assert rows == [(None,)], "the crash left the session open"
+    finally:
+        first.stop()
+    # The same database, a new process: its sweep finds the old one dead.
+    second = start_server("daphne", tmp_path, extra_env=PRESENCE_ENV, name="crash-2")
+    STARTED.append(second)
+    try:
+        deadline = time.monotonic() + PROCESS_DEAD_AFTER + 5
+        rows = []
+        while time.monotonic() < deadline:
+            # A socket starts the new process's presence service (and sweep).
+            b = await WsClient.open(second.url(room_name("wake"), userId="b"))
+            await b.close()
+            rows = second.query(
+                "SELECT left_at, close_code, close_reason, joined_at FROM presence_presencesession WHERE room = ?", (room,)
+            )
+            if rows and rows[0][0] is not None:
+                break
+            await asyncio.sleep(0.3)
+        [(left_at, code, reason, joined_at)] = rows
+        assert left_at is not None and left_at >= joined_at and code == 1006 and "process gone" in reason
+    finally:
+        second.stop()
 
 
 # -- distributed mode ----------------------------------------------------------------------
@@ -240,7 +286,8 @@ def _start_pair(directory: Path, database_url: str) -> Pair:
     env = {
         "DATABASE_URL": database_url,
         "REDIS_URL": REDIS_TEST_URL,
-        "DORM_LEASE_TTL_SECONDS": "2",
+        # The default: a loaded test machine must not look like a dead owner.
+        "DORM_LEASE_TTL_SECONDS": "5",
         # Keys of this pair's own: nothing left by another run counts here.
         "DORM_PRESENCE_KEY_PREFIX": f"dorm:test-presence:{secrets.token_hex(4)}:",
         **PRESENCE_ENV,
@@ -320,6 +367,58 @@ async def test_distributed_online_query_and_room_presence(pair: Pair) -> None:
     finally:
         for ws in clients:
             await ws.close()
+
+
+@pytest.mark.distributed
+async def test_distributed_who_was_in_the_room_at_t(pair: Pair) -> None:
+    token = pair.token()
+    room = room_name("at")
+    a = await WsClient.open(pair.servers[0].url(room, userId="a"))
+    b = await WsClient.open(pair.servers[1].url(room, userId="b"))
+    await a.wait_for(of_type("user_joined"), 1)
+    await asyncio.sleep(0.05)
+    t1 = int(time.time() * 1000)
+    await asyncio.sleep(0.05)
+    await b.close()
+    await a.wait_for(of_type("user_left"), 1)
+    await asyncio.sleep(0.05)
+    t2 = int(time.time() * 1000)
+    await asyncio.sleep(0.05)
+    c = await WsClient.open(pair.servers[1].url(room, userId="c"))
+    await asyncio.sleep(0.05)
+    t3 = int(time.time() * 1000)
+    await asyncio.sleep(0.6)  # both processes' ledger batches
+    try:
+        for t, users in ((t1, ["a", "b"]), (t2, ["a"]), (t3, ["a", "c"])):
+            status, body = await asyncio.to_thread(
+                api, pair.servers[0], "GET", f"/api/presence/sessions?room={room}&at={t}", token
+            )
+            assert status == 200 and body["users"] == users, (t, body)
+    finally:
+        await a.close()
+        await c.close()
+
+
+@pytest.mark.distributed
+async def test_distributed_storm_over_two_processes_is_bounded(pair: Pair) -> None:
+    room = room_name("storm")
+    observer = await WsClient.open(pair.servers[0].url(room, userId="observer"))
+    mark = observer.mark()
+    started = time.monotonic()
+    clients: list[WsClient] = []
+    for batch in range(10):
+        clients += await asyncio.gather(
+            *(WsClient.open(pair.servers[i % 2].url(room, userId=f"s{batch * 50 + i}")) for i in range(50))
+        )
+    await asyncio.gather(*(c.close() for c in clients))
+    # Leaves forwarded from the other process may land after the last close:
+    # the span runs to the last presence frame received.
+    duration = await settled(observer) - started
+    frames = [f for f in observer.since_mark(mark) if f["type"] in ("user_joined", "user_left", "presence", "presence_diff")]
+    bound = int(duration / 0.1) + 2
+    print(f"storm (2 processes): 500 joins+leaves in {duration:.2f}s -> {len(frames)} presence frames (bound {bound})")
+    assert 1 <= len(frames) <= bound
+    await observer.close()
 
 
 @pytest.mark.distributed

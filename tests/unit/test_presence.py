@@ -245,3 +245,30 @@ def test_the_ledger_in_the_admin_with_filters(admin_client: Any) -> None:
     assert page.status_code == 200 and b"adm1" in page.content and b"adm2" in page.content
     page = admin_client.get(url, {"joined_at__year": joined.year - 1})
     assert page.status_code == 200 and b"adm1" not in page.content
+
+
+async def test_the_coalescer_sends_at_most_one_update_per_window() -> None:
+    from presence.coalesce import PresenceCoalescer
+
+    sent: list[tuple[float, str]] = []
+
+    class Capture:
+        async def broadcast(self, room: str, text: str, seq: int | None, exclude: str | None) -> None:
+            sent.append((time.monotonic(), text))
+
+    out = PresenceCoalescer("r", Capture())
+    started = time.monotonic()
+    for i in range(300):  # joins and leaves for 1.5 s
+        if i % 2:
+            await out.left(f"u{i - 1}", f"c{i - 1}", 1000, "")
+        else:
+            await out.joined(f"u{i}", f"c{i}")
+        await asyncio.sleep(0.005)
+    await out.joined("late", "c-late")
+    await asyncio.sleep(0.25)
+    gaps = [b[0] - a[0] for a, b in zip(sent, sent[1:])]
+    assert gaps and min(gaps) >= 0.095, gaps
+    assert len(sent) <= (time.monotonic() - started) / 0.1 + 1
+    # Joined-then-left inside one window cancels out; the last join is sent.
+    assert '"late"' in sent[-1][1]
+
