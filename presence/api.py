@@ -25,7 +25,7 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from presence.queries import session_json, sessions
+from presence.queries import session_json, sessions, who_was_there
 from rooms.conf import dorm_settings
 from rooms.models import Room
 from rooms.protocol import MAX_USER_ID_CHARS
@@ -94,7 +94,8 @@ class SessionsView(APIView):
         rows = rows[:limit]
         body: dict[str, Any] = {"sessions": [session_json(s) for s in rows], "next": rows[-1].id if more else None}
         if at is not None and room is not None:
-            body["users"] = sorted({s.user_id for s in rows})
+            # Every user present at T, not only those on this page.
+            body["users"] = who_was_there(room, at) if user is None else sorted({s.user_id for s in rows})
         return Response(body)
 
 
