@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 HOST ?= 127.0.0.1
 PORT ?= 8000
 
-.PHONY: run run-uvicorn cluster test bench clean
+.PHONY: run run-uvicorn cluster test bench bench-history clean
 
 $(STAMP): requirements.txt requirements-dev.txt
 	$(PYTHON) -m venv $(VENV)
@@ -41,8 +41,14 @@ cluster: $(STAMP)
 test: $(STAMP)
 	$(PY) -m pytest
 
+# Fan-out benchmark (docs/performance.md); e.g. make bench BENCH_ARGS="--server uvicorn".
+BENCH_ARGS ?=
 bench: $(STAMP)
-	$(PY) bench/fanout.py
+	$(PY) bench/fanout.py $(BENCH_ARGS)
+
+# History page latency at 1e3 and 1e6 events (docs/performance-history.md).
+bench-history: $(STAMP)
+	$(PY) bench/history.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .hypothesis

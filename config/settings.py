@@ -76,9 +76,13 @@ INSTALLED_APPS = [
     "rest_framework",
     # DRF tokens: how app backends authenticate to ask for room tokens.
     "rest_framework.authtoken",
+    "drf_spectacular",
+    # Swagger UI served from our own static files (no CDN at /api/docs/).
+    "drf_spectacular_sidecar",
     "rooms",
     "presence",
     "billing",
+    "webhooks",
 ]
 
 MIDDLEWARE = [
@@ -173,6 +177,26 @@ else:
     CHANNEL_LAYERS = {"default": {"BACKEND": "channels.layers.InMemoryChannelLayer"}}
 
 # ---------------------------------------------------------------------------
+# Celery (webhook deliveries; alarms in the distributed mode)
+# ---------------------------------------------------------------------------
+
+# Redis or RabbitMQ. Unset: no broker, and webhooks stay off.
+CELERY_BROKER_URL = os.environ.get("CELERY_BROKER_URL", "") or REDIS_URL
+CELERY_TASK_ACKS_LATE = True
+# A worker takes one task at a time: a slow webhook receiver must not hold
+# back tasks prefetched behind it.
+CELERY_WORKER_PREFETCH_MULTIPLIER = 1
+CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
+CELERY_BEAT_SCHEDULE = {
+    # Webhook deliveries whose task was lost (broker down when queued).
+    "webhooks-requeue-stalled": {"task": "webhooks.tasks.requeue_stalled", "schedule": 60.0},
+    # The presence ledger: close sessions of dead processes, apply retention.
+    # Every ASGI process runs it too (presence/service.py); this covers the
+    # hours when none is up. Idempotent.
+    "presence-sweep": {"task": "presence.tasks.sweep", "schedule": 15.0},
+}
+
+# ---------------------------------------------------------------------------
 # Dorm runtime (read through rooms.conf.dorm_settings; defaults live there)
 # ---------------------------------------------------------------------------
 
@@ -194,7 +218,8 @@ DORM = {
     # Room tokens (docs/security.md). The secret signs and checks HS256
     # tokens; a development default exists only with DEBUG on, so a
     # production server without DORM_TOKEN_SECRET refuses every token
-    # (and `check --deploy` says so) instead of trusting a public key.
+    # (and `check --deploy` says so) instead of accepting tokens signed
+    # with a secret that is public in this repository.
     "TOKEN_SECRET": os.environ.get("DORM_TOKEN_SECRET") or (DEV_TOKEN_SECRET if DEBUG else ""),
     "TOKEN_ALGORITHM": os.environ.get("DORM_TOKEN_ALGORITHM", "HS256"),
     # RS256/ES256: PEM text, inline or from a file (a mounted secret).
@@ -211,6 +236,10 @@ DORM = {
     # Distributed mode: the limit counters live in Redis, shared by every process.
     "LIMITS_REDIS_URL": os.environ.get("DORM_LIMITS_REDIS_URL", REDIS_URL),
     "LIMITS_KEY_PREFIX": os.environ.get("DORM_LIMITS_KEY_PREFIX", "dorm:limits:"),
+    # Webhooks need a Celery broker to deliver through.
+    "WEBHOOKS": env_bool("DORM_WEBHOOKS", bool(CELERY_BROKER_URL)),
+    "WEBHOOK_BACKOFF_SECONDS": env_float("DORM_WEBHOOK_BACKOFF_SECONDS", 2.0),
+    "WEBHOOK_DURABLE_THROTTLE_SECONDS": env_float("DORM_WEBHOOK_DURABLE_THROTTLE_SECONDS", 1.0),
     # Presence (docs/presence.md). Silent sockets go offline after the TTL;
     # clients send `heartbeat` at a third of it.
     "PRESENCE_TTL_SECONDS": env_float("DORM_PRESENCE_TTL_SECONDS", 60.0),
@@ -291,12 +320,36 @@ LOGGING = {
     },
 }
 
+# ---------------------------------------------------------------------------
+# REST API (rooms/api/, PROTOCOL.md section 6)
+# ---------------------------------------------------------------------------
+
 REST_FRAMEWORK = {
     "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
-    # Browsers use the Django session (with CSRF); app backends a DRF token.
+    # A JSON API. (Multipart bodies also never reach Django under daphne:
+    # Twisted parses them itself and answers a malformed one with a bare 400.)
+    "DEFAULT_PARSER_CLASSES": ["rooms.api.parsers.JSONParser"],
+    # Token first: its WWW-Authenticate header makes an anonymous request a
+    # 401 (with session auth first DRF answers 403, which means "forbidden").
     "DEFAULT_AUTHENTICATION_CLASSES": [
-        "rest_framework.authentication.SessionAuthentication",
         "rest_framework.authentication.TokenAuthentication",
+        "rest_framework.authentication.SessionAuthentication",
     ],
     "DEFAULT_THROTTLE_RATES": {"room_token": os.environ.get("DORM_TOKEN_ISSUE_RATE", "120/min")},
+    "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
+    "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
+    # JSON bodies for the errors DRF does not know (413, refused publishes).
+    "EXCEPTION_HANDLER": "rooms.api.errors.exception_handler",
+}
+
+SPECTACULAR_SETTINGS = {
+    "TITLE": "Dorm REST API",
+    "DESCRIPTION": "Rooms, history, state and server-side publish (PROTOCOL.md section 6).",
+    "VERSION": "1",
+    "SERVE_INCLUDE_SCHEMA": False,
+    "SWAGGER_UI_DIST": "SIDECAR",
+    "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
+    # The schema and docs are public: they describe the API, not its data.
+    "SERVE_PERMISSIONS": ["rest_framework.permissions.AllowAny"],
+    "SERVE_AUTHENTICATION": [],
 }

@@ -7,8 +7,9 @@ urlpatterns = [
     path("admin/", admin.site.urls),
     path("healthz", healthz),
     path("readyz", readyz),
-    # Room tokens (rooms/token_api.py); the REST API mounts its own include here too.
+    # Room tokens (rooms/token_api.py) and the REST API (rooms/api/).
     path("api/", include("rooms.token_api")),
+    path("api/", include("rooms.api.urls")),
     # Presence: /api/rooms/<room>/presence, /api/presence/sessions, /api/presence/online.
     path("api/", include("presence.urls")),
 ]

@@ -19,6 +19,7 @@ from typing import Any
 
 from asgiref.sync import async_to_sync
 from django.utils.dateparse import parse_datetime
+from drf_spectacular.utils import extend_schema
 from rest_framework import serializers, status
 from rest_framework.permissions import IsAdminUser, IsAuthenticated
 from rest_framework.request import Request
@@ -26,9 +27,10 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from presence.queries import session_json, sessions, who_was_there
+from rooms.api.errors import ERRORS
 from rooms.conf import dorm_settings
 from rooms.models import Room
-from rooms.protocol import MAX_USER_ID_CHARS
+from rooms.protocol import MAX_USER_ID_CHARS, ROOM_ID_RE as ROOM_SLUG_RE
 
 MAX_ONLINE_QUERY_IDS = 1000
 DEFAULT_LIMIT = 100
@@ -54,10 +56,73 @@ def _instant(value: str, name: str) -> datetime:
     return parsed if parsed.tzinfo else parsed.replace(tzinfo=dt_timezone.utc)
 
 
+# -- response shapes (also the OpenAPI schema) -----------------------------------
+
+
+class ConnectionShape(serializers.Serializer):
+    connectionId = serializers.CharField()
+    status = serializers.CharField()
+    lastSeen = serializers.IntegerField(help_text="ms since the epoch")
+
+
+class UserShape(serializers.Serializer):
+    userId = serializers.CharField()
+    status = serializers.CharField(help_text="of the connection that set it most recently")
+    meta = serializers.JSONField(allow_null=True, help_text="small metadata the client set with `presence`")
+    lastSeen = serializers.IntegerField(help_text="ms since the epoch")
+    connections = ConnectionShape(many=True)
+
+
+class RoomPresenceShape(serializers.Serializer):
+    room = serializers.CharField()
+    count = serializers.IntegerField(help_text="users present")
+    users = UserShape(many=True)
+
+
+class SessionShape(serializers.Serializer):
+    room = serializers.CharField()
+    userId = serializers.CharField()
+    connectionId = serializers.CharField()
+    joinedAt = serializers.IntegerField(help_text="ms since the epoch")
+    leftAt = serializers.IntegerField(allow_null=True, help_text="null: still open")
+    closeCode = serializers.IntegerField(allow_null=True)
+    closeReason = serializers.CharField(allow_blank=True)
+    userAgent = serializers.CharField(allow_blank=True)
+    addressHash = serializers.CharField(allow_blank=True, help_text="keyed hash of the client address")
+    process = serializers.CharField()
+
+
+class SessionsShape(serializers.Serializer):
+    sessions = SessionShape(many=True)
+    next = serializers.IntegerField(allow_null=True, help_text="pass as `cursor` for the next page")
+    users = serializers.ListField(
+        child=serializers.CharField(), required=False, help_text="with `room` and `at`: every user present at T"
+    )
+
+
+class SessionsParams(serializers.Serializer):
+    room = serializers.CharField(required=False)
+    user = serializers.CharField(required=False)
+    at = serializers.CharField(required=False, help_text="ms since the epoch or ISO 8601: sessions open then")
+    since = serializers.CharField(required=False, help_text="sessions open at or after this time")
+    until = serializers.CharField(required=False, help_text="sessions that began before this time")
+    limit = serializers.IntegerField(required=False, min_value=1, max_value=MAX_LIMIT)
+    cursor = serializers.IntegerField(required=False)
+
+
+class OnlineShape(serializers.Serializer):
+    online = serializers.ListField(child=serializers.CharField())
+    rooms = serializers.DictField(child=serializers.ListField(child=serializers.CharField()))
+
+
+@extend_schema(tags=["presence"])
 class RoomPresenceView(APIView):
     permission_classes = [IsAuthenticated]
 
+    @extend_schema(summary="Who is in the room now", responses={200: RoomPresenceShape, **ERRORS})
     def get(self, request: Request, slug: str) -> Response:
+        if not ROOM_SLUG_RE.fullmatch(slug):
+            return Response({"detail": "not found"}, status=status.HTTP_404_NOT_FOUND)
         if not request.user.is_staff:
             from rooms.token_api import _load_policy
 
@@ -69,9 +134,16 @@ class RoomPresenceView(APIView):
         return Response({"room": slug, "count": len(users), "users": users})
 
 
+@extend_schema(tags=["presence"])
 class SessionsView(APIView):
     permission_classes = [IsAdminUser]
 
+    @extend_schema(
+        summary="The presence ledger (staff)",
+        description="Sessions newest first. `room` + `at`: who was in the room at that time.",
+        parameters=[SessionsParams],
+        responses={200: SessionsShape, **ERRORS},
+    )
     def get(self, request: Request) -> Response:
         q = request.query_params
         room = q.get("room") or None
@@ -106,9 +178,15 @@ class OnlineRequest(serializers.Serializer):
     )
 
 
+@extend_schema(tags=["presence"])
 class OnlineView(APIView):
     permission_classes = [IsAdminUser]
 
+    @extend_schema(
+        summary="Which of these users are online in any room (staff)",
+        request=OnlineRequest,
+        responses={200: OnlineShape, **ERRORS},
+    )
     def post(self, request: Request) -> Response:
         body = OnlineRequest(data=request.data)
         body.is_valid(raise_exception=True)

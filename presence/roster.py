@@ -60,6 +60,10 @@ class Roster:
         if entry is not None:
             entry[1] = False
 
+    def empty(self) -> bool:
+        """No connection at all, fresh or silent (the room's last socket closed)."""
+        return not self._users
+
     def welcome(self) -> list[dict[str, Any]]:
         """``[{"userId", "status", "connections"}]`` of users with a fresh connection."""
         out = []

@@ -70,6 +70,15 @@ DEFAULTS: dict[str, Any] = {
     # (embedded mode); a redis:// URL shares them across processes.
     "LIMITS_REDIS_URL": "",
     "LIMITS_KEY_PREFIX": "dorm:limits:",
+    # Webhooks (webhooks/): on when a Celery broker is configured.
+    "WEBHOOKS": False,
+    # Retry n waits BACKOFF * 2**n seconds; after MAX_RETRIES retries the
+    # delivery is marked failed (2 s base: the last retry comes ~2 min later).
+    "WEBHOOK_BACKOFF_SECONDS": 2.0,
+    "WEBHOOK_MAX_RETRIES": 6,
+    "WEBHOOK_TIMEOUT_SECONDS": 10.0,
+    # One event.durable webhook per room per window, covering its seq range.
+    "WEBHOOK_DURABLE_THROTTLE_SECONDS": 1.0,
     # -- presence (presence/, docs/presence.md) ----------------------------
     # A connection not heard from (heartbeat or any frame) for this long is
     # offline: left out of presence lists, and others are told.

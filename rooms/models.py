@@ -8,6 +8,7 @@ resume replay send byte-identical frames without re-encoding.
 
 from __future__ import annotations
 
+from django.conf import settings as django_settings
 from django.core.validators import RegexValidator
 from django.db import models
 
@@ -26,6 +27,12 @@ class Room(models.Model):
     max_connections = models.PositiveIntegerField(null=True, blank=True)
     settings = models.JSONField(default=dict, blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
+    # The account (an app backend's API user) that created the room through
+    # the REST API; it sees and publishes to its rooms. None: created by a
+    # WebSocket connect (auto-creation) or by staff; only staff manage those.
+    owner = models.ForeignKey(
+        django_settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="rooms"
+    )
 
     class Meta:
         ordering = ["slug"]
@@ -57,6 +64,11 @@ class Event(models.Model):
             # Rebuilding the de-duplication window after a wake-up reads the
             # last minutes of a room's log by time.
             models.Index(fields=["room", "ts"], name="rooms_event_room_ts"),
+            # History filtered by type or by user pages by seq inside the
+            # filter, so a page costs one index range scan at any seq (the
+            # unfiltered history uses the (room, seq) unique index).
+            models.Index(fields=["room", "type", "seq"], name="rooms_event_room_type_seq"),
+            models.Index(fields=["room", "user_id", "seq"], name="rooms_event_room_user_seq"),
         ]
 
     def __str__(self) -> str:

@@ -12,12 +12,14 @@ Request body (JSON, all optional): ``{"scope": "read" | "write" | "host",
 
 from __future__ import annotations
 
+import re
 from functools import cache
 from typing import Any, Callable
 from urllib.parse import urlencode
 
-from django.urls import re_path
+from django.urls import path
 from django.utils.module_loading import import_string
+from drf_spectacular.utils import extend_schema
 from rest_framework import serializers, status
 from rest_framework.permissions import IsAuthenticated
 from rest_framework.request import Request
@@ -26,6 +28,7 @@ from rest_framework.throttling import ScopedRateThrottle
 from rest_framework.views import APIView
 
 from rooms import tokens
+from rooms.api.errors import ERRORS
 from rooms.conf import dorm_settings
 from rooms.models import ROOM_SLUG_PATTERN, Room
 from rooms.protocol import MAX_USER_ID_CHARS
@@ -54,6 +57,9 @@ def _load_policy(path: str) -> Policy:
     return import_string(path)  # type: ignore[no-any-return]
 
 
+_SLUG_RE = re.compile(ROOM_SLUG_PATTERN)
+
+
 class TokenRequest(serializers.Serializer):
     scope = serializers.ChoiceField(choices=tokens.SCOPES, default="write")
     userId = serializers.CharField(required=False, min_length=1, max_length=MAX_USER_ID_CHARS, trim_whitespace=False)
@@ -64,12 +70,32 @@ class TokenRequest(serializers.Serializer):
         return value
 
 
+class TokenResponse(serializers.Serializer):
+    token = serializers.CharField()
+    expiresAt = serializers.IntegerField(help_text="milliseconds since the epoch")
+    wsUrl = serializers.CharField()
+    scope = serializers.ChoiceField(choices=tokens.SCOPES)
+    userId = serializers.CharField()
+
+
+class Detail(serializers.Serializer):
+    detail = serializers.CharField()
+
+
 class RoomTokenView(APIView):
     permission_classes = [IsAuthenticated]
     throttle_classes = [ScopedRateThrottle]
     throttle_scope = "room_token"
 
+    @extend_schema(
+        tags=["tokens"],
+        summary="A short-lived room token (JWT) for a WebSocket connection",
+        request=TokenRequest,
+        responses={200: TokenResponse, **ERRORS, 429: Detail, 503: Detail},
+    )
     def post(self, request: Request, slug: str) -> Response:
+        if not _SLUG_RE.fullmatch(slug):
+            return Response({"detail": "no such room"}, status=status.HTTP_404_NOT_FOUND)
         body = TokenRequest(data=request.data)
         body.is_valid(raise_exception=True)
         scope: str = body.validated_data["scope"]
@@ -101,5 +127,7 @@ class RoomTokenView(APIView):
 
 # Mounted under /api/ by config/urls.py, beside the REST API's own routes.
 urlpatterns = [
-    re_path(rf"^rooms/(?P<slug>{ROOM_SLUG_PATTERN})/token$", RoomTokenView.as_view(), name="room-token"),
+    # Any slug reaches the view, so a malformed one gets a JSON 404 (as every
+    # /api/ route does) rather than Django's HTML page.
+    path("rooms/<str:slug>/token", RoomTokenView.as_view(), name="room-token"),
 ]

@@ -8,4 +8,11 @@ import os
 # unit tests is created by pytest-django, e2e servers get their own file.
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings")
 
-pytest_plugins = ["tests.fixtures.runtime", "tests.fixtures.redis"]
+pytest_plugins = [
+    "tests.fixtures.runtime",
+    "tests.fixtures.redis",
+    "tests.fixtures.api",
+    "tests.fixtures.servers",
+    "tests.fixtures.services",
+    "tests.fixtures.receiver",
+]

@@ -62,6 +62,9 @@ class PresenceBackend(Protocol):
         """Fresh users of the room:
         ``[{"userId", "status", "meta", "lastSeen", "connections": [{"connectionId", "status", "lastSeen"}]}]``."""
 
+    async def count(self, room: str) -> int:
+        """Fresh connections in the room (the REST API's live connection count)."""
+
     async def online(self, user_ids: list[str]) -> dict[str, list[str]]:
         """Of these users, those with a fresh connection anywhere: user -> rooms."""
 

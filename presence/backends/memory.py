@@ -104,6 +104,10 @@ class MemoryPresence:
             ]
         )
 
+    async def count(self, room: str) -> int:
+        fresh_after = self._fresh_after()
+        return sum(1 for e in self._rooms.get(room, {}).values() if e.last_seen > fresh_after)
+
     async def online(self, user_ids: list[str]) -> dict[str, list[str]]:
         fresh_after = self._fresh_after()
         found: dict[str, list[str]] = {}

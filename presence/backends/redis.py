@@ -110,6 +110,11 @@ end
 return out
 """
 
+# KEYS: seen; ARGV: ttl ms -> fresh connections of the room
+COUNT = NOW + """
+return redis.call('zcount', KEYS[1], '(' .. (now - tonumber(ARGV[1])), '+inf')
+"""
+
 # KEYS: user index keys; ARGV: ttl ms -> per key the fresh members
 ONLINE = NOW + """
 local out = {}
@@ -148,6 +153,7 @@ class RedisPresence:
         self._touch = self.client.register_script(TOUCH)
         self._members = self.client.register_script(MEMBERS)
         self._online = self.client.register_script(ONLINE)
+        self._count = self.client.register_script(COUNT)
         self._stale = self.client.register_script(STALE)
 
     # -- keys -------------------------------------------------------------------
@@ -214,6 +220,9 @@ class RedisPresence:
         # One key: the user's connections in this room, by last seen.
         fresh = await self._online(keys=[keys[2]], args=[ttl])
         return bool(fresh and fresh[0])
+
+    async def count(self, room: str) -> int:
+        return int(await self._count(keys=[f"{self.prefix}seen:{room}"], args=[self._ttl_ms()]))
 
     async def online(self, user_ids: list[str]) -> dict[str, list[str]]:
         if not user_ids:

@@ -61,6 +61,15 @@ class Incoming:
     payload: Any
 
 
+# A staff point-in-time recovery: `{"seq": N, "state": <dump_state at N>,
+# "snapshot": <snapshot at N>}`. Folding it replaces the state wholesale, so
+# history is never rewritten and every replica of the fold (wake-ups, time
+# travel) agrees. Only the server may send it (scope "server": no client token
+# carries that scope); the payload is built by the server from its own log,
+# hence the generous bounds (a whole board's state).
+RESTORE_TYPE = "restore"
+RESTORE_MAX_PAYLOAD_BYTES = 8 * 1024 * 1024
+
 # Message types every kind understands (PROTOCOL.md section 5). `ping` and
 # `heartbeat` are answered by the consumer itself and never reach the actor.
 BUILTIN_MESSAGES: dict[str, MessageType] = {
@@ -69,11 +78,35 @@ BUILTIN_MESSAGES: dict[str, MessageType] = {
         Json(object_only=True, max_depth=4, max_keys=32, max_string_chars=256), max_payload_bytes=1024, scope="read"
     ),
     "cursor": ephemeral(Json(max_depth=4, max_keys=32, max_string_chars=256), max_payload_bytes=1024),
+    RESTORE_TYPE: durable(
+        Json(
+            object_only=True,
+            number_bound=2.0**63,
+            max_depth=64,
+            max_keys=10_000_000,
+            max_items=10_000_000,
+            max_string_chars=RESTORE_MAX_PAYLOAD_BYTES,
+        ),
+        max_payload_bytes=RESTORE_MAX_PAYLOAD_BYTES,
+        scope="server",
+    ),
 }
 
 # Types the server sends; a kind may not declare them.
 RESERVED_TYPES = frozenset(
-    {"welcome", "ack", "error", "close", "user_joined", "user_left", "pong", "rate_limited", "ping", "heartbeat"}
+    {
+        "welcome",
+        "ack",
+        "error",
+        "close",
+        "user_joined",
+        "user_left",
+        "pong",
+        "rate_limited",
+        "ping",
+        "heartbeat",
+        RESTORE_TYPE,
+    }
 )
 
 
@@ -106,6 +139,16 @@ class RoomKind:
     def fold(self, state: Any, event: DurableEvent) -> Any:
         """Apply one durable event to the state and return the state."""
         return state
+
+    def apply(self, state: Any, event: DurableEvent) -> Any:
+        """What the runtime calls for every durable event: ``fold``, or a restore.
+
+        Restores are handled here, once for every kind, so a kind's ``fold``
+        never sees them.
+        """
+        if event.type == RESTORE_TYPE:
+            return self.load_state(event.payload["state"])
+        return self.fold(state, event)
 
     def check(self, state: Any, message: Incoming) -> None:
         """Refuse a message the state makes invalid (raise :class:`Reject`)."""

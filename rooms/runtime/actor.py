@@ -38,6 +38,7 @@ from presence.coalesce import PresenceCoalescer
 from presence.roster import Roster
 from presence.process import PROCESS_ID
 from presence.service import OFFLINE_FRAME, ONLINE_FRAME
+from rooms import signals
 from rooms.conf import dorm_settings
 from rooms.kinds import kind_class
 from rooms.kinds.base import DurableEvent, Incoming, Reject, RoomKind
@@ -269,7 +270,7 @@ class RoomActor:
             else kind.load_state(orjson.loads(loaded.snapshot_state))
         )
         for seq, type_, user_id, _client_id, payload, ts in loaded.tail:
-            state = kind.fold(state, DurableEvent(seq, type_, user_id, orjson.loads(payload) if payload else None, ts))
+            state = kind.apply(state, DurableEvent(seq, type_, user_id, orjson.loads(payload) if payload else None, ts))
         self.state = state
         self.last_seq = loaded.last_seq
         self._next_seq = loaded.last_seq + 1
@@ -403,7 +404,7 @@ class RoomActor:
         if mtype.durable:
             seq = self._next_seq
             self._next_seq = seq + 1
-            self.state = kind.fold(self.state, DurableEvent(seq, frame.type, peer.user_id, payload, ts))
+            self.state = kind.apply(self.state, DurableEvent(seq, frame.type, peer.user_id, payload, ts))
             text = event_frame(frame.type, seq, peer.user_id, payload_json, ts)
             row = (self.room_id, seq, frame.type, peer.user_id, frame.client_id or "", payload_json, ts)
             self._staged.append(Staged(seq, peer, frame.client_id, text, row, message))
@@ -463,6 +464,8 @@ class RoomActor:
         if _overrides(self.kind, "on_message"):
             for s in staged:
                 await self.kind.on_message(self.context, s.message, s.seq)
+        if staged:
+            signals.events_durable.send(None, room=self.slug, first_seq=staged[0].seq, last_seq=staged[-1].seq)
         self._since_snapshot += len(staged)
         if self._since_snapshot >= dorm_settings.SNAPSHOT_EVERY_EVENTS:
             await self._save_snapshot()
@@ -540,6 +543,10 @@ class RoomActor:
             last,
         )
         if effect == "joined":
+            # The room's first fresh user (the roster counts the joiner).
+            if len(welcome["presence"]) == 1:
+                signals.room_occupied.send(None, room=self.slug)
+            signals.user_joined.send(None, room=self.slug, user_id=peer.user_id)
             await self.presence_out.joined(peer.user_id, peer.id)
         elif effect == "online":
             await self.presence_out.online(peer.user_id, peer.id, DEFAULT_STATUS)
@@ -566,6 +573,9 @@ class RoomActor:
         self.roster.leave(peer.user_id, peer.id)
         effect = gone[1] if gone is not None else None
         if effect == "left":
+            signals.user_left.send(None, room=self.slug, user_id=peer.user_id)
+            if self.roster.empty():
+                signals.room_vacated.send(None, room=self.slug)
             await self.presence_out.left(peer.user_id, peer.id, leave.code, leave.reason)
         elif effect == "offline":
             await self.presence_out.offline(peer.user_id, peer.id)

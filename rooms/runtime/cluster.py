@@ -604,9 +604,12 @@ class Cluster:
             asyncio.ensure_future(hub.deliver(room, message["t"], seq, message["x"]))
             return
         conn_id = message["c"]
-        target: Any = hub.get(room, conn_id) or self.local_peers.get(conn_id)
+        target: Any = hub.get(room, conn_id)
         if target is None:
-            return
+            # A server-side peer (REST publish) waits for exactly one answer.
+            target = self.local_peers.pop(conn_id, None)
+            if target is None:
+                return
         if kind == "open":
             seq = message["s"]
             if self.bus_seq.get(room, -1) < seq:

@@ -25,7 +25,9 @@ log = logging.getLogger("dorm.rooms")
 
 ASGISend = Callable[[dict[str, Any]], Awaitable[None]]
 
-SCOPE_RANK = {"read": 0, "write": 1, "host": 2}
+# "server" is never a token's scope: only server-side publishes (REST, see
+# publish.py) hold it, for messages such as `restore`.
+SCOPE_RANK = {"read": 0, "write": 1, "host": 2, "server": 3}
 
 # Replies that are the client's fault count towards the abuse limit.
 ABUSE_REASONS = frozenset(

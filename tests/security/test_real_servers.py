@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from typing import Any, Callable
 
 import pytest
@@ -135,3 +136,39 @@ async def test_browser_origins_are_checked_and_production_warns_at_start(
         await _welcome(ws)
     text = server.stop()
     assert "insecure setting dorm.W001" in text
+
+
+async def test_token_expiry_mid_session_then_the_refresh_flow_loses_nothing(
+    start_server: Callable[..., Server],
+) -> None:
+    """docs/security.md's refresh flow against a real daphne: 4401 at expiry,
+    then a fresh token and `since` give exactly the missed events."""
+    server = start_server(DORM_TOKEN_LEEWAY_SECONDS="0")
+    token, claims = tokens.issue("alice", "refresh", "write", ttl_seconds=2)
+    async with connect(f"{server.ws}/ws/refresh?userId=bob") as bob:
+        await _welcome(bob)
+        async with connect(f"{server.ws}/ws/refresh?token={token}") as alice:
+            await _welcome(alice)
+            await alice.send(json.dumps({"type": "draw", "id": "a1", "payload": {"x": 1}}))
+            last_seq = 0
+            while True:
+                frame = json.loads(await alice.recv())
+                if frame["type"] == "ack":
+                    last_seq = frame["seq"]
+                if frame["type"] == "close":
+                    break
+            assert frame == {"type": "close", "code": 4401, "reason": "token expired"}
+            assert abs(time.time() - claims.exp) < 0.5
+            with pytest.raises(websockets.ConnectionClosed) as closed:
+                await alice.recv()
+            assert closed.value.rcvd is not None and closed.value.rcvd.code == 4401
+        # While alice fetches a new token, the room moves on.
+        await bob.send(json.dumps({"type": "draw", "id": "b1", "payload": {"x": 2}}))
+        while json.loads(await bob.recv())["type"] != "ack":
+            pass
+    fresh, _ = tokens.issue("alice", "refresh", "write")
+    async with connect(f"{server.ws}/ws/refresh?token={fresh}&since={last_seq}") as alice:
+        welcome = await _welcome(alice)
+        assert welcome["resumed"] is True and welcome["seq"] == 2
+        missed = json.loads(await alice.recv())
+        assert (missed["type"], missed["seq"], missed["userId"]) == ("draw", 2, "bob")

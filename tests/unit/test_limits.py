@@ -101,7 +101,7 @@ async def test_per_user_rate_limit_drops_frames_softly_and_others_see_exactly_th
             acks.append(frame)
         elif frame["type"] == "rate_limited":
             limited.append(frame)
-    assert len(acks) >= 10 and len(limited) >= 15  # burst 10 (+ what refilled meanwhile)
+    assert len(acks) >= 10 and len(limited) >= 10  # burst 10 (+ what refilled meanwhile)
     assert all(0 < f["retryAfterMs"] <= 200 for f in limited)
     assert {f["id"] for f in limited}.isdisjoint({f["id"] for f in acks})
     received = []

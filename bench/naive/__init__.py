@@ -1,0 +1,1 @@
+"""The Channels tutorial pattern, speaking Dorm's frames: the fan-out baseline."""

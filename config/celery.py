@@ -1,0 +1,11 @@
+"""The Celery app (cookiecutter-django's way): settings under CELERY_*, tasks autodiscovered."""
+
+import os
+
+from celery import Celery
+
+os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings")
+
+app = Celery("dorm")
+app.config_from_object("django.conf:settings", namespace="CELERY")
+app.autodiscover_tasks()

@@ -1,0 +1,1 @@
+"""The REST API (PROTOCOL.md section 6): rooms, history, state, publish, restore."""
