@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 HOST ?= 127.0.0.1
 PORT ?= 8000
 
-.PHONY: run run-uvicorn cluster test bench bench-history clean
+.PHONY: run run-uvicorn cluster test bench bench-history bench-presence clean
 
 $(STAMP): requirements.txt requirements-dev.txt
 	$(PYTHON) -m venv $(VENV)
@@ -49,6 +49,10 @@ bench: $(STAMP)
 # History page latency at 1e3 and 1e6 events (docs/performance-history.md).
 bench-history: $(STAMP)
 	$(PY) bench/history.py
+
+# Presence under churn: joins+leaves per second (docs/presence.md).
+bench-presence: $(STAMP)
+	$(PY) bench/presence_churn.py $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .hypothesis

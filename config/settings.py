@@ -190,6 +190,10 @@ CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 CELERY_BEAT_SCHEDULE = {
     # Webhook deliveries whose task was lost (broker down when queued).
     "webhooks-requeue-stalled": {"task": "webhooks.tasks.requeue_stalled", "schedule": 60.0},
+    # The presence ledger: close sessions of dead processes, apply retention.
+    # Every ASGI process runs it too (presence/service.py); this covers the
+    # hours when none is up. Idempotent.
+    "presence-sweep": {"task": "presence.tasks.sweep", "schedule": 15.0},
 }
 
 # ---------------------------------------------------------------------------
@@ -200,6 +204,9 @@ DORM = {
     # Seconds without frames after which a room's actor leaves memory.
     "HIBERNATE_AFTER_SECONDS": env_float("DORM_HIBERNATE_AFTER_SECONDS", 30.0),
     "LEASE_TTL_SECONDS": env_float("DORM_LEASE_TTL_SECONDS", 5.0),
+    "OUTBOUND_SOFT_BYTES": env_int("DORM_OUTBOUND_SOFT_BYTES", 256 * 1024),
+    "OUTBOUND_MAX_BYTES": env_int("DORM_OUTBOUND_MAX_BYTES", 4 * 1024 * 1024),
+    "PENDING_MAX_FRAMES": env_int("DORM_PENDING_MAX_FRAMES", 10_000),
     # Create a room with DEFAULT_KIND on first connect; off -> close 4404.
     "AUTO_CREATE_ROOMS": env_bool("DORM_AUTO_CREATE_ROOMS", True),
     "DEFAULT_KIND": os.environ.get("DORM_DEFAULT_KIND", "whiteboard"),
@@ -236,6 +243,16 @@ DORM = {
     "WEBHOOKS": env_bool("DORM_WEBHOOKS", bool(CELERY_BROKER_URL)),
     "WEBHOOK_BACKOFF_SECONDS": env_float("DORM_WEBHOOK_BACKOFF_SECONDS", 2.0),
     "WEBHOOK_DURABLE_THROTTLE_SECONDS": env_float("DORM_WEBHOOK_DURABLE_THROTTLE_SECONDS", 1.0),
+    # Presence (docs/presence.md). Silent sockets go offline after the TTL;
+    # clients send `heartbeat` at a third of it.
+    "PRESENCE_TTL_SECONDS": env_float("DORM_PRESENCE_TTL_SECONDS", 60.0),
+    "PRESENCE_SWEEP_SECONDS": env_float("DORM_PRESENCE_SWEEP_SECONDS", 5.0),
+    "PRESENCE_COALESCE_MS": env_int("DORM_PRESENCE_COALESCE_MS", 100),
+    "PRESENCE_LEDGER_RETENTION_DAYS": env_int("DORM_PRESENCE_LEDGER_RETENTION_DAYS", 30),
+    # Distributed mode: live presence in Redis, so it survives a room moving
+    # and a dead process's entries expire by their score.
+    "PRESENCE_REDIS_URL": os.environ.get("DORM_PRESENCE_REDIS_URL", REDIS_URL),
+    "PRESENCE_KEY_PREFIX": os.environ.get("DORM_PRESENCE_KEY_PREFIX", "dorm:presence:"),
 }
 
 # ---------------------------------------------------------------------------

@@ -12,4 +12,6 @@ urlpatterns = [
     path("api/", include("rooms.api.urls")),
     # Demo pages and the JavaScript client (rooms/pages_urls.py).
     path("", include("rooms.pages_urls")),
+    # Presence: /api/rooms/<room>/presence, /api/presence/sessions, /api/presence/online.
+    path("api/", include("presence.urls")),
 ]

@@ -79,6 +79,32 @@ DEFAULTS: dict[str, Any] = {
     "WEBHOOK_TIMEOUT_SECONDS": 10.0,
     # One event.durable webhook per room per window, covering its seq range.
     "WEBHOOK_DURABLE_THROTTLE_SECONDS": 1.0,
+    # Backpressure (backpressure.py): bytes queued for one socket past which
+    # ephemeral events are skipped for it, and past which it is closed with
+    # 4408; events held for a socket that has not had its welcome yet.
+    "OUTBOUND_SOFT_BYTES": 256 * 1024,
+    "OUTBOUND_MAX_BYTES": 4 * 1024 * 1024,
+    "PENDING_MAX_FRAMES": 10_000,
+    "BACKPRESSURE_INTERVAL_SECONDS": 0.1,
+    # -- presence (presence/, docs/presence.md) ----------------------------
+    # A connection not heard from (heartbeat or any frame) for this long is
+    # offline: left out of presence lists, and others are told.
+    "PRESENCE_TTL_SECONDS": 60.0,
+    # How often each process sweeps its silent sockets, beats (says it is
+    # alive) and closes the ledger sessions of dead processes.
+    "PRESENCE_SWEEP_SECONDS": 5.0,
+    # A process whose beat is older than this many sweep intervals is dead:
+    # its sessions are closed and its live entries dropped.
+    "PRESENCE_PROCESS_DEAD_AFTER_BEATS": 3,
+    # At most one presence update per room per this window (coalesced churn).
+    "PRESENCE_COALESCE_MS": 100,
+    # Ledger rows are written in batches at most this often.
+    "PRESENCE_LEDGER_FLUSH_SECONDS": 0.25,
+    # Closed ledger sessions older than this are deleted by the sweep.
+    "PRESENCE_LEDGER_RETENTION_DAYS": 30,
+    # "" -> presence in process memory (embedded); a redis:// URL -> shared.
+    "PRESENCE_REDIS_URL": "",
+    "PRESENCE_KEY_PREFIX": "dorm:presence:",
     # Kinds available to rooms: name -> dotted path of the RoomKind class.
     "KINDS": {
         "whiteboard": "rooms.kinds.whiteboard.Whiteboard",

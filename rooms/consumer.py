@@ -23,7 +23,6 @@ import orjson
 from channels.consumer import AsyncConsumer
 from channels.exceptions import StopConsumer
 
-from presence.backends.base import PresenceBackend
 from rooms import limits, validation
 from rooms.access import db_load_access
 from rooms.auth import Identity, Refusal, identify
@@ -71,7 +70,11 @@ class RoomConsumer(AsyncConsumer):
             elif kind == "websocket.connect":
                 await self.connect()
             elif kind == "websocket.disconnect":
-                self.disconnect(message.get("code", 1006), message.get("reason") or "")
+                # daphne gives code None for a close frame without a status
+                # code (ws.close() in browsers and Node's `ws`): RFC 6455's
+                # 1005, "no status received", not a crash in the ledger.
+                code = message.get("code", 1006)
+                self.disconnect(1005 if code is None else code, message.get("reason") or "")
                 raise StopConsumer
         except StopConsumer:
             raise
@@ -128,7 +131,12 @@ class RoomConsumer(AsyncConsumer):
         runtime = get_runtime()
         self.conn = conn
         runtime.hub.add(conn)
+        runtime.outbound_watch.start()
         runtime.registry.submit(self.room, Join(conn, since))
+        # The ledger row is written in a later batch, never on this path.
+        service = runtime.presence_service
+        service.ensure_started()
+        service.opened(conn, _header(self.scope, b"user-agent"), str(client[0]))
         if self.identity.expires_at is not None:
             delay = max(0.0, self.identity.expires_at - time.time())
             self._expiry = asyncio.get_running_loop().call_later(delay, self._token_expired)
@@ -208,15 +216,17 @@ class RoomConsumer(AsyncConsumer):
             await conn.error(ErrorReason.INVALID_MESSAGE, client_id, "type must match [a-z_]{1,32}")
             return
         payload = obj.get("payload")
+        runtime = get_runtime()
+        # Any frame says the socket is alive; the backend's last-seen is
+        # refreshed on heartbeats and at most every quarter TTL otherwise.
+        if runtime.presence_service.heard(conn, type_ == "heartbeat"):
+            await runtime.presence.touch(self.room, conn.id, conn.user_id)
         if type_ == "ping":
             t = payload.get("t") if type(payload) is dict else None
             pong: dict[str, Any] = {"type": "pong", "payload": {"t": t} if t is not None and _small_scalar(t) else {}, "ts": now_ms()}
             await conn.reply(dumps(pong))
             return
-        runtime = get_runtime()
-        presence: PresenceBackend = runtime.presence
         if type_ == "heartbeat":
-            presence.touch(self.room, conn.id)
             return
         kind = self._kind
         if kind is not None:
@@ -255,9 +265,17 @@ class RoomConsumer(AsyncConsumer):
         if conn.close_code is not None:  # we closed it: our code says why
             code, reason = conn.close_code, conn.close_reason
         conn.state = ConnectionState.CLOSED
+        runtime.presence_service.closed(conn, code, reason)
         if not conn.refused:
             runtime.registry.submit(self.room, Leave(conn, code, reason))
         log.info("disconnect room=%s user=%s conn=%s code=%s", self.room, conn.user_id, conn.id, code)
+
+
+def _header(scope: dict[str, Any], name: bytes) -> str:
+    for key, value in scope.get("headers") or ():
+        if key == name:
+            return value.decode("latin-1")
+    return ""
 
 
 def _kind_or_none(name: str) -> type[RoomKind] | None:

@@ -40,6 +40,9 @@ class CloseCode(IntEnum):
     OVER_BUDGET = 4402
     FORBIDDEN = 4403
     NOT_FOUND = 4404
+    # The client read slower than its room talked and its outbound buffer hit
+    # the bound (backpressure.py): reconnect with `since` (docs/runtime.md).
+    TOO_SLOW = 4408
     ROOM_FULL = 4409
     TOO_MANY_CONNECTIONS = 4429
 

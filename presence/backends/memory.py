@@ -1,4 +1,4 @@
-"""In-process presence for the embedded mode."""
+"""In-process presence for the embedded mode (one process, nothing shared)."""
 
 from __future__ import annotations
 
@@ -6,54 +6,140 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-DEFAULT_STATUS = "online"
+from presence.backends.base import DEFAULT_STATUS, JoinEffect, LeaveEffect, StaleEntry, aggregate
+from rooms.conf import dorm_settings
+
+
+def _now_ms() -> float:
+    return time.time() * 1000
 
 
 @dataclass(slots=True)
 class _Entry:
     user_id: str
+    process: str
     status: str
-    last_seen: float
+    meta: Any
+    last_seen: float  # ms since the epoch (wall clock: the REST API shows it)
 
 
 class MemoryPresence:
     def __init__(self) -> None:
-        # room -> connection id -> entry
+        # room -> connection id -> entry (insertion order = join order)
         self._rooms: dict[str, dict[str, _Entry]] = {}
+        # The online index: user -> {(room, connection id)}.
+        self._users: dict[str, set[tuple[str, str]]] = {}
 
-    def join(self, room: str, connection_id: str, user_id: str) -> bool:
+    @staticmethod
+    def _fresh_after() -> float:
+        return _now_ms() - dorm_settings.PRESENCE_TTL_SECONDS * 1000
+
+    def _user_conns(self, room: str, user_id: str) -> list[_Entry]:
+        conns = self._rooms.get(room, {})
+        return [conns[c] for r, c in self._users.get(user_id, ()) if r == room and c in conns]
+
+    async def join(self, room: str, connection_id: str, user_id: str, process: str) -> JoinEffect:
+        fresh_after = self._fresh_after()
+        others = [e for e in self._user_conns(room, user_id) if e is not self._rooms.get(room, {}).get(connection_id)]
         conns = self._rooms.setdefault(room, {})
-        first = all(e.user_id != user_id for e in conns.values())
-        conns[connection_id] = _Entry(user_id, DEFAULT_STATUS, time.monotonic())
-        return first
-
-    def leave(self, room: str, connection_id: str) -> str | None:
-        conns = self._rooms.get(room)
-        if not conns or connection_id not in conns:
+        entry = conns.get(connection_id)
+        if entry is None:
+            conns[connection_id] = _Entry(user_id, process, DEFAULT_STATUS, None, _now_ms())
+            self._users.setdefault(user_id, set()).add((room, connection_id))
+            was_fresh = False
+        else:
+            was_fresh = entry.last_seen > fresh_after
+            entry.last_seen = _now_ms()
+        if any(e.last_seen > fresh_after for e in others) or was_fresh:
             return None
-        user_id = conns.pop(connection_id).user_id
+        return "online" if others or entry is not None else "joined"
+
+    async def leave(self, room: str, connection_id: str, user_id: str = "") -> tuple[str, LeaveEffect] | None:
+        conns = self._rooms.get(room)
+        entry = conns.pop(connection_id, None) if conns else None
+        if entry is None:
+            return None
         if not conns:
             del self._rooms[room]
-            return user_id
-        return None if any(e.user_id == user_id for e in conns.values()) else user_id
+        index = self._users.get(entry.user_id)
+        if index is not None:
+            index.discard((room, connection_id))
+            if not index:
+                del self._users[entry.user_id]
+        rest = self._user_conns(room, entry.user_id)
+        if not rest:
+            return entry.user_id, "left"
+        fresh_after = self._fresh_after()
+        if entry.last_seen > fresh_after and not any(e.last_seen > fresh_after for e in rest):
+            return entry.user_id, "offline"
+        return entry.user_id, None
 
-    def set_status(self, room: str, connection_id: str, status: str) -> None:
+    async def set_status(self, room: str, connection_id: str, user_id: str, status: str, meta: Any) -> bool:
         entry = self._rooms.get(room, {}).get(connection_id)
-        if entry is not None:
-            entry.status = status
-            entry.last_seen = time.monotonic()
+        if entry is None:
+            return False
+        entry.status = status
+        entry.meta = meta
+        entry.last_seen = _now_ms()
+        return True
 
-    def touch(self, room: str, connection_id: str) -> None:
+    async def touch(self, room: str, connection_id: str, user_id: str = "") -> bool:
         entry = self._rooms.get(room, {}).get(connection_id)
-        if entry is not None:
-            entry.last_seen = time.monotonic()
+        if entry is None:
+            return False
+        entry.last_seen = _now_ms()
+        return True
 
-    def members(self, room: str) -> list[dict[str, Any]]:
-        users: dict[str, dict[str, Any]] = {}
-        for entry in self._rooms.get(room, {}).values():
-            user = users.get(entry.user_id)
-            if user is None:
-                users[entry.user_id] = {"userId": entry.user_id, "status": entry.status, "connections": 1}
-            else:
-                user["connections"] += 1
-        return list(users.values())
+    async def is_online(self, room: str, user_id: str) -> bool:
+        fresh_after = self._fresh_after()
+        return any(e.last_seen > fresh_after for e in self._user_conns(room, user_id))
+
+    async def members(self, room: str) -> list[dict[str, Any]]:
+        fresh_after = self._fresh_after()
+        return aggregate(
+            [
+                (conn_id, e.user_id, e.status, e.meta, e.last_seen)
+                for conn_id, e in self._rooms.get(room, {}).items()
+                if e.last_seen > fresh_after
+            ]
+        )
+
+    async def count(self, room: str) -> int:
+        fresh_after = self._fresh_after()
+        return sum(1 for e in self._rooms.get(room, {}).values() if e.last_seen > fresh_after)
+
+    async def online(self, user_ids: list[str]) -> dict[str, list[str]]:
+        fresh_after = self._fresh_after()
+        found: dict[str, list[str]] = {}
+        for user_id in user_ids:
+            rooms = sorted(
+                {r for r, c in self._users.get(user_id, ()) if self._rooms.get(r, {}).get(c) is not None
+                 and self._rooms[r][c].last_seen > fresh_after}
+            )
+            if rooms:
+                found[user_id] = rooms
+        return found
+
+    async def stale(self, limit: int = 1000, offset: int = 0) -> list[StaleEntry]:
+        fresh_after = self._fresh_after()
+        found = [
+            StaleEntry(room, conn_id, e.user_id, e.process, int(e.last_seen))
+            for room, conns in self._rooms.items()
+            for conn_id, e in conns.items()
+            if e.last_seen <= fresh_after
+        ]
+        found.sort(key=lambda s: s.last_seen_ms)
+        return found[offset : offset + limit]
+
+    async def forget(self, room: str, connection_id: str, user_id: str = "") -> None:
+        await self.leave(room, connection_id)
+
+    async def close(self) -> None:
+        return None
+
+    # Every entry here belongs to this process, which is alive by definition.
+    async def beat(self, process: str, ttl_ms: int) -> None:
+        return None
+
+    async def alive(self, processes: list[str]) -> set[str]:
+        return set(processes)

@@ -33,6 +33,11 @@ import orjson
 from channels.db import database_sync_to_async
 from django.utils import timezone
 
+from presence.backends.base import DEFAULT_STATUS
+from presence.coalesce import PresenceCoalescer
+from presence.roster import Roster
+from presence.process import PROCESS_ID
+from presence.service import OFFLINE_FRAME, ONLINE_FRAME
 from rooms import signals
 from rooms.conf import dorm_settings
 from rooms.kinds import kind_class
@@ -171,6 +176,10 @@ class RoomActor:
         self.timers = Timers(self.submit)
         self._active_at = self.awake_since  # end of the last batch that was not only timer ticks
         self._awake_until = 0.0  # monotonic; stay_awake()
+        # user_joined / user_left / presence, at most one per room per window.
+        self.presence_out = PresenceCoalescer(slug, runtime.transport)
+        # Who is here, for welcomes (presence/roster.py); loaded at wake.
+        self.roster = Roster()
 
     # -- inbox ----------------------------------------------------------------
 
@@ -195,6 +204,7 @@ class RoomActor:
         self._aborted = True
         self._broken = True
         self.timers.cancel_all()
+        self.presence_out.cancel()
         if self.task is not None:
             self.task.cancel()
 
@@ -280,6 +290,7 @@ class RoomActor:
 
     async def _start(self) -> None:
         await self._load()
+        await self.roster.load(self.runtime.presence, self.slug)
         self.awake_since = self._active_at = time.monotonic()
         self._run_id = await db_start_run(self.room_id, timezone.now())
         self.started = True
@@ -335,6 +346,12 @@ class RoomActor:
             except Exception:
                 log.exception("on_sleep failed room=%s", self.slug)
         self.started = False
+        if not self._aborted:
+            try:
+                # Before the lease goes: nothing of this room is sent after `released`.
+                await self.presence_out.flush()
+            except Exception:
+                log.warning("presence flush at sleep failed room=%s", self.slug)
         # A state holding uncommitted (staged) or failed events must never be
         # stored: the next wake rebuilds it from the log instead.
         clean = not self._broken and not self._staged
@@ -402,6 +419,9 @@ class RoomActor:
 
     async def _on_frame(self, frame: Frame) -> None:
         peer = frame.peer
+        if frame.type[0] == "$":
+            await self._on_presence_signal(frame)
+            return
         kind = self.kind
         mtype = kind.message_type(frame.type)
         if mtype is None:
@@ -450,7 +470,9 @@ class RoomActor:
                 self._remember(key, seq)
             return
         if frame.type == "presence" and isinstance(payload, dict) and isinstance(payload.get("status"), str):
-            self.runtime.presence.set_status(self.slug, peer.id, payload["status"])
+            status = payload["status"][:64]
+            if await self.runtime.presence.set_status(self.slug, peer.id, peer.user_id, status, payload.get("meta")):
+                self.roster.status(peer.user_id, peer.id, status)
         if mtype.relay:
             text = event_frame(frame.type, None, peer.user_id, payload_json, ts)
             await self.runtime.transport.broadcast(self.slug, text, None, peer.id)
@@ -566,8 +588,9 @@ class RoomActor:
         if replay is None:
             welcome["state"] = self.kind.snapshot(self.state)
         presence = self.runtime.presence
-        first = presence.join(self.slug, peer.id, peer.user_id)
-        welcome["presence"] = [{"userId": m["userId"], "status": m["status"]} for m in presence.members(self.slug)]
+        effect = await presence.join(self.slug, peer.id, peer.user_id, getattr(peer, "process", "") or PROCESS_ID)
+        self.roster.join(peer.user_id, peer.id)
+        welcome["presence"] = self.roster.welcome()
         await peer.open(dumps(welcome), last, replay or [])
         log.info(
             "join room=%s user=%s conn=%s since=%s resumed=%s seq=%d",
@@ -578,12 +601,14 @@ class RoomActor:
             replay is not None,
             last,
         )
-        if first:
+        if effect == "joined":
+            # The room's first fresh user (the roster counts the joiner).
             if len(welcome["presence"]) == 1:
                 signals.room_occupied.send(None, room=self.slug)
             signals.user_joined.send(None, room=self.slug, user_id=peer.user_id)
-            joined = {"type": "user_joined", "userId": peer.user_id, "connectionId": peer.id, "at": now_ms()}
-            await self.runtime.transport.broadcast(self.slug, dumps(joined), None, peer.id)
+            await self.presence_out.joined(peer.user_id, peer.id)
+        elif effect == "online":
+            await self.presence_out.online(peer.user_id, peer.id, DEFAULT_STATUS)
         if _overrides(self.kind, "on_connect"):
             await self.kind.on_connect(self.context, peer)
 
@@ -603,19 +628,16 @@ class RoomActor:
 
     async def _on_leave(self, leave: Leave) -> None:
         peer = leave.peer
-        user_gone = self.runtime.presence.leave(self.slug, peer.id)
-        if user_gone is not None:
+        gone = await self.runtime.presence.leave(self.slug, peer.id, peer.user_id)
+        self.roster.leave(peer.user_id, peer.id)
+        effect = gone[1] if gone is not None else None
+        if effect == "left":
             signals.user_left.send(None, room=self.slug, user_id=peer.user_id)
-            if not self.runtime.presence.members(self.slug):
+            if self.roster.empty():
                 signals.room_vacated.send(None, room=self.slug)
-            left = {
-                "type": "user_left",
-                "userId": peer.user_id,
-                "connectionId": peer.id,
-                "code": leave.code,
-                "reason": leave.reason,
-            }
-            await self.runtime.transport.broadcast(self.slug, dumps(left), None, peer.id)
+            await self.presence_out.left(peer.user_id, peer.id, leave.code, leave.reason)
+        elif effect == "offline":
+            await self.presence_out.offline(peer.user_id, peer.id)
         if _overrides(self.kind, "on_close"):
             await self.kind.on_close(self.context, peer)
 
@@ -628,6 +650,26 @@ class RoomActor:
         except Exception as exc:
             # The type only: a message may quote room data (logs never carry payloads).
             log.warning("timer failed room=%s error=%s", self.slug, type(exc).__name__)
+
+    async def _on_presence_signal(self, frame: Frame) -> None:
+        """Internal frames from the socket's process (presence/service.py)."""
+        peer = frame.peer
+        presence = self.runtime.presence
+        if frame.type == OFFLINE_FRAME:
+            # Silent past the TTL; others hear of it if no other socket of
+            # the user is fresh.
+            self.roster.silent(peer.user_id, peer.id)
+            if not await presence.is_online(self.slug, peer.user_id):
+                await self.presence_out.offline(peer.user_id, peer.id)
+        elif frame.type == ONLINE_FRAME and not peer.closed:
+            effect = await presence.join(self.slug, peer.id, peer.user_id, getattr(peer, "process", "") or PROCESS_ID)
+            self.roster.join(peer.user_id, peer.id)
+            if effect is not None:
+                status = next((m["status"] for m in self.roster.welcome() if m["userId"] == peer.user_id), DEFAULT_STATUS)
+                if effect == "joined":
+                    await self.presence_out.joined(peer.user_id, peer.id)
+                else:
+                    await self.presence_out.online(peer.user_id, peer.id, status)
 
     async def _on_call(self, call: Call) -> None:
         try:

@@ -36,6 +36,7 @@ from redis.exceptions import RedisError
 from channels.layers import get_channel_layer
 from django.conf import settings
 
+from presence.process import PROCESS_ID
 from rooms.conf import dorm_settings
 from rooms.protocol import CloseCode, ErrorReason
 from rooms.runtime.connection import SCOPE_RANK, Connection
@@ -95,10 +96,12 @@ class RemotePeer:
     events and acks in exactly the order the actor produced them.
     """
 
-    __slots__ = ("id", "room", "user_id", "scope", "refused", "_closed", "_cluster")
+    __slots__ = ("id", "room", "user_id", "scope", "refused", "process", "_closed", "_cluster")
 
-    def __init__(self, cluster: Cluster, room: str, conn_id: str, user_id: str, scope: str) -> None:
+    def __init__(self, cluster: Cluster, room: str, conn_id: str, user_id: str, scope: str, process: str = "") -> None:
         self.id = conn_id
+        # The process holding the socket (presence entries record it).
+        self.process = process
         self.room = room
         self.user_id = user_id
         self.scope = scope
@@ -136,7 +139,7 @@ def encode_item(room: str, item: Item) -> dict[str, Any] | None:
         # the embedded mode only (docs/kinds.md).
         return None
     peer = item.peer
-    base = {"type": "dorm.item", "room": room, "c": peer.id, "u": peer.user_id, "sc": peer.scope}
+    base = {"type": "dorm.item", "room": room, "c": peer.id, "u": peer.user_id, "sc": peer.scope, "p": PROCESS_ID}
     if isinstance(item, Join):
         return {**base, "k": "join", "since": item.since}
     if isinstance(item, Frame):
@@ -566,7 +569,7 @@ class Cluster:
         kind = message["k"]
         peer = self.remote_peers.get(conn_id)
         if peer is None:
-            peer = RemotePeer(self, room, conn_id, message["u"], message["sc"])
+            peer = RemotePeer(self, room, conn_id, message["u"], message["sc"], message.get("p", ""))
             if kind != "leave":
                 self.remote_peers[conn_id] = peer
         item: Item

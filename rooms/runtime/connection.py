@@ -18,7 +18,7 @@ from enum import Enum
 from typing import Any
 
 from rooms.conf import dorm_settings
-from rooms.runtime.direct_write import FrameWriter, close_socket, direct_writer
+from rooms.runtime.direct_write import FrameWriter, close_socket, direct_writer, outbound_meter
 from rooms.protocol import CloseCode, ErrorReason, close_frame, error_frame
 
 log = logging.getLogger("dorm.rooms")
@@ -64,6 +64,9 @@ class Connection:
         "close_reason",
         "write_frame",
         "binary",
+        "_outbound",
+        "lagging",
+        "overflowed",
     )
 
     def __init__(self, room: str, user_id: str, scope: str, send: ASGISend) -> None:
@@ -75,6 +78,11 @@ class Connection:
         self.send = send
         # Direct frame writes for fan-out where the server allows (direct_write.py).
         self.write_frame: FrameWriter | None = direct_writer(send) if dorm_settings.DIRECT_SOCKET_WRITES else None
+        # Backpressure (backpressure.py): bytes queued in the server for this
+        # socket; lagging = skip ephemeral events; overflowed = close it.
+        self._outbound = outbound_meter(send)
+        self.lagging = False
+        self.overflowed = False
         self._pending: deque[tuple[int | None, dict[str, Any]]] = deque()
         self._invalid_at: deque[float] = deque()
         # Set when the room refused the join (no leave is owed to the actor).
@@ -91,8 +99,23 @@ class Connection:
         return self.state is ConnectionState.CLOSED
 
     def buffer(self, seq: int | None, message: dict[str, Any]) -> None:
-        """Hold an event that arrived before the welcome."""
+        """Hold an event that arrived before the welcome (bounded)."""
+        if len(self._pending) >= dorm_settings.PENDING_MAX_FRAMES:
+            self.overflowed = True  # the backpressure watch closes it
+            return
         self._pending.append((seq, message))
+
+    def pending_count(self) -> int:
+        return len(self._pending)
+
+    def outbound_bytes(self) -> int:
+        outbound = self._outbound
+        if outbound is None:
+            return 0
+        try:
+            return outbound()
+        except Exception:  # a transport already torn down
+            return 0
 
     async def open(self, welcome: str, seq: int, replay: list[str]) -> None:
         """Send the welcome, the resume replay, then what arrived meanwhile."""

@@ -124,3 +124,40 @@ def close_cleanly_on_protocol_errors(send: Any) -> None:
     proto = _daphne_protocol(send)
     if proto is not None:
         proto.failByDrop = False
+
+
+def outbound_meter(send: Any) -> Callable[[], int] | None:
+    """A function giving the bytes queued for this socket and not yet sent.
+
+    What a slow client has not read piles up in the server's transport; the
+    backpressure watch (backpressure.py) reads it to bound memory per socket.
+    None where the server's transport is unknown.
+    """
+    proto = _daphne_protocol(send)
+    if proto is not None:
+        transport = proto.transport
+
+        def twisted_buffered() -> int:
+            # twisted.internet.abstract.FileDescriptor's write buffer.
+            return len(transport.dataBuffer) - transport.offset + transport._tempDataLen
+
+        return twisted_buffered
+    proto = getattr(send, "__self__", None)
+    transport = getattr(proto, "transport", None)
+    if transport is not None and hasattr(transport, "get_write_buffer_size"):
+        return transport.get_write_buffer_size  # type: ignore[no-any-return]
+    return None
+
+
+def abort_socket(send: Any) -> None:
+    """Drop the TCP connection at once (a client that will not read its close)."""
+    proto = _daphne_protocol(send)
+    if proto is None:
+        proto = getattr(send, "__self__", None)
+    transport = getattr(proto, "transport", None)
+    if transport is None:
+        return
+    if hasattr(transport, "abortConnection"):
+        transport.abortConnection()
+    elif hasattr(transport, "abort"):
+        transport.abort()

@@ -78,6 +78,8 @@ class LocalHub:
                 continue
             state = conn.state
             if state is _OPEN:
+                if seq is None and conn.lagging:
+                    continue  # a lagging client gets durable events first
                 write = conn.write_frame
                 if write is not None:
                     if frame is None:

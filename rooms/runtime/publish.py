@@ -25,6 +25,7 @@ import secrets
 from typing import Any
 
 import orjson
+from asgiref.sync import async_to_sync
 
 from rooms.protocol import ErrorReason
 from rooms.runtime.connection import SCOPE_RANK
@@ -166,5 +167,9 @@ async def publish(
 
 
 def connection_count(room: str) -> int:
-    """Live connections of ``room`` as this process's presence backend sees them."""
-    return sum(member["connections"] for member in get_runtime().presence.members(room))
+    """Live (fresh: heard from within the presence TTL) connections of ``room``.
+
+    The presence backend is async (Redis in the distributed mode): called
+    from a sync view, this runs on the server's loop like ``publish``.
+    """
+    return int(async_to_sync(get_runtime().presence.count)(room))

@@ -16,7 +16,9 @@ from django.conf import settings
 
 from presence.backends.base import PresenceBackend
 from presence.backends.memory import MemoryPresence
+from presence.service import PresenceService
 from rooms.runtime.actor import RoomActor
+from rooms.runtime.backpressure import OutboundWatch
 from rooms.runtime.hub import LocalHub
 from rooms.runtime.messages import Call, Item
 from rooms.protocol import CloseCode
@@ -99,7 +101,10 @@ class Runtime:
 
     def __init__(self, distributed: bool = False) -> None:
         self.hub = LocalHub()
-        self.presence: PresenceBackend = MemoryPresence()
+        self.outbound_watch = OutboundWatch(self.hub)
+        self.presence: PresenceBackend = _presence_backend()
+        # Ledger writes, beats and sweeps of this process (presence/service.py).
+        self.presence_service = PresenceService(self)
         self.registry = ActorRegistry(self)
         self.shutting_down = False
         self.cluster: Cluster | None = None
@@ -133,6 +138,9 @@ class Runtime:
         tasks = [a.task for a in actors if a.task is not None]
         if tasks:
             await asyncio.wait(tasks, timeout=timeout)
+        # Write the ledger and close this process's sessions with 1001, the
+        # code their sockets get next.
+        await self.presence_service.stop(clean=True)
         closing = [
             conn.close(CloseCode.GOING_AWAY, "server shutting down, reconnect with since")
             for room in self.hub.rooms()
@@ -142,6 +150,17 @@ class Runtime:
         if self.cluster is not None:
             await self.cluster.bus.flushed()
         log.info("shutdown done ms=%d", int((time.monotonic() - started) * 1000))
+
+
+def _presence_backend() -> PresenceBackend:
+    from rooms.conf import dorm_settings
+
+    url = str(dorm_settings.PRESENCE_REDIS_URL or "")
+    if url:
+        from presence.backends.redis import RedisPresence
+
+        return RedisPresence(url)
+    return MemoryPresence()
 
 
 _runtime: Runtime | None = None
@@ -159,7 +178,12 @@ async def reset_runtime() -> None:
     """Stop every actor and start afresh (tests: one runtime per event loop)."""
     global _runtime
     if _runtime is not None:
+        task = _runtime.outbound_watch.task
+        if task is not None:
+            task.cancel()
         await _runtime.registry.stop_all()
+        await _runtime.presence_service.stop(clean=False)
+        await _runtime.presence.close()
         if _runtime.cluster is not None:
             await _runtime.cluster.stop()
     _runtime = None

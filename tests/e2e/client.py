@@ -38,6 +38,11 @@ def room_name(prefix: str = "e2e") -> str:
     return f"{prefix}-{uuid.uuid4().hex[:16]}"
 
 
+def _short(frame: Frame, limit: int = 200) -> str:
+    text = repr(frame)
+    return text if len(text) <= limit else text[:limit] + f"... ({len(text)} chars)"
+
+
 class Connect(Protocol):
     """The ``connect`` fixture: ``await connect(server, room, "u1", since=5)``."""
 
@@ -152,7 +157,7 @@ class WsClient:
             self._new.set()
 
     def _context(self, n: int = 8) -> str:
-        tail = self.frames[-n:]
+        tail = [_short(f) for f in self.frames[-n:]]
         return f"{self.name}: {len(self.frames)} frames, last {len(tail)}: {tail}; closed={self.closed.is_set()} code={self.close_code}"
 
     async def _wait_new(self, deadline: float) -> bool:

@@ -1,0 +1,141 @@
+"""Presence updates of a room, coalesced under churn.
+
+At most one presence update per room per ``PRESENCE_COALESCE_MS`` (100 ms):
+the first change after a quiet window goes out at once (a lone join costs no
+latency); changes inside the window wait for its end and go out together as
+the *net* change per user (a user who joined and left inside the window is
+not mentioned at all).
+
+A flush with one change sends the classic frame (``user_joined``,
+``user_left`` or ``presence``), so quiet rooms look exactly as PROTOCOL.md
+shows them to clients that know nothing else. A flush with more sends one
+``presence_diff`` frame (a new type, PROTOCOL.md's way to extend)::
+
+    {"type": "presence_diff", "joined": [{"userId", "connectionId", "at"}],
+     "left": [{"userId", "connectionId", "code", "reason"}],
+     "status": [{"userId", "status"}], "ts": ...}
+
+Clients apply it as set operations (idempotent): a joining client's welcome
+may already include users the next diff mentions. The full list is always in
+``welcome`` and at ``GET /api/rooms/<room>/presence``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from rooms.conf import dorm_settings
+from rooms.protocol import dumps, now_ms
+from rooms.runtime.transport import Transport
+
+log = logging.getLogger("dorm.presence")
+
+# A user's presence in the room: here and fresh, here but silent, or gone.
+State = Literal["here", "offline", "gone"]
+
+
+@dataclass(slots=True)
+class _Change:
+    before: State
+    after: State
+    connection_id: str
+    at: int = 0
+    code: int = 1000
+    reason: str = ""
+    status: str = "online"
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+class PresenceCoalescer:
+    """One per room actor; ``flush`` before the actor sleeps."""
+
+    def __init__(self, room: str, transport: Transport) -> None:
+        self.room = room
+        self.transport = transport
+        self._pending: dict[str, _Change] = {}
+        self._last_flush = 0.0  # monotonic
+        self._timer: asyncio.TimerHandle | None = None
+        self._task: asyncio.Task[None] | None = None
+        # Counters for tests and the benchmark: frames sent, changes folded in.
+        self.frames_sent = 0
+        self.changes_seen = 0
+
+    async def joined(self, user_id: str, connection_id: str, *, was: State = "gone") -> None:
+        await self._add(user_id, was, "here", connection_id, at=now_ms())
+
+    async def left(self, user_id: str, connection_id: str, code: int, reason: str, *, was: State = "here") -> None:
+        await self._add(user_id, was, "gone", connection_id, code=code, reason=reason)
+
+    async def offline(self, user_id: str, connection_id: str) -> None:
+        await self._add(user_id, "here", "offline", connection_id, status="offline")
+
+    async def online(self, user_id: str, connection_id: str, status: str) -> None:
+        await self._add(user_id, "offline", "here", connection_id, status=status)
+
+    async def _add(self, user_id: str, before: State, after: State, connection_id: str, **details: Any) -> None:
+        self.changes_seen += 1
+        prior = self._pending.get(user_id)
+        change = _Change(prior.before if prior else before, after, connection_id, **details)
+        self._pending[user_id] = change
+        window = dorm_settings.PRESENCE_COALESCE_MS / 1000
+        now = time.monotonic()
+        if self._timer is None and self._task is None and now - self._last_flush >= window:
+            await self.flush()
+            return
+        if self._timer is None:
+            delay = max(0.0, self._last_flush + window - now)
+            self._timer = asyncio.get_running_loop().call_later(delay, self._on_timer)
+
+    def _on_timer(self) -> None:
+        self._timer = None
+        self._task = asyncio.ensure_future(self._flush_task())
+
+    async def _flush_task(self) -> None:
+        try:
+            await self.flush()
+        except Exception:
+            log.exception("presence flush failed room=%s", self.room)
+        finally:
+            self._task = None
+
+    async def flush(self) -> None:
+        """Send what is pending now (the window's end, or the actor going to sleep)."""
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        pending, self._pending = self._pending, {}
+        self._last_flush = time.monotonic()
+        changes = [(user, c) for user, c in pending.items() if c.before != c.after]
+        if not changes:
+            return
+        self.frames_sent += 1
+        if len(changes) == 1:
+            user_id, c = changes[0]
+            await self.transport.broadcast(self.room, dumps(_classic(user_id, c)), None, c.connection_id)
+            return
+        diff: dict[str, Any] = {"type": "presence_diff", "joined": [], "left": [], "status": [], "ts": now_ms()}
+        for user_id, c in changes:
+            if c.after == "gone":
+                diff["left"].append({"userId": user_id, "connectionId": c.connection_id, "code": c.code, "reason": c.reason})
+            elif c.before == "gone":
+                diff["joined"].append({"userId": user_id, "connectionId": c.connection_id, "at": c.at or now_ms()})
+            else:
+                diff["status"].append({"userId": user_id, "status": c.status})
+        await self.transport.broadcast(self.room, dumps(diff), None, None)
+
+    def cancel(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+
+def _classic(user_id: str, c: _Change) -> dict[str, Any]:
+    if c.after == "gone":
+        return {"type": "user_left", "userId": user_id, "connectionId": c.connection_id, "code": c.code, "reason": c.reason}
+    if c.before == "gone":
+        return {"type": "user_joined", "userId": user_id, "connectionId": c.connection_id, "at": c.at or now_ms()}
+    return {"type": "presence", "userId": user_id, "payload": {"status": c.status}, "ts": now_ms()}

@@ -1,0 +1,231 @@
+"""Presence work of one ASGI process: its sockets' liveness, the ledger writes,
+its beat, and the sweeps.
+
+Per process, two tasks (started with the first socket):
+
+- **ledger**: every ``PRESENCE_LEDGER_FLUSH_SECONDS`` writes what the
+  consumers reported (``ledger.py``) in one transaction;
+- **sweep**: every ``PRESENCE_SWEEP_SECONDS``
+  1. beats (a ``PresenceProcess`` row; in Redis a key with a TTL);
+  2. finds its own sockets silent for longer than the presence TTL and tells
+     their rooms (an internal ``$offline`` frame: the actor broadcasts
+     ``presence`` offline if that was the user's last fresh socket); a later
+     frame or heartbeat sends ``$online``;
+  3. (distributed) finds stale entries whose process stopped beating and
+     sends their rooms a leave (``user_left`` for whoever is gone);
+  4. runs :func:`presence.sweep.sweep_stale` on the ledger.
+
+Internal frame types start with ``$``, which no client frame type can
+(``[a-z_]{1,32}``), so they cannot be forged from a socket.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from channels.db import database_sync_to_async
+
+from presence import ledger
+from presence.backends.base import StaleEntry
+from presence.ledger import LedgerBuffer
+from presence.models import PROCESS_GONE_CODE, PROCESS_GONE_REASON
+from presence.process import PROCESS_ID
+from presence.sweep import process_dead_after, sweep_stale
+from rooms.conf import dorm_settings
+from rooms.runtime.messages import Frame, Leave
+
+if TYPE_CHECKING:
+    from rooms.runtime.connection import Connection
+    from rooms.runtime.registry import Runtime
+
+log = logging.getLogger("dorm.presence")
+
+# Orphan sweep: at most this many stale entries looked at per sweep.
+ORPHAN_PAGE_SIZE = 500
+ORPHAN_PAGES = 10
+
+OFFLINE_FRAME = "$offline"
+ONLINE_FRAME = "$online"
+
+db_write_batch = database_sync_to_async(ledger.write_batch)
+db_beat = database_sync_to_async(ledger.beat)
+db_stopped = database_sync_to_async(ledger.stopped)
+db_sweep_stale = database_sync_to_async(sweep_stale)
+
+
+@dataclass(slots=True)
+class Tracked:
+    conn: Connection
+    last_heard: float  # monotonic
+    last_touch: float  # monotonic: the backend's last-seen refresh
+    stale: bool = False
+
+
+class PresenceService:
+    def __init__(self, runtime: Runtime) -> None:
+        self.runtime = runtime
+        self.buffer = LedgerBuffer()
+        self.tracked: dict[str, Tracked] = {}
+        self._tasks: list[asyncio.Task[None]] = []
+        self._ghosts: dict[str, float] = {}  # orphan entries already sent a leave
+        self._stopped = False
+        self.sweeps = 0
+
+    def ensure_started(self) -> None:
+        if self._tasks or self._stopped:
+            return
+        loop = asyncio.get_running_loop()
+        self._tasks = [
+            loop.create_task(self._ledger_loop(), name="dorm-presence-ledger"),
+            loop.create_task(self._sweep_loop(), name="dorm-presence-sweep"),
+        ]
+
+    # -- what the consumer reports (no await: nothing on the socket's path) -----
+
+    def opened(self, conn: Connection, user_agent: str, address: str) -> None:
+        now = time.monotonic()
+        self.tracked[conn.id] = Tracked(conn, now, now)
+        self.buffer.open(conn.id, conn.room, conn.user_id, user_agent, address)
+
+    def closed(self, conn: Connection, code: int, reason: str) -> None:
+        self.tracked.pop(conn.id, None)
+        self.buffer.close(conn.id, code, reason)
+
+    def heard(self, conn: Connection, heartbeat: bool = False) -> bool:
+        """The socket sent a frame; True when the backend's last-seen needs a refresh."""
+        t = self.tracked.get(conn.id)
+        if t is None:
+            return heartbeat
+        now = time.monotonic()
+        t.last_heard = now
+        if t.stale:
+            t.stale = False
+            t.last_touch = now
+            # Back from offline: the actor re-joins it (and says so).
+            self.runtime.registry.submit(conn.room, Frame(conn, ONLINE_FRAME, None, None))
+            return False
+        # A heartbeat always refreshes; other frames at most every quarter TTL.
+        if heartbeat or now - t.last_touch > dorm_settings.PRESENCE_TTL_SECONDS / 4:
+            t.last_touch = now
+            return True
+        return False
+
+    # -- loops --------------------------------------------------------------------
+
+    async def _ledger_loop(self) -> None:
+        while True:
+            await asyncio.sleep(dorm_settings.PRESENCE_LEDGER_FLUSH_SECONDS)
+            await self.flush_ledger()
+
+    async def flush_ledger(self) -> None:
+        if not len(self.buffer):
+            return
+        opened, closed = self.buffer.take()
+        try:
+            await db_write_batch(PROCESS_ID, opened, closed)
+        except Exception as exc:
+            # Keep them for the next try (the database may be back by then).
+            log.warning("ledger write failed opened=%d closed=%d error=%s", len(opened), len(closed), type(exc).__name__)
+            for o in opened:
+                self.buffer.opened.setdefault(o.connection_id, o)
+            for c in closed:
+                self.buffer.closed.setdefault(c.connection_id, c)
+
+    async def _sweep_loop(self) -> None:
+        first = True
+        while True:
+            try:
+                await self.sweep_once(first)
+                first = False
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                log.warning("presence sweep failed error=%s", type(exc).__name__)
+            await asyncio.sleep(dorm_settings.PRESENCE_SWEEP_SECONDS)
+
+    async def sweep_once(self, first: bool = False) -> None:
+        self.sweeps += 1
+        backend = self.runtime.presence
+        dead_after_ms = int(process_dead_after().total_seconds() * 1000)
+        await backend.beat(PROCESS_ID, dead_after_ms)
+        await db_beat(PROCESS_ID, started=first)
+        self._silent_sockets()
+        await self._orphans()
+        await db_sweep_stale()
+
+    def _silent_sockets(self) -> None:
+        ttl = dorm_settings.PRESENCE_TTL_SECONDS
+        now = time.monotonic()
+        for t in list(self.tracked.values()):
+            if not t.stale and now - t.last_heard > ttl and not t.conn.closed:
+                t.stale = True
+                log.info("presence silent room=%s user=%s conn=%s", t.conn.room, t.conn.user_id, t.conn.id)
+                self.runtime.registry.submit(t.conn.room, Frame(t.conn, OFFLINE_FRAME, None, None))
+
+    async def _orphans(self) -> None:
+        """Entries whose process stopped beating: their rooms get a leave."""
+        cluster = self.runtime.cluster
+        if cluster is None:
+            return  # embedded: every entry is this process's own
+        backend = self.runtime.presence
+        # Silent sockets of live processes are stale too and stay so until
+        # they speak or close: page past them (oldest first).
+        for page in range(ORPHAN_PAGES):
+            stale = await backend.stale(ORPHAN_PAGE_SIZE, page * ORPHAN_PAGE_SIZE)
+            if stale:
+                await self._leave_orphans(stale)
+            if len(stale) < ORPHAN_PAGE_SIZE:
+                break
+
+    async def _leave_orphans(self, stale: list[StaleEntry]) -> None:
+        cluster = self.runtime.cluster
+        backend = self.runtime.presence
+        others = sorted({s.process for s in stale if s.process != PROCESS_ID})
+        alive = await backend.alive(others)
+        now = time.monotonic()
+        for conn_id, at in list(self._ghosts.items()):
+            if now - at > 60:
+                del self._ghosts[conn_id]
+        from rooms.runtime.cluster import RemotePeer
+
+        for s in stale:
+            if s.process == PROCESS_ID:
+                if s.connection_id not in self.tracked:
+                    await backend.forget(s.room, s.connection_id, s.user_id)
+                continue
+            if s.process in alive or s.connection_id in self._ghosts:
+                continue
+            self._ghosts[s.connection_id] = now
+            log.info("presence orphan room=%s user=%s conn=%s", s.room, s.user_id, s.connection_id)
+            peer = RemotePeer(cluster, s.room, s.connection_id, s.user_id, "read")
+            self.runtime.registry.submit(s.room, Leave(peer, PROCESS_GONE_CODE, PROCESS_GONE_REASON))
+
+    # -- stop -----------------------------------------------------------------------
+
+    async def stop(self, clean: bool = True) -> None:
+        """Stop the loops; write what is buffered; a clean stop closes what is left open."""
+        if self._stopped:
+            return
+        self._stopped = True
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            try:
+                await task
+            except (asyncio.CancelledError, Exception):
+                pass
+        if not self._tasks:
+            return
+        try:
+            await self.flush_ledger()
+            if clean:
+                await db_stopped(PROCESS_ID)
+        except Exception as exc:
+            log.warning("presence stop bookkeeping failed error=%s", type(exc).__name__)
+
+    def stats(self) -> dict[str, Any]:
+        return {"sockets": len(self.tracked), "stale": sum(t.stale for t in self.tracked.values())}

@@ -1,0 +1,82 @@
+"""Bounded outbound buffers: a slow client never slows its room.
+
+Fan-out writes every event to every socket at once and never waits for a
+socket to drain (hub.py), so a client that reads slower than its room talks
+piles bytes up in its server transport. Every ``BACKPRESSURE_INTERVAL_SECONDS``
+this watch reads each socket's queued bytes (``direct_write.outbound_meter``):
+
+- over ``OUTBOUND_SOFT_BYTES`` the connection is *lagging*: ephemeral events
+  (cursors, typing) are no longer written to it, durable ones still are;
+- over ``OUTBOUND_MAX_BYTES`` (or more than ``PENDING_MAX_FRAMES`` events
+  waiting for its welcome) it is closed with 4408 and the client resumes with
+  ``since``; a client that does not read even its close frame is dropped.
+
+The watch is off the hot path: fan-out costs nothing more per socket than
+one attribute read for ephemeral events. Memory per socket is bounded by the
+hard limit plus what one interval can add.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import TYPE_CHECKING
+
+from rooms.conf import dorm_settings
+from rooms.protocol import CloseCode
+from rooms.runtime.direct_write import abort_socket
+
+if TYPE_CHECKING:
+    from rooms.runtime.connection import Connection
+    from rooms.runtime.hub import LocalHub
+
+log = logging.getLogger("dorm.rooms")
+
+TOO_SLOW = "too slow to keep up, reconnect with since"
+# A closed laggard that does not read its close frame is dropped after this.
+ABORT_AFTER_SECONDS = 2.0
+
+
+class OutboundWatch:
+    def __init__(self, hub: LocalHub) -> None:
+        self.hub = hub
+        self.task: asyncio.Task[None] | None = None
+        self.closed_for_lag = 0
+
+    def start(self) -> None:
+        if self.task is None or self.task.done():
+            self.task = asyncio.get_running_loop().create_task(self._run(), name="dorm-backpressure")
+
+    async def _run(self) -> None:
+        while True:
+            await asyncio.sleep(dorm_settings.BACKPRESSURE_INTERVAL_SECONDS)
+            try:
+                self.check()
+            except Exception:
+                log.exception("backpressure check failed")
+
+    def check(self) -> None:
+        soft = dorm_settings.OUTBOUND_SOFT_BYTES
+        hard = dorm_settings.OUTBOUND_MAX_BYTES
+        for room in self.hub.rooms():
+            for conn in self.hub.connections(room):
+                if conn.closed:
+                    continue
+                queued = conn.outbound_bytes()
+                conn.lagging = queued > soft
+                if queued > hard or conn.overflowed:
+                    self.close_laggard(conn, queued)
+
+    def close_laggard(self, conn: Connection, queued: int) -> None:
+        self.closed_for_lag += 1
+        log.warning(
+            "slow client closed room=%s user=%s conn=%s queued_bytes=%d pending=%d code=%d",
+            conn.room,
+            conn.user_id,
+            conn.id,
+            queued,
+            conn.pending_count(),
+            CloseCode.TOO_SLOW,
+        )
+        asyncio.ensure_future(conn.close(CloseCode.TOO_SLOW, TOO_SLOW))
+        asyncio.get_running_loop().call_later(ABORT_AFTER_SECONDS, abort_socket, conn.send)

@@ -1,0 +1,290 @@
+"""Presence: the backends' contract (memory and real Redis), and the room
+runtime's presence driven in-process (embedded mode)."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+from datetime import datetime, timezone as dt_timezone
+from typing import Any
+
+import pytest
+from channels.db import database_sync_to_async
+from django.conf import settings
+from django.test import override_settings
+
+from presence import queries
+from presence.backends.memory import MemoryPresence
+from presence.backends.redis import RedisPresence
+from presence.models import PresenceSession
+from presence.process import PROCESS_ID
+from presence.sweep import sweep_stale
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+def dorm(**overrides: Any) -> Any:
+    return override_settings(DORM={**settings.DORM, **overrides})
+
+
+@pytest.fixture(params=["memory", "redis"])
+async def backend(request: pytest.FixtureRequest) -> AsyncIterator[Any]:
+    if request.param == "memory":
+        yield MemoryPresence()
+        return
+    url = request.getfixturevalue("redis_url")
+    prefix = request.getfixturevalue("redis_prefix")
+    b = RedisPresence(url, prefix)
+    yield b
+    await b.close()
+
+
+# -- the backends' contract ------------------------------------------------------------
+
+
+async def test_a_user_leaves_only_with_their_last_connection(backend: Any) -> None:
+    assert await backend.join("r", "c1", "u", PROCESS_ID) == "joined"
+    assert await backend.join("r", "c2", "u", PROCESS_ID) is None
+    assert await backend.join("r", "c3", "v", PROCESS_ID) == "joined"
+    members = {m["userId"]: m for m in await backend.members("r")}
+    assert sorted(c["connectionId"] for c in members["u"]["connections"]) == ["c1", "c2"]
+    assert await backend.leave("r", "c1", "u") == ("u", None)
+    assert await backend.leave("r", "c2", "u") == ("u", "left")
+    assert await backend.leave("r", "c2", "u") is None  # idempotent
+    assert [m["userId"] for m in await backend.members("r")] == ["v"]
+
+
+async def test_status_and_meta_of_the_freshest_connection(backend: Any) -> None:
+    await backend.join("r", "c1", "u", PROCESS_ID)
+    assert await backend.set_status("r", "c1", "u", "typing", {"device": "phone"})
+    [member] = await backend.members("r")
+    assert (member["status"], member["meta"]) == ("typing", {"device": "phone"})
+    assert await backend.set_status("r", "nope", "u", "idle", None) is False
+
+
+async def test_silent_connections_stop_counting_after_the_ttl(backend: Any) -> None:
+    with dorm(PRESENCE_TTL_SECONDS=0.3):
+        await backend.join("r", "c1", "u", "other-process")
+        await backend.join("r", "c2", "w", PROCESS_ID)
+        await asyncio.sleep(0.2)
+        assert await backend.touch("r", "c2", "w")
+        await asyncio.sleep(0.2)
+        # c1 (never refreshed) is stale: gone from every answer by itself.
+        assert [m["userId"] for m in await backend.members("r")] == ["w"]
+        assert not await backend.is_online("r", "u")
+        assert await backend.online(["u", "w"]) == {"w": ["r"]}
+        assert [(s.connection_id, s.process) for s in await backend.stale()] == [("c1", "other-process")]
+        # A second socket of a user whose only one went silent: back online.
+        assert await backend.join("r", "c3", "u", PROCESS_ID) == "online"
+        # The fresh one closes while the silent one stays: offline, not left.
+        assert await backend.leave("r", "c3", "u") == ("u", "offline")
+        assert await backend.leave("r", "c1", "u") == ("u", "left")
+
+
+async def test_online_query_for_users_in_several_rooms(backend: Any) -> None:
+    await backend.join("r1", "a1", "alice", PROCESS_ID)
+    await backend.join("r2", "a2", "alice", PROCESS_ID)
+    await backend.join("r2", "b1", "bob", PROCESS_ID)
+    await backend.join("r3", "c1", "carol", PROCESS_ID)
+    await backend.leave("r3", "c1", "carol")
+    assert await backend.online(["alice", "bob", "carol", "dave"]) == {"alice": ["r1", "r2"], "bob": ["r2"]}
+    await backend.leave("r1", "a1", "alice")
+    assert await backend.online(["alice"]) == {"alice": ["r2"]}
+
+
+# -- the runtime, in-process ---------------------------------------------------------------
+
+
+@database_sync_to_async
+def ledger(room: str) -> list[PresenceSession]:
+    return list(PresenceSession.objects.filter(room=room).order_by("joined_at", "id"))
+
+
+async def flushed(runtime: Any) -> None:
+    await runtime.presence_service.flush_ledger()
+
+
+async def test_two_connections_of_one_user_and_the_ledger(runtime: Any, connect: Any) -> None:
+    a = await connect("devices2", userId="a")
+    phone = await connect("devices2", userId="b")
+    laptop = await connect("devices2", userId="b")
+    assert (await a.recv_type("user_joined"))["userId"] == "b"
+    assert [(p["userId"], p["connections"]) for p in laptop.welcome["presence"]] == [("a", 1), ("b", 2)]
+    await phone.close()
+    assert await a.nothing(0.3)
+    await laptop.close()
+    assert (await a.recv_type("user_left"))["userId"] == "b"
+    assert await a.nothing(0.3)  # once
+    await flushed(runtime)
+    rows = await ledger("devices2")
+    assert [(r.user_id, r.left_at is not None) for r in rows] == [("a", False), ("b", True), ("b", True)]
+    assert {r.connection_id for r in rows} == {a.welcome["connectionId"], phone.welcome["connectionId"], laptop.welcome["connectionId"]}
+    assert all(r.close_code == 1000 and r.process == PROCESS_ID for r in rows[1:])
+    # The address is kept only as a keyed hash.
+    assert all(len(r.address_hash) == 32 and "127.0.0.1" not in r.address_hash for r in rows)
+
+
+async def test_a_silent_connection_goes_offline_after_the_ttl_with_no_other_traffic(runtime: Any, connect: Any) -> None:
+    with dorm(PRESENCE_TTL_SECONDS=0.6, PRESENCE_SWEEP_SECONDS=0.1):
+        a = await connect("silent", userId="a")
+        b = await connect("silent", userId="b")
+        assert (await a.recv_type("user_joined"))["userId"] == "b"
+        started = time.monotonic()
+        offline = None
+        while time.monotonic() - started < 3:
+            await a.send("heartbeat")  # a stays fresh; b says nothing at all
+            # (receive_nothing: a timed-out receive would cancel the app)
+            if await a.nothing(0.2):
+                continue
+            offline = await a.recv_type("presence")
+            break
+        assert offline is not None, "b never went offline"
+        elapsed = time.monotonic() - started
+        assert offline["userId"] == "b" and offline["payload"] == {"status": "offline"}
+        assert 0.5 <= elapsed < 3.0, elapsed
+        assert [m["userId"] for m in await runtime.presence.members("silent")] == ["a"]
+        # A heartbeat brings b back; a hears it.
+        await b.send("heartbeat")
+        back = await a.recv_type("presence")
+        assert back["userId"] == "b" and back["payload"] == {"status": "online"}
+
+
+async def test_who_was_in_the_room_at_t_across_joins_and_leaves(runtime: Any, connect: Any) -> None:
+    def now() -> datetime:
+        return datetime.now(dt_timezone.utc)
+
+    a = await connect("history", userId="a")
+    b = await connect("history", userId="b")
+    await a.recv_type("user_joined")
+    await asyncio.sleep(0.05)
+    t1 = now()
+    await asyncio.sleep(0.05)
+    await b.close()
+    await a.recv_type("user_left")
+    await asyncio.sleep(0.05)
+    t2 = now()
+    await asyncio.sleep(0.05)
+    c = await connect("history", userId="c")
+    b2 = await connect("history", userId="b")
+    await asyncio.sleep(0.05)
+    t3 = now()
+    await flushed(runtime)
+    who = database_sync_to_async(queries.who_was_there)
+    assert await who("history", t1) == ["a", "b"]
+    assert await who("history", t2) == ["a"]
+    assert await who("history", t3) == ["a", "b", "c"]
+    await c.close()
+    await b2.close()
+
+
+async def test_the_sweep_closes_sessions_of_a_process_that_stopped_beating(runtime: Any) -> None:
+    from presence.ledger import Closed, Opened, address_hash, beat, write_batch
+
+    def setup() -> datetime:
+        beat("dead-process", started=True)
+        joined = datetime.now(dt_timezone.utc)
+        write_batch("dead-process", [Opened("k1", "crash", "u1", joined, "ua", address_hash("10.0.0.1")),
+                                     Opened("k2", "crash", "u2", joined, "ua", "")],
+                    [Closed("k2", joined, 1000, "")])
+        return joined
+
+    await database_sync_to_async(setup)()
+    with dorm(PRESENCE_SWEEP_SECONDS=0.1, PRESENCE_PROCESS_DEAD_AFTER_BEATS=3):
+        assert (await database_sync_to_async(sweep_stale)())["sessions_closed"] == 0  # still beating
+        await asyncio.sleep(1.1)
+        counts = await database_sync_to_async(sweep_stale)()
+    assert counts["sessions_closed"] == 1 and counts["processes_dead"] == 1
+    k1, k2 = await ledger("crash")
+    assert k1.close_code == 1006 and "process gone" in k1.close_reason and k1.left_at >= k1.joined_at
+    assert (k2.close_code, k2.close_reason) == (1000, "")
+
+
+async def test_a_join_leave_storm_of_500_connections_is_coalesced(runtime: Any, connect: Any) -> None:
+    observer = await connect("storm", userId="observer")
+    started = time.monotonic()
+    clients = []
+    for i in range(500):
+        clients.append(await connect("storm", userId=f"s{i}", client=f"10.1.{i // 250}.{i % 250}"))
+    for c in clients:
+        await c.close()
+    duration = time.monotonic() - started
+    await asyncio.sleep(0.3)  # the last window's flush
+    frames = []
+    while not await observer.nothing(0.1):
+        frames.append(await observer.recv())
+    presence_frames = [f for f in frames if f["type"] in ("user_joined", "user_left", "presence", "presence_diff")]
+    # At most one per 100 ms window (plus the leading one and the last flush).
+    bound = int(duration / 0.1) + 2
+    assert 1 <= len(presence_frames) <= bound, (len(presence_frames), bound, duration)
+    # Nothing lost: the net effect is every storm user joined and left.
+    joined = {j["userId"] for f in presence_frames if f["type"] == "presence_diff" for j in f["joined"]}
+    joined |= {f["userId"] for f in presence_frames if f["type"] == "user_joined"}
+    left = {j["userId"] for f in presence_frames if f["type"] == "presence_diff" for j in f["left"]}
+    left |= {f["userId"] for f in presence_frames if f["type"] == "user_left"}
+    assert joined - left == set()
+    assert [m["userId"] for m in await runtime.presence.members("storm")] == ["observer"]
+    print(f"storm: 500 joins+leaves in {duration:.2f}s -> {len(presence_frames)} presence frames (bound {bound})")
+    await flushed(runtime)
+    rows = await ledger("storm")
+    assert len(rows) == 501 and sum(r.left_at is not None for r in rows) == 500
+
+
+def test_the_ledger_in_the_admin_with_filters(admin_client: Any) -> None:
+    from presence.ledger import Opened, write_batch
+
+    joined = datetime.now(dt_timezone.utc)
+    write_batch("p", [Opened("adm1", "lobby", "alice", joined, "ua", ""), Opened("adm2", "other", "bob", joined, "ua", "")], [])
+    url = "/admin/presence/presencesession/"
+    page = admin_client.get(url, {"q": "alice"})
+    assert page.status_code == 200 and b"adm1" in page.content and b"adm2" not in page.content
+    page = admin_client.get(url, {"room": "other", "open": "yes"})
+    assert page.status_code == 200 and b"adm2" in page.content and b"adm1" not in page.content
+    # The time drill-down (date_hierarchy).
+    page = admin_client.get(url, {"joined_at__year": joined.year, "joined_at__month": joined.month})
+    assert page.status_code == 200 and b"adm1" in page.content and b"adm2" in page.content
+    page = admin_client.get(url, {"joined_at__year": joined.year - 1})
+    assert page.status_code == 200 and b"adm1" not in page.content
+
+
+async def test_the_coalescer_sends_at_most_one_update_per_window() -> None:
+    from presence.coalesce import PresenceCoalescer
+
+    sent: list[tuple[float, str]] = []
+
+    class Capture:
+        async def broadcast(self, room: str, text: str, seq: int | None, exclude: str | None) -> None:
+            sent.append((time.monotonic(), text))
+
+    out = PresenceCoalescer("r", Capture())
+    started = time.monotonic()
+    for i in range(300):  # joins and leaves for 1.5 s
+        if i % 2:
+            await out.left(f"u{i - 1}", f"c{i - 1}", 1000, "")
+        else:
+            await out.joined(f"u{i}", f"c{i}")
+        await asyncio.sleep(0.005)
+    await out.joined("late", "c-late")
+    await asyncio.sleep(0.25)
+    gaps = [b[0] - a[0] for a, b in zip(sent, sent[1:])]
+    assert gaps and min(gaps) >= 0.095, gaps
+    assert len(sent) <= (time.monotonic() - started) / 0.1 + 1
+    # Joined-then-left inside one window cancels out; the last join is sent.
+    assert '"late"' in sent[-1][1]
+
+
+
+def test_the_sweep_deletes_closed_sessions_past_the_retention() -> None:
+    from datetime import timedelta
+
+    from presence.ledger import Closed, Opened, write_batch
+
+    now = datetime.now(dt_timezone.utc)
+    old = now - timedelta(days=40)
+    write_batch("p", [Opened("old-closed", "r", "u", old, "", ""), Opened("old-open", "r", "u", old, "", ""),
+                      Opened("recent", "r", "u", now, "", "")],
+                [Closed("old-closed", old + timedelta(hours=1), 1000, ""), Closed("recent", now, 1000, "")])
+    with dorm(PRESENCE_LEDGER_RETENTION_DAYS=30):
+        assert sweep_stale()["sessions_deleted"] == 1
+    kept = set(PresenceSession.objects.values_list("connection_id", flat=True))
+    assert kept == {"old-open", "recent"}  # an open session is never deleted
