@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 HOST ?= 127.0.0.1
 PORT ?= 8000
 
-.PHONY: run run-uvicorn test bench clean
+.PHONY: run run-uvicorn worker beat test bench clean
 
 $(STAMP): requirements.txt requirements-dev.txt
 	$(PYTHON) -m venv $(VENV)
@@ -26,6 +26,14 @@ run: $(STAMP)
 run-uvicorn: $(STAMP)
 	$(PY) manage.py migrate --noinput
 	$(PY) -m uvicorn config.asgi:application --host $(HOST) --port $(PORT) --ws websockets --ws-max-size 1048576
+
+# Distributed mode (DATABASE_URL, REDIS_URL set): the Celery worker that runs
+# alarms and periodic jobs, and beat, which schedules them (docs/alarms.md).
+worker: $(STAMP)
+	$(PY) -m celery -A config worker -l info
+
+beat: $(STAMP)
+	$(PY) -m celery -A config beat -l info -s $(VENV)/celerybeat-schedule
 
 # The whole suite: unit tests, end-to-end tests against real servers.
 test: $(STAMP)

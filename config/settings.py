@@ -177,6 +177,57 @@ DORM = {
     "MAX_BATCH_EVENTS": env_int("DORM_MAX_BATCH_EVENTS", 1000),
     "RESUME_MAX_EVENTS": env_int("DORM_RESUME_MAX_EVENTS", 10_000),
     "DIRECT_SOCKET_WRITES": env_bool("DORM_DIRECT_SOCKET_WRITES", True),
+    # Alarms: see docs/alarms.md. "auto": Celery beat when REDIS_URL is set,
+    # else a scheduler task inside the ASGI process.
+    "ALARM_SCHEDULER": os.environ.get("DORM_ALARM_SCHEDULER", "auto"),
+    "ALARM_CLAIM_SECONDS": env_float("DORM_ALARM_CLAIM_SECONDS", 10.0),
+    "ALARM_RETRY_BASE_SECONDS": env_float("DORM_ALARM_RETRY_BASE_SECONDS", 1.0),
+    "ALARM_MAX_ATTEMPTS": env_int("DORM_ALARM_MAX_ATTEMPTS", 6),
+    # Kinds beyond the built-in ones: "name=dotted.Path,other=pkg.Kind".
+    "KINDS": {
+        "whiteboard": "rooms.kinds.whiteboard.Whiteboard",
+        "chat": "rooms.kinds.chat.Chat",
+        "poll": "rooms.kinds.poll.Poll",
+        **dict(
+            item.strip().split("=", 1)
+            for item in os.environ.get("DORM_EXTRA_KINDS", "").split(",")
+            if "=" in item
+        ),
+    },
+}
+
+# ---------------------------------------------------------------------------
+# Celery (distributed mode: beat runs the alarm dispatcher and periodic jobs)
+# ---------------------------------------------------------------------------
+
+# The broker is the distributed mode's Redis; the embedded mode needs no
+# Celery at all (its alarms run on a scheduler inside the ASGI process).
+CELERY_BROKER_URL = REDIS_URL or "memory://"
+# Nothing reads task results: no backend, nothing stored.
+CELERY_TASK_IGNORE_RESULT = True
+CELERY_RESULT_BACKEND = None
+# Threads, not prefork: the tasks wait on the database and Redis, and one
+# worker process is one cluster member that may host the actors of rooms
+# nobody else runs (one event loop, one inbox, one set of leases).
+CELERY_WORKER_POOL = "threads"
+CELERY_WORKER_CONCURRENCY = env_int("CELERY_WORKER_CONCURRENCY", 4)
+# One queue per deployment (tests run several side by side on one Redis).
+CELERY_TASK_DEFAULT_QUEUE = os.environ.get("CELERY_QUEUE", "dorm")
+CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
+CELERY_TIMEZONE = "UTC"
+# Seconds between dispatcher runs; each looks this far ahead and more.
+ALARM_BEAT_SECONDS = env_float("DORM_ALARM_BEAT_SECONDS", 1.0)
+CELERY_BEAT_SCHEDULE = {
+    # Expire stale copies: a worker back after an outage runs one dispatch,
+    # not one per missed second.
+    "dispatch-alarms": {
+        "task": "rooms.tasks.dispatch_alarms",
+        "schedule": ALARM_BEAT_SECONDS,
+        "options": {"expires": max(2.0, ALARM_BEAT_SECONDS * 2)},
+    },
+    "apply-retention": {"task": "rooms.tasks.apply_retention", "schedule": env_float("DORM_RETENTION_EVERY_SECONDS", 3600.0)},
+    "sweep-stale-presence": {"task": "rooms.tasks.sweep_stale_presence", "schedule": 30.0, "options": {"expires": 30}},
+    "roll-up-usage": {"task": "rooms.tasks.roll_up_usage", "schedule": 60.0, "options": {"expires": 60}},
 }
 
 # ---------------------------------------------------------------------------
