@@ -126,8 +126,9 @@ class CeleryProcess:
 
 
 class AlarmStack:
-    def __init__(self, mode: str, directory: Path, database_url: str | None = None) -> None:
+    def __init__(self, mode: str, directory: Path, database_url: str | None = None, flavor: str = "daphne") -> None:
         self.mode = mode
+        self.flavor = flavor
         self.directory = directory
         self.database_url = database_url
         self.env = alarm_env(mode, database_url, f"dorm-test-{uuid.uuid4().hex[:8]}")
@@ -138,7 +139,7 @@ class AlarmStack:
     # -- life -------------------------------------------------------------------
 
     def start(self) -> AlarmStack:
-        self.server = start_server("daphne", self.directory, extra_env=self.env, name=f"daphne-{self.mode}")
+        self.server = start_server(self.flavor, self.directory, extra_env=self.env, name=f"{self.flavor}-{self.mode}")
         STARTED.append(self.server)
         if self.mode == "celery":
             self.worker = CeleryProcess("worker", self.directory, self.env)
