@@ -11,10 +11,10 @@ from typing import Any
 
 from celery import shared_task
 from celery.signals import worker_shutdown
-from django.conf import settings
 from django.utils.module_loading import import_string
 
 from rooms.conf import dorm_settings
+from rooms.runtime.dispatch import beat_lookahead_seconds
 from rooms.runtime.registry import alarm_scheduler_mode
 from rooms.runtime.worker_host import shutdown_worker_host, worker_host
 
@@ -26,7 +26,7 @@ def dispatch_alarms() -> int:
     """Claim the alarms due before the next beat and deliver each on time."""
     if alarm_scheduler_mode() != "celery":
         return 0
-    return worker_host().dispatch(float(settings.ALARM_BEAT_SECONDS) * 1.5)
+    return worker_host().dispatch(beat_lookahead_seconds())
 
 
 @shared_task(name="rooms.tasks.apply_retention", ignore_result=True)

@@ -153,6 +153,11 @@ class RoomContext:
         """Inside ``on_alarm``: how many earlier attempts of this alarm failed."""
         return self._actor.alarm_retry_count
 
+    def stay_awake(self, seconds: float) -> None:
+        """Do not hibernate for at least ``seconds`` from now, even if idle
+        (the dispatcher wakes a room ahead of its alarm with this)."""
+        self._actor.stay_awake(seconds)
+
     # -- in-memory timers (awake only; stopped on hibernation) -----------------------
 
     def after(self, seconds: float, fn: TimerFn) -> Timer:
@@ -191,6 +196,7 @@ class RoomActor:
         self._run_id: int | None = None
         self.awake_since = time.monotonic()
         self._active_at = self.awake_since  # end of the last batch that was not only timer ticks
+        self._awake_until = 0.0  # monotonic; stay_awake()
         self.task: asyncio.Task[None] | None = None
         self._stop_requested = False
         self._aborted = False
@@ -202,6 +208,9 @@ class RoomActor:
         waiter = self._waiter
         if waiter is not None and not waiter.done():
             waiter.set_result(None)
+
+    def stay_awake(self, seconds: float) -> None:
+        self._awake_until = max(self._awake_until, time.monotonic() + seconds)
 
     def request_stop(self) -> None:
         """Finish what is queued, then sleep as after the idle timeout (shutdown)."""
@@ -227,7 +236,9 @@ class RoomActor:
         while True:
             if not items and self._stop_requested:
                 return None
-            remaining = self._active_at + dorm_settings.HIBERNATE_AFTER_SECONDS - time.monotonic()
+            remaining = (
+                max(self._active_at + dorm_settings.HIBERNATE_AFTER_SECONDS, self._awake_until) - time.monotonic()
+            )
             if remaining <= 0 and all(type(i) is Tick for i in items):
                 items.clear()  # late ticks of timers that stop with the sleep
                 return None

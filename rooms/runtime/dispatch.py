@@ -8,14 +8,16 @@ takes it at once, a sleeping room wakes, and in the distributed mode the
 cluster forwards it to the owner's inbox or takes the lease and hosts the
 actor here. The look-ahead is what makes firing precise although the
 drivers only poll: an alarm due between two polls is already waiting on the
-event loop when its time comes.
+event loop when its time comes, and its room has been woken meanwhile (the
+pre-wake), so even a burst of cold rooms fires close to its time.
 
 - Embedded mode: :class:`EmbeddedScheduler`, a task on the server's event
   loop polling every ``ALARM_POLL_SECONDS`` (and at once when an actor sets
   an alarm).
 - Distributed mode: Celery beat runs ``rooms.tasks.dispatch_alarms`` every
   second; the worker calls the same ``dispatch()`` on its own runtime
-  (``worker_host.py``).
+  (``worker_host.py``). Every process also runs :class:`OnDemandDispatch`
+  when one of its actors sets an alarm or schedules a retry.
 
 At least once: a delivery lost with its process (killed worker, dead owner)
 leaves the row claimed until ``claimed_until``, after which the next poll
@@ -29,7 +31,7 @@ import asyncio
 import logging
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from channels.db import database_sync_to_async
 from django.db import transaction
@@ -39,15 +41,54 @@ from django.utils import timezone
 from rooms.conf import dorm_settings
 from rooms.models import Alarm
 from rooms.runtime.alarms import due_filter
-from rooms.runtime.messages import AlarmDue
+from rooms.runtime.messages import AlarmDue, Call
 
 if TYPE_CHECKING:
     from rooms.runtime.registry import Runtime
 
 log = logging.getLogger("dorm.alarms")
 
+# Alarms due further ahead than this get their room woken at claim time.
+PREWAKE_MIN_SECONDS = 0.05
+# Rooms woken at once ahead of their alarms. Bounded: each cold wake takes
+# database work and, distributed, a lease claim on Redis; 200 at once
+# exhausted the Redis connection pool (MaxConnectionsError) and queued
+# behind each other past their due time.
+PREWAKE_CONCURRENCY = 16
+# How long a pre-wake waits for its room's actor before moving on.
+PREWAKE_TIMEOUT_SECONDS = 10.0
+
+
+# A room woken ahead of its alarm stays awake this long past the due time.
+PREWAKE_GRACE_SECONDS = 1.0
+
+
+def _stay_awake_until(at: datetime) -> Any:
+    async def awake(context: Any) -> None:
+        context.stay_awake((at - timezone.now()).total_seconds() + PREWAKE_GRACE_SECONDS)
+
+    return awake
+
+
+def _consume(future: asyncio.Future[Any]) -> None:
+    if not future.cancelled():
+        future.exception()
+
 # Most alarms one poll claims; the rest wait for the next poll.
 CLAIM_BATCH = 500
+# The embedded scheduler claims alarms this far ahead (it polls every
+# ALARM_POLL_SECONDS): time to wake their rooms before they are due.
+LOOKAHEAD_SECONDS = 1.5
+# Beat's dispatcher claims alarms this many beat periods ahead: each alarm is
+# claimed 1.5 to 2.5 periods before its time, enough to wake a burst of rooms
+# (measured: 200 rooms due at one instant, see docs/alarms.md).
+BEAT_LOOKAHEAD_PERIODS = 2.5
+
+
+def beat_lookahead_seconds() -> float:
+    from django.conf import settings
+
+    return float(getattr(settings, "ALARM_BEAT_SECONDS", 1.0)) * BEAT_LOOKAHEAD_PERIODS
 
 
 @dataclass(frozen=True, slots=True)
@@ -112,6 +153,8 @@ class Dispatcher:
     def __init__(self, runtime: Runtime) -> None:
         self.runtime = runtime
         self._pending: dict[asyncio.TimerHandle, Claimed] = {}
+        self._prewakes: set[asyncio.Task[None]] = set()
+        self._prewake_slots = asyncio.Semaphore(PREWAKE_CONCURRENCY)
 
     async def dispatch(self, lookahead_seconds: float) -> int:
         claimed = await db_claim_due(lookahead_seconds)
@@ -122,11 +165,30 @@ class Dispatcher:
             if delay <= 0:
                 self._deliver(c, None)
             else:
+                if delay > PREWAKE_MIN_SECONDS:
+                    task = loop.create_task(self._prewake(c.room, c.at))
+                    self._prewakes.add(task)
+                    task.add_done_callback(self._prewakes.discard)
                 holder: list[asyncio.TimerHandle] = []
                 handle = loop.call_later(delay, self._deliver, c, holder)
                 holder.append(handle)
                 self._pending[handle] = c
         return len(claimed)
+
+    async def _prewake(self, room: str, at: datetime) -> None:
+        """Wake the room's actor now, so the alarm runs at its time without
+        paying for the wake (load, snapshot, log tail) then: a burst of alarms
+        due at one instant would otherwise queue behind each other's wakes.
+        A room another process owns is already awake there (the call fails
+        with RemoteRoom, which is fine)."""
+        async with self._prewake_slots:
+            future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+            future.add_done_callback(_consume)
+            self.runtime.registry.submit(room, Call(_stay_awake_until(at), future))
+            try:
+                await asyncio.wait_for(asyncio.shield(future), PREWAKE_TIMEOUT_SECONDS)
+            except (Exception, asyncio.TimeoutError):
+                pass  # the alarm's own delivery wakes it (or retries)
 
     def _deliver(self, c: Claimed, holder: list[asyncio.TimerHandle] | None) -> None:
         if holder:
@@ -141,6 +203,8 @@ class Dispatcher:
         pending, self._pending = self._pending, {}
         for handle in pending:
             handle.cancel()
+        for task in list(self._prewakes):
+            task.cancel()
         if pending:
             try:
                 await db_release_claims(list(pending.values()))
@@ -174,9 +238,9 @@ class EmbeddedScheduler:
         while True:
             self._nudge.clear()
             try:
-                # Look one poll and a half ahead: every alarm is on the loop
-                # before its time, whatever the phase of the polls.
-                await self.dispatcher.dispatch(self.poll_seconds * 1.5)
+                # Look ahead several polls: every alarm is on the loop, and
+                # its room awake, before its time.
+                await self.dispatcher.dispatch(LOOKAHEAD_SECONDS)
                 failures = 0
             except asyncio.CancelledError:
                 raise

@@ -19,7 +19,7 @@ from presence.backends.base import PresenceBackend
 from presence.backends.memory import MemoryPresence
 from rooms.conf import dorm_settings
 from rooms.runtime.actor import RoomActor
-from rooms.runtime.dispatch import EmbeddedScheduler, OnDemandDispatch
+from rooms.runtime.dispatch import EmbeddedScheduler, OnDemandDispatch, beat_lookahead_seconds
 from rooms.runtime.hub import LocalHub
 from rooms.runtime.messages import Call, Item
 from rooms.protocol import CloseCode
@@ -126,8 +126,7 @@ class Runtime:
 
     def start_on_demand_dispatch(self) -> None:
         if self.on_demand is None:
-            lookahead = float(getattr(settings, "ALARM_BEAT_SECONDS", 1.0)) * 1.5
-            self.on_demand = OnDemandDispatch(self, lookahead)
+            self.on_demand = OnDemandDispatch(self, beat_lookahead_seconds())
             self.alarm_nudge = self.on_demand.nudge
 
     def alarms_changed(self) -> None:

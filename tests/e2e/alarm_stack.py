@@ -222,12 +222,13 @@ class AlarmStack:
             )
         ]
 
-    def runs(self, room: str) -> list[tuple[str, Any]]:
-        """``(woke_at, slept_at)`` of the room's actor runs, oldest first."""
+    def runs(self, room: str) -> list[tuple[str, Any, str]]:
+        """``(woke_at, slept_at, process)`` of the room's actor runs, oldest first
+        (``process`` is ``host:pid``)."""
         return [
-            (r[0], r[1])
+            (r[0], r[1], r[2])
             for r in self.query(
-                "SELECT a.woke_at, a.slept_at FROM rooms_actorrun a JOIN rooms_room r ON r.id = a.room_id "
+                "SELECT a.woke_at, a.slept_at, a.process FROM rooms_actorrun a JOIN rooms_room r ON r.id = a.room_id "
                 "WHERE r.slug = ? ORDER BY a.id",
                 (room,),
             )
