@@ -10,9 +10,10 @@ Life of an actor::
              folding durable events into the state; group-commit the batch's
              durable events in one transaction; only then broadcast and ack
              them (the output gate)
-    sleep -> after HIBERNATE_AFTER_SECONDS without items: snapshot, record
-             the awake time, leave memory; connections stay open and the
-             next item wakes a new actor from the database
+    sleep -> after HIBERNATE_AFTER_SECONDS without items (timer ticks do
+             not count): stop the timers, snapshot, record the awake time,
+             leave memory; connections stay open and the next item (a frame,
+             a join, a due alarm) wakes a new actor from the database
 
 Joins, leaves and calls first commit what is staged, so a welcome never shows
 an uncommitted event. Ephemeral events skip the log and are broadcast while
@@ -27,6 +28,7 @@ import logging
 import time
 from collections import OrderedDict, deque
 from dataclasses import dataclass
+from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 import orjson
@@ -43,10 +45,13 @@ from rooms.conf import dorm_settings
 from rooms.kinds import kind_class
 from rooms.kinds.base import DurableEvent, Incoming, Reject, RoomKind
 from rooms.protocol import CloseCode, ErrorReason, ack_frame, dumps, event_frame, now_ms
+from rooms.runtime import alarms as alarm_rows
 from rooms.runtime import persistence
-from rooms.runtime.messages import Call, Frame, Item, Join, Leave, Peer
+from rooms.runtime.alarms import AlarmBook
+from rooms.runtime.messages import SERVER_PEER, AlarmDue, Call, Frame, Item, Join, Leave, Peer, Tick
 from rooms.runtime.persistence import LogRow, RoomNotFound
 from rooms.runtime.storage import RoomStorage
+from rooms.runtime.timers import Timer, TimerFn, Timers, run_timer
 from rooms.schema import Invalid
 
 if TYPE_CHECKING:
@@ -60,6 +65,9 @@ db_log_after = database_sync_to_async(persistence.log_after)
 db_save_snapshot = database_sync_to_async(persistence.save_snapshot)
 db_start_run = database_sync_to_async(persistence.start_run)
 db_end_run = database_sync_to_async(persistence.end_run)
+db_load_alarms = database_sync_to_async(alarm_rows.load_alarms)
+db_alarm_is_current = database_sync_to_async(alarm_rows.alarm_is_current)
+db_record_alarm_failure = database_sync_to_async(alarm_rows.record_failure)
 
 # Most client ids remembered per room for idempotent retries. The window is
 # DEDUP_WINDOW_SECONDS; past this many ids (a room over ~1,600 identified
@@ -120,6 +128,52 @@ class RoomContext:
     async def send(self, peer: Peer, frame: dict[str, Any]) -> None:
         await peer.reply(dumps(frame))
 
+    def publish(self, type_: str, payload: Any = None, *, user_id: str = "") -> int:
+        """A durable server event of one of the kind's types: validated,
+        checked, sequenced and folded now; committed and broadcast to every
+        connection with the group commit that ends the current turn. Returns
+        its seq. Raises :class:`~rooms.kinds.base.Reject` or ``Invalid``."""
+        return self._actor.stage_server_event(type_, payload, user_id)
+
+    # -- durable alarms (rows; they survive sleep, restarts and deploys) ------------
+
+    def set_alarm(self, at: datetime | float, name: str = "") -> None:
+        """Run ``on_alarm(room, name)`` at ``at`` (aware datetime or Unix seconds).
+
+        Replaces the alarm of that name. Committed with the current turn's
+        group commit, like storage writes."""
+        self._actor.alarms.set(alarm_rows.check_name(name), alarm_rows.as_datetime(at))
+
+    def get_alarm(self, name: str = "") -> datetime | None:
+        """When the alarm ``name`` is due; None if unset (and inside its own run)."""
+        return self._actor.alarms.get(name)
+
+    def delete_alarm(self, name: str = "") -> None:
+        self._actor.alarms.delete(alarm_rows.check_name(name))
+
+    def list_alarms(self) -> dict[str, datetime]:
+        return self._actor.alarms.all()
+
+    @property
+    def alarm_retry_count(self) -> int:
+        """Inside ``on_alarm``: how many earlier attempts of this alarm failed."""
+        return self._actor.alarm_retry_count
+
+    def stay_awake(self, seconds: float) -> None:
+        """Do not hibernate for at least ``seconds`` from now, even if idle
+        (the dispatcher wakes a room ahead of its alarm with this)."""
+        self._actor.stay_awake(seconds)
+
+    # -- in-memory timers (awake only; stopped on hibernation) -----------------------
+
+    def after(self, seconds: float, fn: TimerFn) -> Timer:
+        """Run ``fn(room)`` once in ``seconds``, inside the actor, if still awake."""
+        return self._actor.timers.after(seconds, fn)
+
+    def every(self, seconds: float, fn: TimerFn) -> Timer:
+        """Run ``fn(room)`` every ``seconds`` while the room is awake."""
+        return self._actor.timers.every(seconds, fn)
+
 
 class RoomActor:
     def __init__(self, slug: str, runtime: Runtime) -> None:
@@ -141,9 +195,14 @@ class RoomActor:
         self._recent: deque[tuple[int, str]] = deque(maxlen=dorm_settings.RECENT_FRAMES_KEPT)
         self._since_snapshot = 0
         self.storage = RoomStorage(0)
+        self.alarms = AlarmBook()
+        self.alarm_retry_count = 0
+        self.timers = Timers(self.submit)
         self.context = RoomContext(self)
         self._run_id: int | None = None
         self.awake_since = time.monotonic()
+        self._active_at = self.awake_since  # end of the last batch that was not only timer ticks
+        self._awake_until = 0.0  # monotonic; stay_awake()
         self.task: asyncio.Task[None] | None = None
         self._stop_requested = False
         self._aborted = False
@@ -160,6 +219,9 @@ class RoomActor:
         if waiter is not None and not waiter.done():
             waiter.set_result(None)
 
+    def stay_awake(self, seconds: float) -> None:
+        self._awake_until = max(self._awake_until, time.monotonic() + seconds)
+
     def request_stop(self) -> None:
         """Finish what is queued, then sleep as after the idle timeout (shutdown)."""
         self._stop_requested = True
@@ -172,25 +234,35 @@ class RoomActor:
         self._aborted = True
         self._broken = True
         self.presence_out.cancel()
+        self.timers.cancel_all()
         if self.task is not None:
             self.task.cancel()
 
     async def _next_batch(self) -> list[Item] | None:
-        """Every queued item (up to the batch limit); None after the idle timeout."""
-        if not self._items and self._stop_requested:
-            return None
-        if not self._items:
+        """Every queued item (up to the batch limit); None after the idle timeout.
+
+        Idle means no item but timer ticks since the last active batch, so a
+        running ``every`` timer does not keep a room awake forever."""
+        items = self._items
+        while True:
+            if not items and self._stop_requested:
+                return None
+            remaining = (
+                max(self._active_at + dorm_settings.HIBERNATE_AFTER_SECONDS, self._awake_until) - time.monotonic()
+            )
+            if remaining <= 0 and all(type(i) is Tick for i in items):
+                items.clear()  # late ticks of timers that stop with the sleep
+                return None
+            if items:
+                break
             loop = asyncio.get_running_loop()
             waiter = self._waiter = loop.create_future()
-            timer = loop.call_later(dorm_settings.HIBERNATE_AFTER_SECONDS, _resolve, waiter)
+            timer = loop.call_later(remaining, _resolve, waiter)
             try:
                 await waiter
             finally:
                 timer.cancel()
                 self._waiter = None
-            if not self._items:
-                return None
-        items = self._items
         limit = dorm_settings.MAX_BATCH_EVENTS
         if len(items) <= limit:
             batch = list(items)
@@ -226,6 +298,8 @@ class RoomActor:
                         continue
                     break
                 await self._handle_batch(batch)
+                if any(type(item) is not Tick for item in batch):
+                    self._active_at = time.monotonic()
         except asyncio.CancelledError:
             reason = "lease_lost" if self._aborted else "shutdown"
             clean = not self._aborted
@@ -247,7 +321,7 @@ class RoomActor:
     async def _start(self) -> None:
         await self._load()
         await self.roster.load(self.runtime.presence, self.slug)
-        self.awake_since = time.monotonic()
+        self.awake_since = self._active_at = time.monotonic()
         self._run_id = await db_start_run(self.room_id, timezone.now())
         self.started = True
         if _overrides(self.kind, "on_start"):
@@ -287,8 +361,10 @@ class RoomActor:
             expires = now + dorm_settings.DEDUP_WINDOW_SECONDS - (wall_ms - ts) / 1000
             self._dedup_expiry.append((expires, key))
         self.storage = RoomStorage(self.room_id)
+        self.alarms = AlarmBook(await db_load_alarms(self.room_id))
 
     async def _sleep(self, reason: str) -> None:
+        self.timers.cancel_all()
         if not self.started:
             return
         self.started = False
@@ -347,6 +423,10 @@ class RoomActor:
                     await self._on_leave(item)
                 elif type(item) is Call:
                     await self._on_call(item)
+                elif type(item) is AlarmDue:
+                    await self._on_alarm(item)
+                elif type(item) is Tick:
+                    await self._on_tick(item)
             except Exception:
                 if self._broken:
                     raise
@@ -354,7 +434,7 @@ class RoomActor:
                 if type(item) is Frame:
                     await item.peer.error(ErrorReason.INTERNAL, item.client_id)
         await self._flush()
-        if self.storage.has_writes():
+        if self._staged or self.storage.has_writes() or self.alarms.has_writes():
             # Written by on_message hooks after the commit: commit them now,
             # not whenever the next frame comes.
             await self._flush()
@@ -440,15 +520,18 @@ class RoomActor:
         """Group commit: write what is staged in one transaction, then publish it."""
         staged = self._staged
         writes = self.storage.take_writes()
-        if not staged and not writes:
+        alarm_writes = self.alarms.take_writes()
+        if not staged and not writes and not alarm_writes:
             return
         self._staged = []
         late_acks, self._late_acks = self._late_acks, []
         try:
-            await db_commit_batch(self.room_id, [s.row for s in staged], writes)
+            await db_commit_batch(self.room_id, [s.row for s in staged], writes, alarm_writes)
         except Exception as exc:
             await self._commit_failed(staged, late_acks, exc)
             return
+        if any(w.op == "set" for w in alarm_writes):
+            self.runtime.alarms_changed()
         transport = self.runtime.transport
         recent = self._recent
         if staged:
@@ -601,6 +684,80 @@ class RoomActor:
                     await self.presence_out.joined(peer.user_id, peer.id)
                 else:
                     await self.presence_out.online(peer.user_id, peer.id, status)
+
+    def stage_server_event(self, type_: str, payload: Any, user_id: str) -> int:
+        """A durable event from the server side (a hook, an alarm, a timer)."""
+        mtype = self.kind.message_type(type_)
+        if mtype is None or not mtype.durable:
+            raise ValueError(f"publish: {type_!r} is not a durable type of kind {self.kind.name!r}")
+        mtype.schema.validate(payload)
+        payload_bytes = b"" if payload is None else orjson.dumps(payload)
+        message = Incoming(type_, user_id, payload)
+        self.kind.check(self.state, message)
+        payload_json = payload_bytes.decode()
+        ts = now_ms()
+        seq = self._next_seq
+        self._next_seq = seq + 1
+        self.state = self.kind.fold(self.state, DurableEvent(seq, type_, user_id, payload, ts))
+        text = event_frame(type_, seq, user_id, payload_json, ts)
+        row = (self.room_id, seq, type_, user_id, "", payload_json, ts)
+        self._staged.append(Staged(seq, SERVER_PEER, None, text, row, message))
+        return seq
+
+    async def _on_alarm(self, due: AlarmDue) -> None:
+        if not await db_alarm_is_current(due.alarm_id, due.token, due.attempts):
+            # Delivered twice (a claim ran out), or re-set/deleted meanwhile.
+            log.info("alarm skipped room=%s name=%s reason=stale", self.slug, due.name)
+            return
+        delay_ms = now_ms() - due.due_ms
+        saved = self.alarms.snapshot()
+        entry = self.alarms.entries.get(due.name)
+        if entry is not None and entry.token == due.token:
+            del self.alarms.entries[due.name]  # get_alarm() is None while it runs
+        self.alarm_retry_count = due.attempts
+        try:
+            await self.kind.on_alarm(self.context, due.name)
+        except Exception as exc:
+            await self._alarm_failed(due, saved, exc)
+            return
+        finally:
+            self.alarm_retry_count = 0
+        self.alarms.delivered(due.name, due.token)
+        await self._flush()  # the handler's writes and the row's deletion, one transaction
+        log.info(
+            "alarm ran room=%s name=%s attempt=%d delay_ms=%d", self.slug, due.name, due.attempts + 1, delay_ms
+        )
+
+    async def _alarm_failed(self, due: AlarmDue, saved: Any, exc: Exception) -> None:
+        # Nothing the failed handler staged is kept: storage writes, alarm
+        # changes and durable events (already folded: rebuild the state).
+        self.alarms.restore(saved)
+        self.storage.forget()
+        if self._staged:
+            self._staged = []
+            await self._reload_state()
+        error = f"{type(exc).__name__}: {exc}"
+        failures, next_at = await db_record_alarm_failure(due.alarm_id, due.token, due.attempts, error, timezone.now())
+        if next_at is not None:
+            self.runtime.alarms_changed()
+        log.warning(
+            "alarm failed room=%s name=%s attempt=%d error=%s next=%s",
+            self.slug,
+            due.name,
+            failures,
+            type(exc).__name__,
+            "failed" if next_at is None else f"{int((next_at.timestamp() * 1000) - now_ms())}ms",
+        )
+
+    async def _on_tick(self, tick: Tick) -> None:
+        timer = tick.timer
+        if not self.timers.due(timer):
+            return
+        try:
+            await run_timer(timer, self.context)
+        except Exception as exc:
+            # The type only: a message may quote room data (logs never carry payloads).
+            log.warning("timer failed room=%s error=%s", self.slug, type(exc).__name__)
 
     async def _on_call(self, call: Call) -> None:
         try:

@@ -1,4 +1,4 @@
-"""What reaches a room's actor: joins, frames, leaves, and calls.
+"""What reaches a room's actor: joins, frames, leaves, calls, alarms and timer ticks.
 
 The ``Peer`` protocol is what the actor needs of a connection. In the embedded
 mode every peer is a local :class:`~rooms.runtime.connection.Connection`; a
@@ -66,4 +66,55 @@ class Call:
     future: asyncio.Future[Any]
 
 
-Item = Join | Frame | Leave | Call
+@dataclass(slots=True)
+class AlarmDue:
+    """A durable alarm to run now (``dispatch.py``); crosses processes by its row."""
+
+    alarm_id: int
+    name: str
+    token: int
+    attempts: int
+    # Unix ms it was due, for the firing-delay log line.
+    due_ms: int
+
+
+@dataclass(slots=True)
+class Tick:
+    """An in-actor timer fired (``timers.py``); never leaves the process."""
+
+    timer: Any
+
+
+Item = Join | Frame | Leave | Call | AlarmDue | Tick
+
+
+class ServerPeer:
+    """The sender of durable events a kind publishes itself (``room.publish``).
+
+    Nobody to acknowledge or answer; its id matches no connection, so the
+    event is broadcast to every socket of the room.
+    """
+
+    id = ""
+    user_id = ""
+    scope = "host"
+    refused = False
+    closed = False
+
+    def may_send(self, required_scope: str) -> bool:
+        return True
+
+    async def open(self, welcome: str, seq: int, replay: list[str]) -> None:
+        pass
+
+    async def reply(self, text: str) -> None:
+        pass
+
+    async def error(self, reason: str, client_id: str | None = None, detail: str | None = None) -> None:
+        pass
+
+    async def close(self, code: int, reason: str) -> None:
+        pass
+
+
+SERVER_PEER = ServerPeer()
