@@ -33,6 +33,8 @@ import orjson
 from channels.db import database_sync_to_async
 from django.utils import timezone
 
+from billing import budgets
+from billing.meter import meter
 from rooms.conf import dorm_settings
 from rooms.kinds import kind_class
 from rooms.kinds.base import DurableEvent, Incoming, Reject, RoomKind
@@ -73,6 +75,7 @@ class Staged:
     text: str
     row: persistence.EventRow
     message: Incoming
+    received: float
 
 
 def _overrides(kind: RoomKind, hook: str) -> bool:
@@ -238,6 +241,7 @@ class RoomActor:
         self.awake_since = time.monotonic()
         self._run_id = await db_start_run(self.room_id, timezone.now())
         self.started = True
+        meter.woke(self.slug)
         if _overrides(self.kind, "on_start"):
             await self.kind.on_start(self.context)
             await self._flush()
@@ -250,6 +254,7 @@ class RoomActor:
             self.slug, create_kind=create_kind, ids_since_ms=now_ms() - window_ms, ids_limit=DEDUP_MAX_IDS
         )
         self.room_id = loaded.room_id
+        meter.rows_read(self.slug, len(loaded.tail) + len(loaded.recent_ids) + (loaded.snapshot_state is not None))
         self.kind = kind_class(loaded.kind)(loaded.settings)
         kind = self.kind
         state = (
@@ -280,6 +285,7 @@ class RoomActor:
         if not self.started:
             return
         self.started = False
+        meter.slept(self.slug)
         # A state holding uncommitted (staged) or failed events must never be
         # stored: the next wake rebuilds it from the log instead.
         clean = not self._broken and not self._staged
@@ -340,6 +346,8 @@ class RoomActor:
             # Written by on_message hooks after the commit: commit them now,
             # not whenever the next frame comes.
             await self._flush()
+        if self.storage.rows_read:
+            meter.rows_read(self.slug, self.storage.take_rows_read())
 
     async def _on_frame(self, frame: Frame) -> None:
         peer = frame.peer
@@ -381,12 +389,15 @@ class RoomActor:
         payload_json = payload_bytes.decode()
         ts = now_ms()
         if mtype.durable:
+            if self.slug in budgets.blocked:  # an in-memory set, refreshed by billing
+                await peer.error(budgets.OVER_BUDGET, frame.client_id, budgets.refusal_detail(self.slug))
+                return
             seq = self._next_seq
             self._next_seq = seq + 1
             self.state = kind.fold(self.state, DurableEvent(seq, frame.type, peer.user_id, payload, ts))
             text = event_frame(frame.type, seq, peer.user_id, payload_json, ts)
             row = (self.room_id, seq, frame.type, peer.user_id, frame.client_id or "", payload_json, ts)
-            self._staged.append(Staged(seq, peer, frame.client_id, text, row, message))
+            self._staged.append(Staged(seq, peer, frame.client_id, text, row, message, frame.received))
             if key is not None:
                 self._remember(key, seq)
             return
@@ -394,6 +405,8 @@ class RoomActor:
         if frame.type == "presence" and isinstance(payload, dict) and isinstance(payload.get("status"), str):
             self.runtime.presence.set_status(self.slug, peer.id, payload["status"])
         await self.runtime.transport.broadcast(self.slug, text, None, peer.id)
+        if frame.received:
+            meter.processed(self.slug, time.perf_counter() - frame.received)
         if key is not None:
             self._remember(key, EPHEMERAL)
             await peer.reply(ack_frame(frame.client_id, None))  # type: ignore[arg-type]
@@ -435,6 +448,14 @@ class RoomActor:
             await transport.broadcast(self.slug, s.text, s.seq, s.peer.id)
             if s.client_id is not None:
                 await s.peer.reply(ack_frame(s.client_id, s.seq))
+        # Metered once per commit (and one histogram entry per event).
+        if meter.enabled:
+            written = sum(len(s.row[5]) for s in staged) + sum(len(v) for v in writes.values() if v is not None)
+            meter.committed(self.slug, len(staged), len(staged) + len(writes), written)
+            done = time.perf_counter()
+            for s in staged:
+                if s.received:
+                    meter.processed(self.slug, done - s.received)
         for peer, client_id, seq in late_acks:
             await peer.reply(ack_frame(client_id, seq))
         self._expire_ids()
@@ -505,6 +526,7 @@ class RoomActor:
             welcome["state"] = self.kind.snapshot(self.state)
         presence = self.runtime.presence
         first = presence.join(self.slug, peer.id, peer.user_id)
+        meter.joined(self.slug, peer.id)
         welcome["presence"] = [{"userId": m["userId"], "status": m["status"]} for m in presence.members(self.slug)]
         await peer.open(dumps(welcome), last, replay or [])
         log.info(
@@ -532,6 +554,7 @@ class RoomActor:
             start = since + 1 - recent[0][0]
             return [recent[i][1] for i in range(start, len(recent))]
         rows = await db_log_after(self.room_id, since, last)
+        meter.rows_read(self.slug, len(rows))
         if len(rows) != last - since:
             return None  # retention removed part of it: the client gets the snapshot
         return [_frame_of(row) for row in rows]
@@ -539,6 +562,7 @@ class RoomActor:
     async def _on_leave(self, leave: Leave) -> None:
         peer = leave.peer
         user_gone = self.runtime.presence.leave(self.slug, peer.id)
+        meter.left(self.slug, peer.id)
         if user_gone is not None:
             left = {
                 "type": "user_left",

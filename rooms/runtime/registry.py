@@ -14,6 +14,7 @@ from typing import Any
 
 from django.conf import settings
 
+from billing.flush import stop_flusher
 from presence.backends.base import PresenceBackend
 from presence.backends.memory import MemoryPresence
 from rooms.runtime.actor import RoomActor
@@ -141,6 +142,8 @@ class Runtime:
         await asyncio.gather(*closing, return_exceptions=True)
         if self.cluster is not None:
             await self.cluster.bus.flushed()
+        # Billing: write this process's last counters before it exits.
+        await stop_flusher()
         log.info("shutdown done ms=%d", int((time.monotonic() - started) * 1000))
 
 
