@@ -9,4 +9,6 @@ urlpatterns = [
     path("readyz", readyz),
     # Room tokens (rooms/token_api.py); the REST API mounts its own include here too.
     path("api/", include("rooms.token_api")),
+    # Ops dashboard (/ops/) and Prometheus /metrics (billing/urls.py).
+    path("", include("billing.urls")),
 ]
