@@ -34,6 +34,7 @@ from channels.db import database_sync_to_async
 from django.utils import timezone
 
 from billing import budgets
+from billing.flush import ensure_flusher
 from billing.meter import meter
 from rooms.conf import dorm_settings
 from rooms.kinds import kind_class
@@ -242,6 +243,8 @@ class RoomActor:
         self._run_id = await db_start_run(self.room_id, timezone.now())
         self.started = True
         meter.woke(self.slug)
+        # A room can run here with no local socket (REST publish, alarms).
+        ensure_flusher()
         if _overrides(self.kind, "on_start"):
             await self.kind.on_start(self.context)
             await self._flush()

@@ -19,7 +19,7 @@ from presence.backends.base import PresenceBackend
 from presence.backends.memory import MemoryPresence
 from rooms.runtime.actor import RoomActor
 from rooms.runtime.hub import LocalHub
-from rooms.runtime.messages import Call, Item
+from rooms.runtime.messages import Call, Item, Leave
 from rooms.protocol import CloseCode
 from rooms.runtime.cluster import Cluster
 from rooms.runtime.shutdown import install_graceful_shutdown
@@ -46,6 +46,11 @@ class ActorRegistry:
         if cluster is not None:
             # Distributed: the room may run elsewhere, or need its lease first.
             cluster.route(self, room, item)
+            return
+        if actor is None and self.runtime.shutting_down and type(item) is Leave:
+            # A socket closed by the shutdown itself: waking the room again
+            # would start an actor (and an ActorRun that never ends) in a
+            # process about to exit. Its next owner starts without it.
             return
         self.wake(room).submit(item)
 

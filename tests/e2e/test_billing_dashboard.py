@@ -51,7 +51,7 @@ def ops_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DormServer]
         subprocess.run(
             [sys.executable, "manage.py", "shell", "-c",
              "from django.contrib.auth.models import User; "
-             f"User.objects.create_user('ops', password='{PASSWORD}', is_staff=True)"],
+             f"User.objects.create_user('ops', password='{PASSWORD}', is_staff=True, is_superuser=True)"],
             cwd=REPO, env=server_env(server.db_path, env), check=True, capture_output=True, timeout=120,
         )
         yield server
@@ -110,9 +110,25 @@ async def test_ops_dashboard_screenshot_shows_charts(ops_server: DormServer, tmp
                 }"""
             )
             await page.screenshot(path=str(shot), full_page=True)
+            # The admin's room page: live connections, charts, and a staff
+            # disconnect that reaches the real socket.
+            await page.goto(f"http://127.0.0.1:{s.port}/admin/rooms/room/{s.room_id(room)}/change/")
+            assert "Connected here (2)" in await page.content()
+            assert await page.locator(".uplot").count() == 2
+            async with page.expect_navigation():
+                await page.locator("button[form=disconnect-1]").click()
+            # (the page after the redirect may still list the socket: it
+            # leaves the hub when the client's close handshake ends)
         finally:
             await context.close()
     assert all(n > 0 for n in drawn.values()), drawn
     assert shot.stat().st_size > 10_000
+    done, _ = await asyncio.wait(
+        [asyncio.ensure_future(c.closed.wait()) for c in (a, b)], timeout=10, return_when=asyncio.FIRST_COMPLETED
+    )
+    assert done, "no connection was closed by the staff disconnect"
+    closed = [c for c in (a, b) if c.closed.is_set()]
+    assert len(closed) == 1 and closed[0].close_code == 1008
+    assert closed[0].frames[-1] == {"type": "close", "code": 1008, "reason": "disconnected by staff"}
     await a.close()
     await b.close()

@@ -74,3 +74,20 @@ def test_usage_and_storage_are_read_from_the_rows() -> None:
 def test_a_deleted_price_falls_back_to_the_list_price() -> None:
     Price.objects.filter(key="do.memory_gb").delete()
     assert costs.load_prices()["do.memory_gb"] == Decimal("0.128")
+
+
+def test_usage_report_for_the_rest_api() -> None:
+    from billing.histogram import bucket_of
+    from billing.models import LatencyBucket, Metric
+    from billing.reports import usage_report
+
+    room = Room.objects.create(slug="report")
+    t0 = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
+    UsageMinute.objects.create(room=room, minute=t0, messages_in=3, bytes_in=30, peak_connections=2)
+    LatencyBucket.objects.create(room=room, minute=t0, metric=Metric.PROCESSING, bucket=bucket_of(2.0), count=4)
+    report = usage_report(room.pk, t0, t0 + timedelta(hours=1))
+    assert report["minutes"][0]["minute"] == int(t0.timestamp() * 1000)
+    assert report["minutes"][0]["messages_in"] == 3 and report["totals"]["bytes_in"] == 30
+    assert report["latencyMs"]["processing"]["count"] == 4
+    assert report["latencyMs"]["roundTrip"]["p50"] is None
+    assert set(report["costUsd"]) == {"here", "durable_objects", "hosted"}
