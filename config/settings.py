@@ -228,6 +228,9 @@ BILLING = {
     # The latency alert fires when the median client round trip of sessions
     # older than 30 s is above this over the last 5 minutes.
     "LATENCY_ALERT_MS": env_float("DORM_LATENCY_ALERT_MS", 250.0),
+    # Only sessions at least this old count for the alert (a fresh socket's
+    # first round trips include connection setup).
+    "ALERT_MIN_SESSION_SECONDS": env_float("DORM_ALERT_MIN_SESSION_SECONDS", 30.0),
 }
 
 # ---------------------------------------------------------------------------

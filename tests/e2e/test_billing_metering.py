@@ -4,14 +4,17 @@ test_metering_distributed.py)."""
 
 from __future__ import annotations
 
+import asyncio
 import time
+import urllib.error
+import urllib.request
 from collections.abc import Iterator
 
 import pytest
 
 from billing.models import Metric
 from tests.e2e.billing_session import COUNTERS, latency_sql, scripted_session, usage_sql, wait_for_rows
-from tests.e2e.client import room_name
+from tests.e2e.client import WsClient, of_type, room_name
 from tests.e2e.conftest import STARTED
 from tests.e2e.server import DormServer, start_server
 
@@ -22,6 +25,8 @@ BILLING_ENV = {
     # room stays awake through the script (rows read stay 0).
     "DORM_BILLING_FLUSH_SECONDS": "0.5",
     "DORM_HIBERNATE_AFTER_SECONDS": "60",
+    "DORM_METRICS_TOKEN": "e2e-metrics-token",
+    "DORM_ALERT_MIN_SESSION_SECONDS": "1",
 }
 
 
@@ -71,8 +76,6 @@ async def test_close_codes_and_errors_are_counted(billing_server: DormServer) ->
 
     before = ops()
     room = room_name("ops")
-    from tests.e2e.client import WsClient
-
     c = await WsClient.open(billing_server.url(room, userId="u1"))
     await c.send_raw("{")
     await c.recv_until(lambda f: f.get("type") == "error")
@@ -89,3 +92,51 @@ async def test_close_codes_and_errors_are_counted(billing_server: DormServer) ->
             break
         time.sleep(0.25)
     assert got == expected
+
+
+def scrape(server: DormServer, token: str | None) -> tuple[int, str]:
+    request = urllib.request.Request(f"http://127.0.0.1:{server.port}/metrics")
+    if token:
+        request.add_header("Authorization", f"Bearer {token}")
+    try:
+        with urllib.request.urlopen(request, timeout=10) as response:
+            return response.status, response.read().decode()
+    except urllib.error.HTTPError as exc:
+        return exc.code, ""
+
+
+async def test_latency_alert_fires_on_long_sessions_and_shows_in_metrics(billing_server: DormServer) -> None:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from billing.histogram import bucket_of, upper_ms
+
+    assert scrape(billing_server, None)[0] == 401
+    assert scrape(billing_server, "wrong-token")[0] == 401
+    room = room_name("alert")
+    short = await WsClient.open(billing_server.url(room, userId="fresh"))
+    for _ in range(10):  # a fresh session: not counted for the alert (else the median would be 5 s)
+        await short.send("ping", {"rtt": 5000})
+    await short.wait_for(of_type("pong"), count=10)
+    long = await WsClient.open(billing_server.url(room, userId="old"))
+    await asyncio.sleep(1.2)  # older than DORM_ALERT_MIN_SESSION_SECONDS
+    for _ in range(9):
+        await long.send("ping", {"rtt": 400})
+    await long.wait_for(of_type("pong"), count=9)
+    values: dict[str, float] = {}
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        status, text = scrape(billing_server, "e2e-metrics-token")
+        assert status == 200
+        values = {
+            f.name: f.samples[0].value
+            for f in text_string_to_metric_families(text)
+            if f.name.startswith("dorm_latency_alert")
+        }
+        if values.get("dorm_latency_alert_firing") == 1:
+            break
+        await asyncio.sleep(0.25)
+    assert values["dorm_latency_alert_firing"] == 1
+    assert values["dorm_latency_alert_median_ms"] == upper_ms(bucket_of(400))
+    assert values["dorm_latency_alert_threshold_ms"] == 250
+    await short.close()
+    await long.close()
