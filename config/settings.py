@@ -299,6 +299,25 @@ DORM = {
 }
 
 # ---------------------------------------------------------------------------
+# Billing (read through billing.conf.billing_settings; docs/billing.md)
+# ---------------------------------------------------------------------------
+
+BILLING = {
+    # Count usage on the hot path; off only to measure the meter's overhead.
+    "METERING": env_bool("DORM_METERING", True),
+    # Each process adds its counters to the database this often (a minute).
+    "FLUSH_SECONDS": env_float("DORM_BILLING_FLUSH_SECONDS", 60.0),
+    # Bearer token for Prometheus scrapers of /metrics (else staff only).
+    "METRICS_TOKEN": os.environ.get("DORM_METRICS_TOKEN", ""),
+    # The latency alert fires when the median client round trip of sessions
+    # older than 30 s is above this over the last 5 minutes.
+    "LATENCY_ALERT_MS": env_float("DORM_LATENCY_ALERT_MS", 250.0),
+    # Only sessions at least this old count for the alert (a fresh socket's
+    # first round trips include connection setup).
+    "ALERT_MIN_SESSION_SECONDS": env_float("DORM_ALERT_MIN_SESSION_SECONDS", 30.0),
+}
+
+# ---------------------------------------------------------------------------
 # Security for production (`manage.py check --deploy` is clean with DEBUG off;
 # tests/security/test_deploy.py runs it). Dorm is expected behind a TLS
 # terminating proxy or load balancer.

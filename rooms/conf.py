@@ -123,9 +123,6 @@ DEFAULTS: dict[str, Any] = {
     # {"keep_events": N, "keep_days": D}; None or {} keeps everything. A room's
     # settings may override with a "retention" dict of the same shape.
     "RETENTION": {},
-    # Periodic hooks beat runs, as dotted paths (None: not installed yet).
-    "PRESENCE_SWEEP": "presence.sweep.sweep_stale",
-    "USAGE_ROLLUP": "billing.rollup.roll_up",
     # Kinds available to rooms: name -> dotted path of the RoomKind class.
     "KINDS": {
         "whiteboard": "rooms.kinds.whiteboard.Whiteboard",

@@ -11,9 +11,7 @@ from typing import Any
 
 from celery import shared_task
 from celery.signals import worker_shutdown
-from django.utils.module_loading import import_string
 
-from rooms.conf import dorm_settings
 from rooms.runtime.dispatch import beat_lookahead_seconds
 from rooms.runtime.registry import alarm_scheduler_mode
 from rooms.runtime.worker_host import shutdown_worker_host, worker_host
@@ -36,26 +34,13 @@ def apply_retention() -> dict[str, int]:
     return run()
 
 
-def _hook(path: str | None, what: str) -> Any:
-    """Call an optional periodic hook of another app; None when it does not exist yet."""
-    if not path:
-        return None
-    try:
-        fn = import_string(path)
-    except ImportError:
-        log.debug("%s hook not installed path=%s", what, path)
-        return None
-    return fn()
-
-
-@shared_task(name="rooms.tasks.sweep_stale_presence", ignore_result=True)
-def sweep_stale_presence() -> Any:
-    return _hook(dorm_settings.PRESENCE_SWEEP, "presence sweep")
-
-
 @shared_task(name="rooms.tasks.roll_up_usage", ignore_result=True)
 def roll_up_usage() -> Any:
-    return _hook(dorm_settings.USAGE_ROLLUP, "usage roll-up")
+    """Write this worker's usage counters (rooms it hosted for alarms);
+    every ASGI process flushes its own once a minute (billing/flush.py)."""
+    from billing.flush import flush_sync
+
+    return flush_sync()
 
 
 @worker_shutdown.connect

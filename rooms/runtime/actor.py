@@ -41,6 +41,9 @@ from presence.roster import Roster
 from presence.process import PROCESS_ID
 from presence.service import OFFLINE_FRAME, ONLINE_FRAME
 from rooms import signals
+from billing import budgets
+from billing.flush import ensure_flusher
+from billing.meter import meter
 from rooms.conf import dorm_settings
 from rooms.kinds import kind_class
 from rooms.kinds.base import DurableEvent, Incoming, Reject, RoomKind
@@ -87,6 +90,7 @@ class Staged:
     text: str
     row: persistence.EventRow
     message: Incoming
+    received: float
 
 
 def _overrides(kind: RoomKind, hook: str) -> bool:
@@ -324,6 +328,9 @@ class RoomActor:
         self.awake_since = self._active_at = time.monotonic()
         self._run_id = await db_start_run(self.room_id, timezone.now())
         self.started = True
+        meter.woke(self.slug)
+        # A room can run here with no local socket (REST publish, alarms).
+        ensure_flusher()
         if _overrides(self.kind, "on_start"):
             await self.kind.on_start(self.context)
             await self._flush()
@@ -336,6 +343,7 @@ class RoomActor:
             self.slug, create_kind=create_kind, ids_since_ms=now_ms() - window_ms, ids_limit=DEDUP_MAX_IDS
         )
         self.room_id = loaded.room_id
+        meter.rows_read(self.slug, len(loaded.tail) + len(loaded.recent_ids) + (loaded.snapshot_state is not None))
         self.kind = kind_class(loaded.kind)(loaded.settings)
         kind = self.kind
         state = (
@@ -374,6 +382,7 @@ class RoomActor:
                 await self.presence_out.flush()
             except Exception:
                 log.warning("presence flush at sleep failed room=%s", self.slug)
+        meter.slept(self.slug)
         # A state holding uncommitted (staged) or failed events must never be
         # stored: the next wake rebuilds it from the log instead.
         clean = not self._broken and not self._staged
@@ -438,6 +447,8 @@ class RoomActor:
             # Written by on_message hooks after the commit: commit them now,
             # not whenever the next frame comes.
             await self._flush()
+        if self.storage.rows_read:
+            meter.rows_read(self.slug, self.storage.take_rows_read())
 
     async def _on_frame(self, frame: Frame) -> None:
         peer = frame.peer
@@ -482,12 +493,15 @@ class RoomActor:
         payload_json = payload_bytes.decode()
         ts = now_ms()
         if mtype.durable:
+            if self.slug in budgets.blocked:  # an in-memory set, refreshed by billing
+                await peer.error(budgets.OVER_BUDGET, frame.client_id, budgets.refusal_detail(self.slug))
+                return
             seq = self._next_seq
             self._next_seq = seq + 1
             self.state = kind.apply(self.state, DurableEvent(seq, frame.type, peer.user_id, payload, ts))
             text = event_frame(frame.type, seq, peer.user_id, payload_json, ts)
             row = (self.room_id, seq, frame.type, peer.user_id, frame.client_id or "", payload_json, ts)
-            self._staged.append(Staged(seq, peer, frame.client_id, text, row, message))
+            self._staged.append(Staged(seq, peer, frame.client_id, text, row, message, frame.received))
             if key is not None:
                 self._remember(key, seq)
             return
@@ -497,6 +511,8 @@ class RoomActor:
             if await self.runtime.presence.set_status(self.slug, peer.id, peer.user_id, status, payload.get("meta")):
                 self.roster.status(peer.user_id, peer.id, status)
         await self.runtime.transport.broadcast(self.slug, text, None, peer.id)
+        if frame.received:
+            meter.processed(self.slug, time.perf_counter() - frame.received)
         if key is not None:
             self._remember(key, EPHEMERAL)
             await peer.reply(ack_frame(frame.client_id, None))  # type: ignore[arg-type]
@@ -541,6 +557,14 @@ class RoomActor:
             await transport.broadcast(self.slug, s.text, s.seq, s.peer.id)
             if s.client_id is not None:
                 await s.peer.reply(ack_frame(s.client_id, s.seq))
+        # Metered once per commit (and one histogram entry per event).
+        if meter.enabled:
+            written = sum(len(s.row[5]) for s in staged) + sum(len(v) for v in writes.values() if v is not None)
+            meter.committed(self.slug, len(staged), len(staged) + len(writes), written)
+            done = time.perf_counter()
+            for s in staged:
+                if s.received:
+                    meter.processed(self.slug, done - s.received)
         for peer, client_id, seq in late_acks:
             await peer.reply(ack_frame(client_id, seq))
         self._expire_ids()
@@ -615,6 +639,7 @@ class RoomActor:
         effect = await presence.join(self.slug, peer.id, peer.user_id, getattr(peer, "process", "") or PROCESS_ID)
         self.roster.join(peer.user_id, peer.id)
         welcome["presence"] = self.roster.welcome()
+        meter.joined(self.slug, peer.id)
         await peer.open(dumps(welcome), last, replay or [])
         log.info(
             "join room=%s user=%s conn=%s since=%s resumed=%s seq=%d",
@@ -646,6 +671,7 @@ class RoomActor:
             start = since + 1 - recent[0][0]
             return [recent[i][1] for i in range(start, len(recent))]
         rows = await db_log_after(self.room_id, since, last)
+        meter.rows_read(self.slug, len(rows))
         if len(rows) != last - since:
             return None  # retention removed part of it: the client gets the snapshot
         return [_frame_of(row) for row in rows]
@@ -654,6 +680,7 @@ class RoomActor:
         peer = leave.peer
         gone = await self.runtime.presence.leave(self.slug, peer.id, peer.user_id)
         self.roster.leave(peer.user_id, peer.id)
+        meter.left(self.slug, peer.id)
         effect = gone[1] if gone is not None else None
         if effect == "left":
             signals.user_left.send(None, room=self.slug, user_id=peer.user_id)
@@ -701,7 +728,7 @@ class RoomActor:
         self.state = self.kind.fold(self.state, DurableEvent(seq, type_, user_id, payload, ts))
         text = event_frame(type_, seq, user_id, payload_json, ts)
         row = (self.room_id, seq, type_, user_id, "", payload_json, ts)
-        self._staged.append(Staged(seq, SERVER_PEER, None, text, row, message))
+        self._staged.append(Staged(seq, SERVER_PEER, None, text, row, message, time.perf_counter()))
         return seq
 
     async def _on_alarm(self, due: AlarmDue) -> None:
@@ -723,6 +750,7 @@ class RoomActor:
         finally:
             self.alarm_retry_count = 0
         self.alarms.delivered(due.name, due.token)
+        meter.alarm_fired(self.slug)
         await self._flush()  # the handler's writes and the row's deletion, one transaction
         log.info(
             "alarm ran room=%s name=%s attempt=%d delay_ms=%d", self.slug, due.name, due.attempts + 1, delay_ms

@@ -581,7 +581,8 @@ class Cluster:
             item = Join(peer, message["since"])
         elif kind == "frame":
             payload = None if message["p"] is None else orjson.loads(message["p"])
-            item = Frame(peer, message["t"], message["i"], payload)
+            # Timed from the arrival here (the forwarding hop is not included).
+            item = Frame(peer, message["t"], message["i"], payload, time.perf_counter())
         else:
             self.remote_peers.pop(conn_id, None)
             item = Leave(peer, message["code"], message["reason"])

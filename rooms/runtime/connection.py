@@ -17,6 +17,7 @@ from collections.abc import Awaitable, Callable
 from enum import Enum
 from typing import Any
 
+from billing.meter import meter
 from rooms.conf import dorm_settings
 from rooms.runtime.direct_write import FrameWriter, close_socket, direct_writer, outbound_meter
 from rooms.protocol import CloseCode, ErrorReason, close_frame, error_frame
@@ -148,6 +149,7 @@ class Connection:
     async def error(self, reason: str, client_id: str | None = None, detail: str | None = None) -> None:
         """Reply with an error frame; repeated client faults close with 1008."""
         await self.reply(error_frame(reason, client_id, detail))
+        meter.op("error", reason)
         if reason in ABUSE_REASONS:
             now = time.monotonic()
             marks = self._invalid_at

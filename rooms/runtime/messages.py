@@ -49,6 +49,9 @@ class Frame:
     type: str
     client_id: str | None
     payload: Any
+    # time.perf_counter() when the frame reached this process (billing's
+    # processing-time histogram); 0.0 when unknown.
+    received: float = 0.0
 
 
 @dataclass(slots=True)

@@ -15,6 +15,7 @@ from typing import Any
 
 from django.conf import settings
 
+from billing.flush import stop_flusher
 from presence.backends.base import PresenceBackend
 from presence.backends.memory import MemoryPresence
 from presence.service import PresenceService
@@ -23,7 +24,7 @@ from rooms.runtime.actor import RoomActor
 from rooms.runtime.backpressure import OutboundWatch
 from rooms.runtime.dispatch import EmbeddedScheduler, OnDemandDispatch, beat_lookahead_seconds
 from rooms.runtime.hub import LocalHub
-from rooms.runtime.messages import Call, Item
+from rooms.runtime.messages import Call, Item, Leave
 from rooms.protocol import CloseCode
 from rooms.runtime.cluster import Cluster
 from rooms.runtime.shutdown import install_graceful_shutdown
@@ -50,6 +51,11 @@ class ActorRegistry:
         if cluster is not None:
             # Distributed: the room may run elsewhere, or need its lease first.
             cluster.route(self, room, item)
+            return
+        if actor is None and self.runtime.shutting_down and type(item) is Leave:
+            # A socket closed by the shutdown itself: waking the room again
+            # would start an actor (and an ActorRun that never ends) in a
+            # process about to exit. Its next owner starts without it.
             return
         self.wake(room).submit(item)
 
@@ -179,6 +185,8 @@ class Runtime:
         await asyncio.gather(*closing, return_exceptions=True)
         if self.cluster is not None:
             await self.cluster.bus.flushed()
+        # Billing: write this process's last counters before it exits.
+        await stop_flusher()
         log.info("shutdown done ms=%d", int((time.monotonic() - started) * 1000))
 
 
