@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 HOST ?= 127.0.0.1
 PORT ?= 8000
 
-.PHONY: run run-uvicorn cluster test bench bench-history bench-presence clean
+.PHONY: run run-uvicorn cluster worker beat test bench bench-history bench-presence clean
 
 $(STAMP): requirements.txt requirements-dev.txt
 	$(PYTHON) -m venv $(VENV)
@@ -36,6 +36,13 @@ cluster: $(STAMP)
 	DATABASE_URL=$(CLUSTER_DATABASE_URL) $(PY) deploy/ensure_database.py
 	DATABASE_URL=$(CLUSTER_DATABASE_URL) REDIS_URL=$(CLUSTER_REDIS_URL) $(PY) manage.py migrate --noinput
 	DATABASE_URL=$(CLUSTER_DATABASE_URL) REDIS_URL=$(CLUSTER_REDIS_URL) $(VENV)/bin/honcho start -f Procfile
+# Distributed mode (DATABASE_URL, REDIS_URL set): the Celery worker that runs
+# alarms and periodic jobs, and beat, which schedules them (docs/alarms.md).
+worker: $(STAMP)
+	$(PY) -m celery -A config worker -l info
+
+beat: $(STAMP)
+	$(PY) -m celery -A config beat -l info -s $(VENV)/celerybeat-schedule
 
 # The whole suite: unit tests, end-to-end tests against real servers.
 test: $(STAMP)

@@ -65,6 +65,8 @@ DISTURBED_PCT = 15.0
 TARGETS: dict[str, tuple[str, str, dict[str, str]]] = {
     "dorm": ("config.asgi:application", "config.settings", {}),
     "dorm-asgi-send": ("config.asgi:application", "config.settings", {"DORM_DIRECT_SOCKET_WRITES": "false"}),
+    # Dorm without usage metering: the "before" of the metering overhead (docs/billing.md).
+    "dorm-nometer": ("config.asgi:application", "config.settings", {"DORM_METERING": "false"}),
     "naive": ("bench.naive.asgi:application", "bench.naive.settings", {}),
 }
 # Every Dorm target: production-like settings (no DEBUG query log), anonymous

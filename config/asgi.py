@@ -13,7 +13,7 @@ django_asgi_app = get_asgi_application()
 
 from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
 
-from rooms.asgi import BrowserOriginValidator, NeverCloseWith1011  # noqa: E402
+from rooms.asgi import BrowserOriginValidator, Lifespan, NeverCloseWith1011, start_with_daphne  # noqa: E402
 from rooms.checks import warn_at_start  # noqa: E402
 from rooms.routing import websocket_urlpatterns  # noqa: E402
 
@@ -21,9 +21,14 @@ from rooms.routing import websocket_urlpatterns  # noqa: E402
 # anonymous access on or without a token secret (docs/security.md).
 warn_at_start()
 
-application = ProtocolTypeRouter(
-    {
-        "http": django_asgi_app,
-        "websocket": NeverCloseWith1011(BrowserOriginValidator(URLRouter(websocket_urlpatterns))),
-    }
+# Lifespan outermost: the runtime (and in the embedded mode the alarm
+# scheduler) starts with the server, not with its first client.
+application = Lifespan(
+    ProtocolTypeRouter(
+        {
+            "http": django_asgi_app,
+            "websocket": NeverCloseWith1011(BrowserOriginValidator(URLRouter(websocket_urlpatterns))),
+        }
+    )
 )
+start_with_daphne()

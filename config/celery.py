@@ -1,4 +1,12 @@
-"""The Celery app (cookiecutter-django's way): settings under CELERY_*, tasks autodiscovered."""
+"""The Celery app (the distributed mode's beat and worker).
+
+``celery -A config worker`` runs the tasks; ``celery -A config beat`` sends
+the periodic ones (``CELERY_BEAT_SCHEDULE`` in settings): the alarm
+dispatcher every second, retention, the presence sweep and the usage roll-up.
+The embedded mode needs neither: its alarms run in the ASGI process.
+"""
+
+from __future__ import annotations
 
 import os
 

@@ -177,17 +177,43 @@ else:
     CHANNEL_LAYERS = {"default": {"BACKEND": "channels.layers.InMemoryChannelLayer"}}
 
 # ---------------------------------------------------------------------------
-# Celery (webhook deliveries; alarms in the distributed mode)
+# Celery (distributed mode: beat runs the alarm dispatcher and the periodic
+# jobs; the worker runs them and delivers webhooks). The embedded mode needs
+# no Celery: its alarms run on a scheduler inside the ASGI process.
 # ---------------------------------------------------------------------------
 
-# Redis or RabbitMQ. Unset: no broker, and webhooks stay off.
-CELERY_BROKER_URL = os.environ.get("CELERY_BROKER_URL", "") or REDIS_URL
+# Redis or RabbitMQ; the distributed mode's Redis by default. Unset: no
+# broker, webhooks stay off.
+BROKER_URL = os.environ.get("CELERY_BROKER_URL", "") or REDIS_URL
+CELERY_BROKER_URL = BROKER_URL or "memory://"
 CELERY_TASK_ACKS_LATE = True
 # A worker takes one task at a time: a slow webhook receiver must not hold
 # back tasks prefetched behind it.
 CELERY_WORKER_PREFETCH_MULTIPLIER = 1
+# Nothing reads task results: no backend, nothing stored.
+CELERY_TASK_IGNORE_RESULT = True
+CELERY_RESULT_BACKEND = None
+# Threads, not prefork: the tasks wait on the database and Redis, and one
+# worker process is one cluster member that may host the actors of rooms
+# nobody else runs (one event loop, one inbox, one set of leases).
+CELERY_WORKER_POOL = "threads"
+CELERY_WORKER_CONCURRENCY = env_int("CELERY_WORKER_CONCURRENCY", 4)
+# One queue per deployment (tests run several side by side on one Redis).
+CELERY_TASK_DEFAULT_QUEUE = os.environ.get("CELERY_QUEUE", "dorm")
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
+CELERY_TIMEZONE = "UTC"
+# Seconds between alarm dispatcher runs; each looks this far ahead and more.
+ALARM_BEAT_SECONDS = env_float("DORM_ALARM_BEAT_SECONDS", 1.0)
 CELERY_BEAT_SCHEDULE = {
+    # Expire stale copies: a worker back after an outage runs one dispatch,
+    # not one per missed second.
+    "dispatch-alarms": {
+        "task": "rooms.tasks.dispatch_alarms",
+        "schedule": ALARM_BEAT_SECONDS,
+        "options": {"expires": max(2.0, ALARM_BEAT_SECONDS * 2)},
+    },
+    "apply-retention": {"task": "rooms.tasks.apply_retention", "schedule": env_float("DORM_RETENTION_EVERY_SECONDS", 3600.0)},
+    "roll-up-usage": {"task": "rooms.tasks.roll_up_usage", "schedule": 60.0, "options": {"expires": 60}},
     # Webhook deliveries whose task was lost (broker down when queued).
     "webhooks-requeue-stalled": {"task": "webhooks.tasks.requeue_stalled", "schedule": 60.0},
     # The presence ledger: close sessions of dead processes, apply retention.
@@ -240,7 +266,7 @@ DORM = {
     "LIMITS_REDIS_URL": os.environ.get("DORM_LIMITS_REDIS_URL", REDIS_URL),
     "LIMITS_KEY_PREFIX": os.environ.get("DORM_LIMITS_KEY_PREFIX", "dorm:limits:"),
     # Webhooks need a Celery broker to deliver through.
-    "WEBHOOKS": env_bool("DORM_WEBHOOKS", bool(CELERY_BROKER_URL)),
+    "WEBHOOKS": env_bool("DORM_WEBHOOKS", bool(BROKER_URL)),
     "WEBHOOK_BACKOFF_SECONDS": env_float("DORM_WEBHOOK_BACKOFF_SECONDS", 2.0),
     "WEBHOOK_DURABLE_THROTTLE_SECONDS": env_float("DORM_WEBHOOK_DURABLE_THROTTLE_SECONDS", 1.0),
     # Presence (docs/presence.md). Silent sockets go offline after the TTL;
@@ -253,6 +279,46 @@ DORM = {
     # and a dead process's entries expire by their score.
     "PRESENCE_REDIS_URL": os.environ.get("DORM_PRESENCE_REDIS_URL", REDIS_URL),
     "PRESENCE_KEY_PREFIX": os.environ.get("DORM_PRESENCE_KEY_PREFIX", "dorm:presence:"),
+    # Alarms: see docs/alarms.md. "auto": Celery beat when REDIS_URL is set,
+    # else a scheduler task inside the ASGI process.
+    "ALARM_SCHEDULER": os.environ.get("DORM_ALARM_SCHEDULER", "auto"),
+    "ALARM_CLAIM_SECONDS": env_float("DORM_ALARM_CLAIM_SECONDS", 10.0),
+    "ALARM_RETRY_BASE_SECONDS": env_float("DORM_ALARM_RETRY_BASE_SECONDS", 1.0),
+    "ALARM_MAX_ATTEMPTS": env_int("DORM_ALARM_MAX_ATTEMPTS", 6),
+    # Kinds beyond the built-in ones: "name=dotted.Path,other=pkg.Kind".
+    "KINDS": {
+        "whiteboard": "rooms.kinds.whiteboard.Whiteboard",
+        "chat": "rooms.kinds.chat.Chat",
+        "poll": "rooms.kinds.poll.Poll",
+        "qa": "rooms.kinds.qa.QA",
+        "seats": "rooms.kinds.seats.Seats",
+        "game": "rooms.kinds.game.GameTick",
+        "yjs": "rooms.kinds.yjs.YjsDocument",
+        **dict(
+            item.strip().split("=", 1)
+            for item in os.environ.get("DORM_EXTRA_KINDS", "").split(",")
+            if "=" in item
+        ),
+    },
+}
+
+# ---------------------------------------------------------------------------
+# Billing (read through billing.conf.billing_settings; docs/billing.md)
+# ---------------------------------------------------------------------------
+
+BILLING = {
+    # Count usage on the hot path; off only to measure the meter's overhead.
+    "METERING": env_bool("DORM_METERING", True),
+    # Each process adds its counters to the database this often (a minute).
+    "FLUSH_SECONDS": env_float("DORM_BILLING_FLUSH_SECONDS", 60.0),
+    # Bearer token for Prometheus scrapers of /metrics (else staff only).
+    "METRICS_TOKEN": os.environ.get("DORM_METRICS_TOKEN", ""),
+    # The latency alert fires when the median client round trip of sessions
+    # older than 30 s is above this over the last 5 minutes.
+    "LATENCY_ALERT_MS": env_float("DORM_LATENCY_ALERT_MS", 250.0),
+    # Only sessions at least this old count for the alert (a fresh socket's
+    # first round trips include connection setup).
+    "ALERT_MIN_SESSION_SECONDS": env_float("DORM_ALERT_MIN_SESSION_SECONDS", 30.0),
 }
 
 # ---------------------------------------------------------------------------

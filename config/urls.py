@@ -14,4 +14,6 @@ urlpatterns = [
     path("", include("rooms.pages_urls")),
     # Presence: /api/rooms/<room>/presence, /api/presence/sessions, /api/presence/online.
     path("api/", include("presence.urls")),
+    # Ops dashboard (/ops/) and Prometheus /metrics (billing/urls.py).
+    path("", include("billing.urls")),
 ]

@@ -67,3 +67,52 @@ class NeverCloseWith1011:
                 await close_socket(send, code, "internal error")
             except Exception:
                 log.debug("could not close after an application error")
+
+
+def start_runtime() -> None:
+    """Create the process's runtime now, on the server's loop: in the embedded
+    mode it runs the alarm scheduler, which must not wait for a first client
+    (alarms set before a restart fire with nobody connected)."""
+    from rooms.runtime.registry import get_runtime
+
+    get_runtime()
+
+
+class Lifespan:
+    """ASGI lifespan (uvicorn): start the runtime at server start-up.
+
+    Servers without lifespan (daphne) start it from ``config/asgi.py``; any
+    server also starts it on its first request, whatever the scope.
+    """
+
+    def __init__(self, application: Any) -> None:
+        self.application = application
+        self.started = False
+
+    async def __call__(self, scope: Scope, receive: Any, send: Any) -> None:
+        if not self.started:
+            self.started = True
+            start_runtime()
+        if scope["type"] != "lifespan":
+            await self.application(scope, receive, send)
+            return
+        while True:
+            message = await receive()
+            if message["type"] == "lifespan.startup":
+                await send({"type": "lifespan.startup.complete"})
+            elif message["type"] == "lifespan.shutdown":
+                await send({"type": "lifespan.shutdown.complete"})
+                return
+
+
+def start_with_daphne() -> None:
+    """daphne has no lifespan: start the runtime once its reactor loop runs."""
+    import sys
+
+    if "daphne.server" not in sys.modules:
+        return
+    from twisted.internet import reactor
+
+    # callLater, not callWhenRunning: the latter runs before the asyncio
+    # loop itself is running.
+    reactor.callLater(0, start_runtime)  # type: ignore[attr-defined]

@@ -105,10 +105,29 @@ DEFAULTS: dict[str, Any] = {
     # "" -> presence in process memory (embedded); a redis:// URL -> shared.
     "PRESENCE_REDIS_URL": "",
     "PRESENCE_KEY_PREFIX": "dorm:presence:",
+    # Who runs the alarm dispatcher: "embedded" (a task in the ASGI process),
+    # "celery" (beat + worker; the distributed mode), "off". "auto": celery
+    # when REDIS_URL is set, else embedded.
+    "ALARM_SCHEDULER": "auto",
+    # The embedded scheduler's poll period (it also looks 1.5 polls ahead).
+    "ALARM_POLL_SECONDS": 0.25,
+    # A claimed alarm is not delivered again before this many seconds after
+    # its due time: how long a delivery lost with its process takes to retry.
+    "ALARM_CLAIM_SECONDS": 10.0,
+    # Attempts of a failing alarm handler before it is marked failed, and the
+    # backoff between them: base, 2 x base, 4 x base, ... (capped).
+    "ALARM_MAX_ATTEMPTS": 6,
+    "ALARM_RETRY_BASE_SECONDS": 1.0,
+    "ALARM_RETRY_MAX_SECONDS": 300.0,
+    # History retention per kind ("*": every kind without its own entry):
+    # {"keep_events": N, "keep_days": D}; None or {} keeps everything. A room's
+    # settings may override with a "retention" dict of the same shape.
+    "RETENTION": {},
     # Kinds available to rooms: name -> dotted path of the RoomKind class.
     "KINDS": {
         "whiteboard": "rooms.kinds.whiteboard.Whiteboard",
         "chat": "rooms.kinds.chat.Chat",
+        "poll": "rooms.kinds.poll.Poll",
         "qa": "rooms.kinds.qa.QA",
         "seats": "rooms.kinds.seats.Seats",
         "yjs": "rooms.kinds.yjs.YjsDocument",

@@ -23,6 +23,10 @@ import orjson
 from channels.consumer import AsyncConsumer
 from channels.exceptions import StopConsumer
 
+from billing import budgets
+from billing.conf import billing_settings
+from billing.flush import ensure_flusher
+from billing.meter import close_label, meter
 from rooms import limits, validation
 from rooms.access import db_load_access
 from rooms.auth import Identity, Refusal, identify
@@ -61,6 +65,8 @@ class RoomConsumer(AsyncConsumer):
     _placed = False
     # The room's kind, to check frames at the edge (rooms/validation.py).
     _kind: type[RoomKind] | None = None
+    # time.monotonic() at the handshake (billing: long-session latency).
+    _connected_at = 0.0
 
     async def dispatch(self, message: dict[str, Any]) -> None:
         kind = message["type"]
@@ -100,6 +106,7 @@ class RoomConsumer(AsyncConsumer):
         await self.base_send({"type": "websocket.accept"})
         close_cleanly_on_protocol_errors(self.base_send)
         self.room = str(self.scope["url_route"]["kwargs"].get("room", ""))
+        ensure_flusher()
         if get_runtime().shutting_down:
             await self._refuse(CloseCode.GOING_AWAY, "server shutting down, reconnect")
             return
@@ -107,6 +114,8 @@ class RoomConsumer(AsyncConsumer):
             query = self._query()
             if not ROOM_ID_RE.fullmatch(self.room):
                 raise Refusal(CloseCode.BAD_REQUEST, "room id must be 1-64 characters of A-Z a-z 0-9 _ -")
+            if self.room in budgets.blocked:  # an in-memory set, refreshed by billing
+                raise Refusal(CloseCode.OVER_BUDGET, "room over its monthly cost budget")
             since = self._since(query)
             # The cheapest refusal first: a flood from one address costs one
             # bucket check each, no database lookup and no signature check.
@@ -130,6 +139,7 @@ class RoomConsumer(AsyncConsumer):
             return
         runtime = get_runtime()
         self.conn = conn
+        self._connected_at = time.monotonic()
         runtime.hub.add(conn)
         runtime.outbound_watch.start()
         runtime.registry.submit(self.room, Join(conn, since))
@@ -167,6 +177,7 @@ class RoomConsumer(AsyncConsumer):
 
     async def _refuse(self, code: int, reason: str) -> None:
         log.info("refuse room=%s code=%d reason=%s", self.room[:64], code, reason)
+        meter.op("close", str(int(code)))
         await self.base_send({"type": "websocket.send", "text": close_frame(code, reason)})
         await close_socket(self.base_send, code, reason)
 
@@ -176,9 +187,11 @@ class RoomConsumer(AsyncConsumer):
         conn = self.conn
         if conn is None or conn.closed:
             return
+        received = time.perf_counter()
         text = message.get("text")
         if text is None:
             data = message.get("bytes") or b""
+            meter.frame_in(self.room, len(data))
             if len(data) > dorm_settings.HARD_FRAME_LIMIT_BYTES:
                 await conn.close(CloseCode.MESSAGE_TOO_BIG, "frame larger than the hard limit")
                 return
@@ -192,6 +205,7 @@ class RoomConsumer(AsyncConsumer):
                 return
             await conn.error(ErrorReason.INVALID_MESSAGE, None, "binary frames are not accepted by this room kind")
             return
+        meter.frame_in(self.room, len(text) if text.isascii() else len(text.encode()))
         size = _utf8_size_at_least(text, dorm_settings.SOFT_FRAME_LIMIT_BYTES)
         if size > dorm_settings.SOFT_FRAME_LIMIT_BYTES:
             if len(text.encode()) > dorm_settings.HARD_FRAME_LIMIT_BYTES:
@@ -225,6 +239,12 @@ class RoomConsumer(AsyncConsumer):
             t = payload.get("t") if type(payload) is dict else None
             pong: dict[str, Any] = {"type": "pong", "payload": {"t": t} if t is not None and _small_scalar(t) else {}, "ts": now_ms()}
             await conn.reply(dumps(pong))
+            rtt = payload.get("rtt") if type(payload) is dict else None
+            if type(rtt) in (int, float) and 0 <= rtt <= 600_000:
+                # The client's measured round trip of an earlier ping (ms):
+                # an optional field (docs/billing.md), metered for latency.
+                long_session = time.monotonic() - self._connected_at >= billing_settings.ALERT_MIN_SESSION_SECONDS
+                meter.round_trip(self.room, float(rtt), long_session)
             return
         if type_ == "heartbeat":
             return
@@ -246,7 +266,7 @@ class RoomConsumer(AsyncConsumer):
                 limited["id"] = client_id
             await conn.reply(dumps(limited))
             return
-        runtime.registry.submit(self.room, Frame(conn, type_, client_id, payload))
+        runtime.registry.submit(self.room, Frame(conn, type_, client_id, payload, received))
 
     # -- disconnect -------------------------------------------------------------
 
@@ -264,6 +284,7 @@ class RoomConsumer(AsyncConsumer):
         runtime.hub.remove(conn)
         if conn.close_code is not None:  # we closed it: our code says why
             code, reason = conn.close_code, conn.close_reason
+        meter.op("close", close_label(code))
         conn.state = ConnectionState.CLOSED
         runtime.presence_service.closed(conn, code, reason)
         if not conn.refused:

@@ -132,3 +132,48 @@ class ActorRun(models.Model):
 
     def __str__(self) -> str:
         return f"{self.room_id} {self.woke_at:%Y-%m-%d %H:%M:%S}"
+
+
+class Alarm(models.Model):
+    """A durable per-room alarm (Durable Objects' ``setAlarm``, plus names).
+
+    A room has at most one alarm per ``name`` ("" is the default alarm). The
+    dispatcher claims a due alarm (``claimed_until``) and delivers it to the
+    room's actor, which runs the kind's ``on_alarm`` and then deletes the row,
+    or records the failure and the next attempt. ``token`` changes whenever
+    the alarm is set again, so a delivery of an older setting is recognised
+    and dropped (at least once, never a stale one).
+    """
+
+    SCHEDULED = "scheduled"
+    FAILED = "failed"
+    STATUSES = [(SCHEDULED, "scheduled"), (FAILED, "failed")]
+
+    room = models.ForeignKey(Room, on_delete=models.CASCADE, related_name="alarms")
+    name = models.CharField(max_length=64, blank=True, default="")
+    # When the kind asked for it.
+    due_at = models.DateTimeField()
+    # When it is delivered next: due_at, then due_at + backoff after failures.
+    next_attempt_at = models.DateTimeField()
+    # A delivery in flight: nobody else delivers it before this time.
+    claimed_until = models.DateTimeField(null=True, blank=True)
+    token = models.BigIntegerField()
+    status = models.CharField(max_length=16, choices=STATUSES, default=SCHEDULED)
+    # Failed deliveries so far (the handler raised).
+    attempts = models.PositiveIntegerField(default=0)
+    # Exception type and message of the last failure (shown in the admin; never logged).
+    last_error = models.TextField(blank=True, default="")
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["next_attempt_at"]
+        constraints = [
+            models.UniqueConstraint(fields=["room", "name"], name="rooms_alarm_room_name_unique"),
+        ]
+        indexes = [
+            # The dispatcher's only query: due scheduled alarms.
+            models.Index(fields=["status", "next_attempt_at"], name="rooms_alarm_due"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.room_id}:{self.name or '(default)'} at {self.due_at:%Y-%m-%d %H:%M:%S}"

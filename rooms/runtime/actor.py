@@ -10,9 +10,10 @@ Life of an actor::
              folding durable events into the state; group-commit the batch's
              durable events in one transaction; only then broadcast and ack
              them (the output gate)
-    sleep -> after HIBERNATE_AFTER_SECONDS without items: snapshot, record
-             the awake time, leave memory; connections stay open and the
-             next item wakes a new actor from the database
+    sleep -> after HIBERNATE_AFTER_SECONDS without items (timer ticks do
+             not count): stop the timers, snapshot, record the awake time,
+             leave memory; connections stay open and the next item (a frame,
+             a join, a due alarm) wakes a new actor from the database
 
 Joins, leaves and calls first commit what is staged, so a welcome never shows
 an uncommitted event. Ephemeral events skip the log and are broadcast while
@@ -27,6 +28,7 @@ import logging
 import time
 from collections import OrderedDict, deque
 from dataclasses import dataclass
+from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 import orjson
@@ -39,12 +41,17 @@ from presence.roster import Roster
 from presence.process import PROCESS_ID
 from presence.service import OFFLINE_FRAME, ONLINE_FRAME
 from rooms import signals
+from billing import budgets
+from billing.flush import ensure_flusher
+from billing.meter import meter
 from rooms.conf import dorm_settings
 from rooms.kinds import kind_class
 from rooms.kinds.base import DurableEvent, Incoming, Reject, RoomKind
 from rooms.protocol import CloseCode, ErrorReason, ack_frame, dumps, event_frame, now_ms
+from rooms.runtime import alarms as alarm_rows
 from rooms.runtime import persistence
-from rooms.runtime.messages import Binary, Call, Frame, Item, Join, Leave, Peer, Tick
+from rooms.runtime.alarms import AlarmBook
+from rooms.runtime.messages import SERVER_PEER, AlarmDue, Binary, Call, Frame, Item, Join, Leave, Peer, Tick
 from rooms.runtime.persistence import LogRow, RoomNotFound
 from rooms.runtime.storage import RoomStorage
 from rooms.runtime.timers import Timer, TimerFn, Timers, run_timer
@@ -61,6 +68,9 @@ db_log_after = database_sync_to_async(persistence.log_after)
 db_save_snapshot = database_sync_to_async(persistence.save_snapshot)
 db_start_run = database_sync_to_async(persistence.start_run)
 db_end_run = database_sync_to_async(persistence.end_run)
+db_load_alarms = database_sync_to_async(alarm_rows.load_alarms)
+db_alarm_is_current = database_sync_to_async(alarm_rows.alarm_is_current)
+db_record_alarm_failure = database_sync_to_async(alarm_rows.record_failure)
 
 # Most client ids remembered per room for idempotent retries. The window is
 # DEDUP_WINDOW_SECONDS; past this many ids (a room over ~1,600 identified
@@ -80,6 +90,7 @@ class Staged:
     text: str
     row: persistence.EventRow
     message: Incoming
+    received: float
 
 
 def _overrides(kind: RoomKind, hook: str) -> bool:
@@ -131,6 +142,42 @@ class RoomContext:
         """A binary frame to every binary connection of the room but ``exclude``."""
         await self._actor.runtime.hub.deliver_bytes(self._actor.slug, data, exclude)
 
+    def publish(self, type_: str, payload: Any = None, *, user_id: str = "") -> int:
+        """A durable server event of one of the kind's types: validated,
+        checked, sequenced and folded now; committed and broadcast to every
+        connection with the group commit that ends the current turn. Returns
+        its seq. Raises :class:`~rooms.kinds.base.Reject` or ``Invalid``."""
+        return self._actor.stage_server_event(type_, payload, user_id)
+
+    # -- durable alarms (rows; they survive sleep, restarts and deploys) ------------
+
+    def set_alarm(self, at: datetime | float, name: str = "") -> None:
+        """Run ``on_alarm(room, name)`` at ``at`` (aware datetime or Unix seconds).
+
+        Replaces the alarm of that name. Committed with the current turn's
+        group commit, like storage writes."""
+        self._actor.alarms.set(alarm_rows.check_name(name), alarm_rows.as_datetime(at))
+
+    def get_alarm(self, name: str = "") -> datetime | None:
+        """When the alarm ``name`` is due; None if unset (and inside its own run)."""
+        return self._actor.alarms.get(name)
+
+    def delete_alarm(self, name: str = "") -> None:
+        self._actor.alarms.delete(alarm_rows.check_name(name))
+
+    def list_alarms(self) -> dict[str, datetime]:
+        return self._actor.alarms.all()
+
+    @property
+    def alarm_retry_count(self) -> int:
+        """Inside ``on_alarm``: how many earlier attempts of this alarm failed."""
+        return self._actor.alarm_retry_count
+
+    def stay_awake(self, seconds: float) -> None:
+        """Do not hibernate for at least ``seconds`` from now, even if idle
+        (the dispatcher wakes a room ahead of its alarm with this)."""
+        self._actor.stay_awake(seconds)
+
     # -- in-memory timers (awake only; stopped on hibernation) -----------------------
 
     def after(self, seconds: float, fn: TimerFn) -> Timer:
@@ -140,11 +187,6 @@ class RoomContext:
     def every(self, seconds: float, fn: TimerFn) -> Timer:
         """Run ``fn(room)`` every ``seconds`` while the room is awake."""
         return self._actor.timers.every(seconds, fn)
-
-    def stay_awake(self, seconds: float) -> None:
-        """Do not hibernate for at least ``seconds`` from now, even if idle
-        (timer ticks alone do not count as activity)."""
-        self._actor.stay_awake(seconds)
 
 
 class RoomActor:
@@ -167,15 +209,17 @@ class RoomActor:
         self._recent: deque[tuple[int, str]] = deque(maxlen=dorm_settings.RECENT_FRAMES_KEPT)
         self._since_snapshot = 0
         self.storage = RoomStorage(0)
+        self.alarms = AlarmBook()
+        self.alarm_retry_count = 0
+        self.timers = Timers(self.submit)
         self.context = RoomContext(self)
         self._run_id: int | None = None
         self.awake_since = time.monotonic()
+        self._active_at = self.awake_since  # end of the last batch that was not only timer ticks
+        self._awake_until = 0.0  # monotonic; stay_awake()
         self.task: asyncio.Task[None] | None = None
         self._stop_requested = False
         self._aborted = False
-        self.timers = Timers(self.submit)
-        self._active_at = self.awake_since  # end of the last batch that was not only timer ticks
-        self._awake_until = 0.0  # monotonic; stay_awake()
         # user_joined / user_left / presence, at most one per room per window.
         self.presence_out = PresenceCoalescer(slug, runtime.transport)
         # Who is here, for welcomes (presence/roster.py); loaded at wake.
@@ -203,8 +247,8 @@ class RoomActor:
         """Stop at once (lease lost): nothing more is committed or snapshotted."""
         self._aborted = True
         self._broken = True
-        self.timers.cancel_all()
         self.presence_out.cancel()
+        self.timers.cancel_all()
         if self.task is not None:
             self.task.cancel()
 
@@ -294,6 +338,9 @@ class RoomActor:
         self.awake_since = self._active_at = time.monotonic()
         self._run_id = await db_start_run(self.room_id, timezone.now())
         self.started = True
+        meter.woke(self.slug)
+        # A room can run here with no local socket (REST publish, alarms).
+        ensure_flusher()
         if _overrides(self.kind, "on_start"):
             await self.kind.on_start(self.context)
             await self._flush()
@@ -306,6 +353,7 @@ class RoomActor:
             self.slug, create_kind=create_kind, ids_since_ms=now_ms() - window_ms, ids_limit=DEDUP_MAX_IDS
         )
         self.room_id = loaded.room_id
+        meter.rows_read(self.slug, len(loaded.tail) + len(loaded.recent_ids) + (loaded.snapshot_state is not None))
         self.kind = kind_class(loaded.kind)(loaded.settings)
         kind = self.kind
         state = (
@@ -331,7 +379,7 @@ class RoomActor:
             expires = now + dorm_settings.DEDUP_WINDOW_SECONDS - (wall_ms - ts) / 1000
             self._dedup_expiry.append((expires, key))
         self.storage = RoomStorage(self.room_id)
-        self.timers.cancel_all()
+        self.alarms = AlarmBook(await db_load_alarms(self.room_id))
 
     async def _sleep(self, reason: str) -> None:
         self.timers.cancel_all()
@@ -352,6 +400,7 @@ class RoomActor:
                 await self.presence_out.flush()
             except Exception:
                 log.warning("presence flush at sleep failed room=%s", self.slug)
+        meter.slept(self.slug)
         # A state holding uncommitted (staged) or failed events must never be
         # stored: the next wake rebuilds it from the log instead.
         clean = not self._broken and not self._staged
@@ -401,6 +450,8 @@ class RoomActor:
                     await self._on_leave(item)
                 elif type(item) is Call:
                     await self._on_call(item)
+                elif type(item) is AlarmDue:
+                    await self._on_alarm(item)
                 elif type(item) is Tick:
                     await self._on_tick(item)
                 elif type(item) is Binary:
@@ -412,10 +463,12 @@ class RoomActor:
                 if type(item) is Frame:
                     await item.peer.error(ErrorReason.INTERNAL, item.client_id)
         await self._flush()
-        if self.storage.has_writes():
+        if self._staged or self.storage.has_writes() or self.alarms.has_writes():
             # Written by on_message hooks after the commit: commit them now,
             # not whenever the next frame comes.
             await self._flush()
+        if self.storage.rows_read:
+            meter.rows_read(self.slug, self.storage.take_rows_read())
 
     async def _on_frame(self, frame: Frame) -> None:
         peer = frame.peer
@@ -460,12 +513,15 @@ class RoomActor:
         payload_json = payload_bytes.decode()
         ts = now_ms()
         if mtype.durable:
+            if self.slug in budgets.blocked:  # an in-memory set, refreshed by billing
+                await peer.error(budgets.OVER_BUDGET, frame.client_id, budgets.refusal_detail(self.slug))
+                return
             seq = self._next_seq
             self._next_seq = seq + 1
             self.state = kind.apply(self.state, DurableEvent(seq, frame.type, peer.user_id, payload, ts))
             text = event_frame(frame.type, seq, peer.user_id, payload_json, ts)
             row = (self.room_id, seq, frame.type, peer.user_id, frame.client_id or "", payload_json, ts)
-            self._staged.append(Staged(seq, peer, frame.client_id, text, row, message))
+            self._staged.append(Staged(seq, peer, frame.client_id, text, row, message, frame.received))
             if key is not None:
                 self._remember(key, seq)
             return
@@ -476,6 +532,8 @@ class RoomActor:
         if mtype.relay:
             text = event_frame(frame.type, None, peer.user_id, payload_json, ts)
             await self.runtime.transport.broadcast(self.slug, text, None, peer.id)
+        if frame.received:
+            meter.processed(self.slug, time.perf_counter() - frame.received)
         if key is not None:
             self._remember(key, EPHEMERAL)
             await peer.reply(ack_frame(frame.client_id, None))  # type: ignore[arg-type]
@@ -499,15 +557,18 @@ class RoomActor:
         """Group commit: write what is staged in one transaction, then publish it."""
         staged = self._staged
         writes = self.storage.take_writes()
-        if not staged and not writes:
+        alarm_writes = self.alarms.take_writes()
+        if not staged and not writes and not alarm_writes:
             return
         self._staged = []
         late_acks, self._late_acks = self._late_acks, []
         try:
-            await db_commit_batch(self.room_id, [s.row for s in staged], writes)
+            await db_commit_batch(self.room_id, [s.row for s in staged], writes, alarm_writes)
         except Exception as exc:
             await self._commit_failed(staged, late_acks, exc)
             return
+        if any(w.op == "set" for w in alarm_writes):
+            self.runtime.alarms_changed()
         transport = self.runtime.transport
         recent = self._recent
         if staged:
@@ -517,6 +578,14 @@ class RoomActor:
             await transport.broadcast(self.slug, s.text, s.seq, s.peer.id)
             if s.client_id is not None:
                 await s.peer.reply(ack_frame(s.client_id, s.seq))
+        # Metered once per commit (and one histogram entry per event).
+        if meter.enabled:
+            written = sum(len(s.row[5]) for s in staged) + sum(len(v) for v in writes.values() if v is not None)
+            meter.committed(self.slug, len(staged), len(staged) + len(writes), written)
+            done = time.perf_counter()
+            for s in staged:
+                if s.received:
+                    meter.processed(self.slug, done - s.received)
         for peer, client_id, seq in late_acks:
             await peer.reply(ack_frame(client_id, seq))
         self._expire_ids()
@@ -591,6 +660,7 @@ class RoomActor:
         effect = await presence.join(self.slug, peer.id, peer.user_id, getattr(peer, "process", "") or PROCESS_ID)
         self.roster.join(peer.user_id, peer.id)
         welcome["presence"] = self.roster.welcome()
+        meter.joined(self.slug, peer.id)
         await peer.open(dumps(welcome), last, replay or [])
         log.info(
             "join room=%s user=%s conn=%s since=%s resumed=%s seq=%d",
@@ -622,6 +692,7 @@ class RoomActor:
             start = since + 1 - recent[0][0]
             return [recent[i][1] for i in range(start, len(recent))]
         rows = await db_log_after(self.room_id, since, last)
+        meter.rows_read(self.slug, len(rows))
         if len(rows) != last - since:
             return None  # retention removed part of it: the client gets the snapshot
         return [_frame_of(row) for row in rows]
@@ -630,6 +701,7 @@ class RoomActor:
         peer = leave.peer
         gone = await self.runtime.presence.leave(self.slug, peer.id, peer.user_id)
         self.roster.leave(peer.user_id, peer.id)
+        meter.left(self.slug, peer.id)
         effect = gone[1] if gone is not None else None
         if effect == "left":
             signals.user_left.send(None, room=self.slug, user_id=peer.user_id)
@@ -640,16 +712,6 @@ class RoomActor:
             await self.presence_out.offline(peer.user_id, peer.id)
         if _overrides(self.kind, "on_close"):
             await self.kind.on_close(self.context, peer)
-
-    async def _on_tick(self, tick: Tick) -> None:
-        timer = tick.timer
-        if not self.timers.due(timer):
-            return
-        try:
-            await run_timer(timer, self.context)
-        except Exception as exc:
-            # The type only: a message may quote room data (logs never carry payloads).
-            log.warning("timer failed room=%s error=%s", self.slug, type(exc).__name__)
 
     async def _on_presence_signal(self, frame: Frame) -> None:
         """Internal frames from the socket's process (presence/service.py)."""
@@ -670,6 +732,81 @@ class RoomActor:
                     await self.presence_out.joined(peer.user_id, peer.id)
                 else:
                     await self.presence_out.online(peer.user_id, peer.id, status)
+
+    def stage_server_event(self, type_: str, payload: Any, user_id: str) -> int:
+        """A durable event from the server side (a hook, an alarm, a timer)."""
+        mtype = self.kind.message_type(type_)
+        if mtype is None or not mtype.durable:
+            raise ValueError(f"publish: {type_!r} is not a durable type of kind {self.kind.name!r}")
+        mtype.schema.validate(payload)
+        payload_bytes = b"" if payload is None else orjson.dumps(payload)
+        message = Incoming(type_, user_id, payload)
+        self.kind.check(self.state, message)
+        payload_json = payload_bytes.decode()
+        ts = now_ms()
+        seq = self._next_seq
+        self._next_seq = seq + 1
+        self.state = self.kind.fold(self.state, DurableEvent(seq, type_, user_id, payload, ts))
+        text = event_frame(type_, seq, user_id, payload_json, ts)
+        row = (self.room_id, seq, type_, user_id, "", payload_json, ts)
+        self._staged.append(Staged(seq, SERVER_PEER, None, text, row, message, time.perf_counter()))
+        return seq
+
+    async def _on_alarm(self, due: AlarmDue) -> None:
+        if not await db_alarm_is_current(due.alarm_id, due.token, due.attempts):
+            # Delivered twice (a claim ran out), or re-set/deleted meanwhile.
+            log.info("alarm skipped room=%s name=%s reason=stale", self.slug, due.name)
+            return
+        delay_ms = now_ms() - due.due_ms
+        saved = self.alarms.snapshot()
+        entry = self.alarms.entries.get(due.name)
+        if entry is not None and entry.token == due.token:
+            del self.alarms.entries[due.name]  # get_alarm() is None while it runs
+        self.alarm_retry_count = due.attempts
+        try:
+            await self.kind.on_alarm(self.context, due.name)
+        except Exception as exc:
+            await self._alarm_failed(due, saved, exc)
+            return
+        finally:
+            self.alarm_retry_count = 0
+        self.alarms.delivered(due.name, due.token)
+        meter.alarm_fired(self.slug)
+        await self._flush()  # the handler's writes and the row's deletion, one transaction
+        log.info(
+            "alarm ran room=%s name=%s attempt=%d delay_ms=%d", self.slug, due.name, due.attempts + 1, delay_ms
+        )
+
+    async def _alarm_failed(self, due: AlarmDue, saved: Any, exc: Exception) -> None:
+        # Nothing the failed handler staged is kept: storage writes, alarm
+        # changes and durable events (already folded: rebuild the state).
+        self.alarms.restore(saved)
+        self.storage.forget()
+        if self._staged:
+            self._staged = []
+            await self._reload_state()
+        error = f"{type(exc).__name__}: {exc}"
+        failures, next_at = await db_record_alarm_failure(due.alarm_id, due.token, due.attempts, error, timezone.now())
+        if next_at is not None:
+            self.runtime.alarms_changed()
+        log.warning(
+            "alarm failed room=%s name=%s attempt=%d error=%s next=%s",
+            self.slug,
+            due.name,
+            failures,
+            type(exc).__name__,
+            "failed" if next_at is None else f"{int((next_at.timestamp() * 1000) - now_ms())}ms",
+        )
+
+    async def _on_tick(self, tick: Tick) -> None:
+        timer = tick.timer
+        if not self.timers.due(timer):
+            return
+        try:
+            await run_timer(timer, self.context)
+        except Exception as exc:
+            # The type only: a message may quote room data (logs never carry payloads).
+            log.warning("timer failed room=%s error=%s", self.slug, type(exc).__name__)
 
     async def _on_call(self, call: Call) -> None:
         try:

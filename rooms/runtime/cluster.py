@@ -40,7 +40,7 @@ from presence.process import PROCESS_ID
 from rooms.conf import dorm_settings
 from rooms.protocol import CloseCode, ErrorReason
 from rooms.runtime.connection import SCOPE_RANK, Connection
-from rooms.runtime.messages import Binary, Call, Frame, Item, Join, Leave, Peer, Tick
+from rooms.runtime.messages import AlarmDue, Binary, Call, Frame, Item, Join, Leave, Peer, Tick
 
 if TYPE_CHECKING:
     from rooms.runtime.registry import ActorRegistry, Runtime
@@ -138,6 +138,12 @@ def encode_item(room: str, item: Item) -> dict[str, Any] | None:
         # Binary frames cannot cross processes yet: binary kinds (Yjs) run in
         # the embedded mode only (docs/kinds.md).
         return None
+    if isinstance(item, AlarmDue):
+        # The row is the truth: the owner re-checks token and attempts before running it.
+        return {
+            "type": "dorm.item", "room": room, "k": "alarm", "a": item.alarm_id, "n": item.name,
+            "tk": item.token, "at": item.attempts, "due": item.due_ms,
+        }
     peer = item.peer
     base = {"type": "dorm.item", "room": room, "c": peer.id, "u": peer.user_id, "sc": peer.scope, "p": PROCESS_ID}
     if isinstance(item, Join):
@@ -396,7 +402,9 @@ class Cluster:
         try:
             pipe = self.redis.pipeline(transaction=False)
             for room in rooms:
-                self._renew(keys=[lease_key(room)], args=[self.me, self.ttl_ms], client=pipe)
+                # AsyncScript.__call__ is a coroutine even on a pipeline: not
+                # awaited, nothing is queued and no lease is ever renewed.
+                await self._renew(keys=[lease_key(room)], args=[self.me, self.ttl_ms], client=pipe)
             results = await pipe.execute()
         except Exception as exc:
             # Another process may take the rooms once the TTL runs out: stop
@@ -522,8 +530,8 @@ class Cluster:
             if not call.future.done():
                 call.future.set_exception(RemoteRoom(room, owner))
             return
-        peer = item.peer  # type: ignore[union-attr]
-        if not isinstance(peer, (RemotePeer, Connection)):
+        peer = getattr(item, "peer", None)  # alarms have none
+        if peer is not None and not isinstance(peer, (RemotePeer, Connection)):
             self.local_peers[peer.id] = peer
         self._forward_queue.append((owner, message))
         self._forward_ready.set()
@@ -565,8 +573,12 @@ class Cluster:
 
     def _on_inbox(self, message: dict[str, Any]) -> None:
         room = message["room"]
-        conn_id = message["c"]
         kind = message["k"]
+        if kind == "alarm":
+            due = AlarmDue(message["a"], message["n"], message["tk"], message["at"], message["due"])
+            self.runtime.registry.submit(room, due)
+            return
+        conn_id = message["c"]
         peer = self.remote_peers.get(conn_id)
         if peer is None:
             peer = RemotePeer(self, room, conn_id, message["u"], message["sc"], message.get("p", ""))
@@ -577,7 +589,8 @@ class Cluster:
             item = Join(peer, message["since"])
         elif kind == "frame":
             payload = None if message["p"] is None else orjson.loads(message["p"])
-            item = Frame(peer, message["t"], message["i"], payload)
+            # Timed from the arrival here (the forwarding hop is not included).
+            item = Frame(peer, message["t"], message["i"], payload, time.perf_counter())
         else:
             self.remote_peers.pop(conn_id, None)
             item = Leave(peer, message["code"], message["reason"])

@@ -17,6 +17,7 @@ from collections.abc import Awaitable, Callable
 from enum import Enum
 from typing import Any
 
+from billing.meter import meter
 from rooms.conf import dorm_settings
 from rooms.runtime.direct_write import FrameWriter, close_socket, direct_writer, outbound_meter
 from rooms.protocol import CloseCode, ErrorReason, close_frame, error_frame
@@ -168,6 +169,7 @@ class Connection:
     ) -> None:
         """Reply with an error frame; repeated client faults close with 1008."""
         await self.reply(error_frame(reason, client_id, detail, code))
+        meter.op("error", reason)
         # A coded refusal is the room's state saying no (a lost race), not abuse.
         if reason in ABUSE_REASONS and code is None:
             now = time.monotonic()

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from billing.meter import meter
 from rooms.runtime.connection import Connection, ConnectionState
 from rooms.runtime.direct_write import text_frame
 
@@ -97,4 +98,7 @@ class LocalHub:
                 delivered += 1
             elif state is _PENDING:
                 conn.buffer(seq, message)
+        if delivered:
+            # Metered once per event, not per socket.
+            meter.delivered(room, delivered, len(text) if text.isascii() else len(text.encode()))
         return delivered

@@ -1,4 +1,4 @@
-"""What reaches a room's actor: joins, frames, leaves, calls, timer ticks and binary frames.
+"""What reaches a room's actor: joins, frames, leaves, calls, alarms, timer ticks and binary frames.
 
 The ``Peer`` protocol is what the actor needs of a connection. In the embedded
 mode every peer is a local :class:`~rooms.runtime.connection.Connection`; a
@@ -51,6 +51,9 @@ class Frame:
     type: str
     client_id: str | None
     payload: Any
+    # time.perf_counter() when the frame reached this process (billing's
+    # processing-time histogram); 0.0 when unknown.
+    received: float = 0.0
 
 
 @dataclass(slots=True)
@@ -69,6 +72,18 @@ class Call:
 
 
 @dataclass(slots=True)
+class AlarmDue:
+    """A durable alarm to run now (``dispatch.py``); crosses processes by its row."""
+
+    alarm_id: int
+    name: str
+    token: int
+    attempts: int
+    # Unix ms it was due, for the firing-delay log line.
+    due_ms: int
+
+
+@dataclass(slots=True)
 class Tick:
     """An in-actor timer fired (``timers.py``); never leaves the process."""
 
@@ -83,4 +98,38 @@ class Binary:
     data: bytes
 
 
-Item = Join | Frame | Leave | Call | Tick | Binary
+Item = Join | Frame | Leave | Call | AlarmDue | Tick | Binary
+
+
+class ServerPeer:
+    """The sender of durable events a kind publishes itself (``room.publish``).
+
+    Nobody to acknowledge or answer; its id matches no connection, so the
+    event is broadcast to every socket of the room.
+    """
+
+    id = ""
+    user_id = ""
+    scope = "host"
+    refused = False
+    closed = False
+
+    def may_send(self, required_scope: str) -> bool:
+        return True
+
+    async def open(self, welcome: str, seq: int, replay: list[str]) -> None:
+        pass
+
+    async def reply(self, text: str) -> None:
+        pass
+
+    async def error(
+        self, reason: str, client_id: str | None = None, detail: str | None = None, code: str | None = None
+    ) -> None:
+        pass
+
+    async def close(self, code: int, reason: str) -> None:
+        pass
+
+
+SERVER_PEER = ServerPeer()

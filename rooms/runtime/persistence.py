@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import socket
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 
@@ -19,6 +20,7 @@ from django.db.models import Max
 from django.utils import timezone
 
 from rooms.models import ActorRun, Event, Room, Snapshot, StoredValue
+from rooms.runtime.alarms import AlarmWrite, apply_alarm_writes
 
 # (room_id, seq, type, user_id, client_id, payload_json, ts)
 EventRow = tuple[int, int, str, str, str, str, int]
@@ -58,13 +60,19 @@ def load_room(slug: str, *, create_kind: str | None, ids_since_ms: int, ids_limi
         if create_kind is None:
             raise RoomNotFound(slug)
         room, _ = Room.objects.get_or_create(slug=slug, defaults={"kind": create_kind})
-    snap = Snapshot.objects.filter(room=room).order_by("-seq").values_list("seq", "state").first()
-    snapshot_seq, snapshot_state = snap if snap else (0, None)
-    tail = list(
-        Event.objects.filter(room=room, seq__gt=snapshot_seq)
-        .order_by("seq")
-        .values_list("seq", "type", "user_id", "client_id", "payload", "ts")
-    )
+    for _attempt in range(5):
+        snap = Snapshot.objects.filter(room=room).order_by("-seq").values_list("seq", "state").first()
+        snapshot_seq, snapshot_state = snap if snap else (0, None)
+        tail = list(
+            Event.objects.filter(room=room, seq__gt=snapshot_seq)
+            .order_by("seq")
+            .values_list("seq", "type", "user_id", "client_id", "payload", "ts")
+        )
+        # Retention (rooms/retention.py) may have written a newer snapshot and
+        # deleted events between the two reads: a tail that does not start
+        # right after the snapshot is read again, never folded with a hole.
+        if not tail or tail[0][0] == snapshot_seq + 1:
+            break
     last_seq = tail[-1][0] if tail else snapshot_seq
     if not tail:
         # Retention may have left a snapshot newer than any event, or events
@@ -104,9 +112,13 @@ def _insert_events_sql() -> str:
     return _INSERT_EVENTS
 
 
-def commit_batch(room_id: int, rows: list[EventRow], writes: dict[str, str | None]) -> None:
-    """Append ``rows`` and apply storage ``writes`` (None deletes) atomically."""
+def commit_batch(
+    room_id: int, rows: list[EventRow], writes: dict[str, str | None], alarm_writes: Sequence[AlarmWrite] = ()
+) -> None:
+    """Append ``rows``, apply storage ``writes`` (None deletes) and alarm changes atomically."""
     with transaction.atomic():
+        if alarm_writes:
+            apply_alarm_writes(room_id, list(alarm_writes))
         if rows:
             with connection.cursor() as cursor:
                 cursor.executemany(_insert_events_sql(), rows)

@@ -10,17 +10,21 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Callable
 from typing import Any
 
 from django.conf import settings
 
+from billing.flush import stop_flusher
 from presence.backends.base import PresenceBackend
 from presence.backends.memory import MemoryPresence
 from presence.service import PresenceService
+from rooms.conf import dorm_settings
 from rooms.runtime.actor import RoomActor
 from rooms.runtime.backpressure import OutboundWatch
+from rooms.runtime.dispatch import EmbeddedScheduler, OnDemandDispatch, beat_lookahead_seconds
 from rooms.runtime.hub import LocalHub
-from rooms.runtime.messages import Call, Item
+from rooms.runtime.messages import Call, Item, Leave
 from rooms.protocol import CloseCode
 from rooms.runtime.cluster import Cluster
 from rooms.runtime.shutdown import install_graceful_shutdown
@@ -47,6 +51,11 @@ class ActorRegistry:
         if cluster is not None:
             # Distributed: the room may run elsewhere, or need its lease first.
             cluster.route(self, room, item)
+            return
+        if actor is None and self.runtime.shutting_down and type(item) is Leave:
+            # A socket closed by the shutdown itself: waking the room again
+            # would start an actor (and an ActorRun that never ends) in a
+            # process about to exit. Its next owner starts without it.
             return
         self.wake(room).submit(item)
 
@@ -108,12 +117,35 @@ class Runtime:
         self.registry = ActorRegistry(self)
         self.shutting_down = False
         self.cluster: Cluster | None = None
+        # Embedded mode: the alarm scheduler on this process's loop.
+        self.scheduler: EmbeddedScheduler | None = None
+        # Distributed mode: dispatch when an actor here sets an alarm.
+        self.on_demand: OnDemandDispatch | None = None
+        self.alarm_nudge: Callable[[], None] | None = None
         self.transport: Transport
         if distributed:
             self.cluster = Cluster(self)
             self.transport = ClusterTransport(self.hub, self.cluster)
         else:
             self.transport = LocalTransport(self.hub)
+
+    def start_scheduler(self) -> None:
+        if self.scheduler is None:
+            self.scheduler = EmbeddedScheduler(self)
+            self.scheduler.start()
+            self.alarm_nudge = self.scheduler.nudge
+
+    def start_on_demand_dispatch(self) -> None:
+        if self.on_demand is None:
+            self.on_demand = OnDemandDispatch(self, beat_lookahead_seconds())
+            self.alarm_nudge = self.on_demand.nudge
+
+    def alarms_changed(self) -> None:
+        """An actor here set an alarm or scheduled a retry: if this process
+        dispatches (embedded scheduler, Celery worker), look now rather than
+        at the next poll, so short delays are kept too."""
+        if self.alarm_nudge is not None:
+            self.alarm_nudge()
 
     async def actor_stopped(self, room: str, clean: bool) -> None:
         if self.cluster is not None:
@@ -131,6 +163,10 @@ class Runtime:
             return
         self.shutting_down = True
         started = time.monotonic()
+        if self.scheduler is not None:
+            await self.scheduler.stop()
+        if self.on_demand is not None:
+            await self.on_demand.stop()
         actors = list(self.registry.actors.values())
         log.info("shutdown rooms=%d sockets=%d", len(actors), sum(self.hub.count(r) for r in self.hub.rooms()))
         for actor in actors:
@@ -149,6 +185,8 @@ class Runtime:
         await asyncio.gather(*closing, return_exceptions=True)
         if self.cluster is not None:
             await self.cluster.bus.flushed()
+        # Billing: write this process's last counters before it exits.
+        await stop_flusher()
         log.info("shutdown done ms=%d", int((time.monotonic() - started) * 1000))
 
 
@@ -166,11 +204,29 @@ def _presence_backend() -> PresenceBackend:
 _runtime: Runtime | None = None
 
 
+def alarm_scheduler_mode() -> str:
+    """"embedded", "celery" or "off" (``DORM["ALARM_SCHEDULER"]``, "auto" resolved)."""
+    mode = str(dorm_settings.ALARM_SCHEDULER)
+    if mode == "auto":
+        return "celery" if getattr(settings, "REDIS_URL", "") else "embedded"
+    return mode
+
+
 def get_runtime() -> Runtime:
     global _runtime
     if _runtime is None:
         _runtime = Runtime(distributed=bool(getattr(settings, "REDIS_URL", "")))
         install_graceful_shutdown(_runtime)
+        mode = alarm_scheduler_mode()
+        try:
+            asyncio.get_running_loop()
+        except RuntimeError:
+            pass  # no loop (a management command): no scheduler
+        else:
+            if mode == "embedded":
+                _runtime.start_scheduler()
+            elif mode == "celery":
+                _runtime.start_on_demand_dispatch()
     return _runtime
 
 
@@ -181,6 +237,10 @@ async def reset_runtime() -> None:
         task = _runtime.outbound_watch.task
         if task is not None:
             task.cancel()
+        if _runtime.scheduler is not None:
+            await _runtime.scheduler.stop()
+        if _runtime.on_demand is not None:
+            await _runtime.on_demand.stop()
         await _runtime.registry.stop_all()
         await _runtime.presence_service.stop(clean=False)
         await _runtime.presence.close()

@@ -23,17 +23,21 @@ class RoomStorage:
         self._room_id = room_id
         self._cache: dict[str, Any] = {}
         self._staged: dict[str, str | None] = {}
+        # Database rows read since the actor last asked (billing).
+        self.rows_read = 0
 
     async def get(self, key: str, default: Any = None) -> Any:
         value = self._cache.get(key, _MISSING)
         if value is _MISSING:
             text = await database_sync_to_async(persistence.stored_value)(self._room_id, key)
+            self.rows_read += 1
             value = None if text is None else orjson.loads(text)
             self._cache[key] = value
         return default if value is None else value
 
     async def list(self, prefix: str = "") -> dict[str, Any]:
         rows = await database_sync_to_async(persistence.stored_values)(self._room_id, prefix)
+        self.rows_read += len(rows)
         found = {key: orjson.loads(text) for key, text in rows}
         for key, text in self._staged.items():
             if key.startswith(prefix):
@@ -51,6 +55,10 @@ class RoomStorage:
     def delete(self, key: str) -> None:
         self._cache[key] = None
         self._staged[key] = None
+
+    def take_rows_read(self) -> int:
+        rows, self.rows_read = self.rows_read, 0
+        return rows
 
     def has_writes(self) -> bool:
         return bool(self._staged)

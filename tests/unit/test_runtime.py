@@ -311,9 +311,9 @@ async def test_group_commit_shares_transactions_under_load(connect: Any, monkeyp
     batches: list[int] = []
     real = persistence.commit_batch
 
-    def counting(room_id: int, rows: list[Any], writes: dict[str, Any]) -> None:
+    def counting(room_id: int, rows: list[Any], writes: dict[str, Any], alarm_writes: Any = ()) -> None:
         batches.append(len(rows))
-        real(room_id, rows, writes)
+        real(room_id, rows, writes, alarm_writes)
 
     monkeypatch.setattr(actor_module, "db_commit_batch", database_sync_to_async(counting))
     a = await connect("group", userId="a")

@@ -69,5 +69,5 @@ def test_stalled_deliveries_are_queued_again_on_the_broker(owner: Any, redis_url
     finally:
         app.conf.broker_url = settings.CELERY_BROKER_URL
         app.pool.force_close_all()
-    queued = [json.loads(m) for m in redis.Redis.from_url(redis_url).lrange("celery", 0, -1)]
+    queued = [json.loads(m) for m in redis.Redis.from_url(redis_url).lrange(app.conf.task_default_queue, 0, -1)]
     assert [(m["headers"]["task"], m["headers"]["argsrepr"]) for m in queued] == [("webhooks.tasks.deliver", f"({lost.pk},)")]

@@ -1,0 +1,201 @@
+"""Add what the meter counted to the database: once a minute per process.
+
+Every write is an upsert that adds (``ON CONFLICT ... DO UPDATE SET n = n +
+excluded.n``; the peak takes the larger), so N processes flushing the same
+room and minute add up, and a process may flush a minute in several parts.
+One ``executemany`` per table per flush, whatever the traffic.
+
+CPU: the process's CPU time since the previous flush (``time.process_time``,
+every thread) is shared among the rooms flushed by their work
+(``Counters.work``); CPU of a flush interval without any room work is not
+attributed to a room.
+
+``flush_now`` is the plain function a scheduler (Celery beat, the in-process
+scheduler) can call; until one exists, ``ensure_flusher`` starts a small
+periodic task in each ASGI process.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from datetime import UTC, datetime
+
+from channels.db import database_sync_to_async
+from django.db import connection, transaction
+
+from billing.conf import billing_settings
+from billing.meter import Counters, Meter, meter
+from billing.models import COUNTER_FIELDS, LatencyBucket, Metric, OpsCount, UsageMinute
+from rooms.models import Room
+
+log = logging.getLogger("dorm.billing")
+
+_last_cpu = time.process_time()
+
+
+def minute_start(minute: int) -> datetime:
+    return datetime.fromtimestamp(minute * 60, tz=UTC)
+
+
+def _usage_sql() -> str:
+    qn = connection.ops.quote_name
+    table = qn(UsageMinute._meta.db_table)
+    greatest = "GREATEST" if connection.vendor == "postgresql" else "MAX"
+    cols = ["room_id", "minute", "peak_connections", *COUNTER_FIELDS]
+    updates = [f"{qn(f)} = {table}.{qn(f)} + excluded.{qn(f)}" for f in COUNTER_FIELDS]
+    updates.append(
+        f"{qn('peak_connections')} = {greatest}({table}.{qn('peak_connections')}, excluded.{qn('peak_connections')})"
+    )
+    return (
+        f"INSERT INTO {table} ({', '.join(qn(c) for c in cols)}) VALUES ({', '.join(['%s'] * len(cols))}) "
+        f"ON CONFLICT ({qn('room_id')}, {qn('minute')}) DO UPDATE SET {', '.join(updates)}"
+    )
+
+
+def _latency_sql() -> str:
+    qn = connection.ops.quote_name
+    table = qn(LatencyBucket._meta.db_table)
+    return (
+        f"INSERT INTO {table} (room_id, minute, metric, bucket, count) VALUES (%s, %s, %s, %s, %s) "
+        f"ON CONFLICT (room_id, minute, metric, bucket) DO UPDATE SET count = {table}.count + excluded.count"
+    )
+
+
+def _ops_sql() -> str:
+    qn = connection.ops.quote_name
+    table = qn(OpsCount._meta.db_table)
+    return (
+        f"INSERT INTO {table} (minute, what, code, count) VALUES (%s, %s, %s, %s) "
+        f"ON CONFLICT (minute, what, code) DO UPDATE SET count = {table}.count + excluded.count"
+    )
+
+
+def apportion_cpu(taken: list[tuple[str, Counters]], cpu_us: int) -> None:
+    work = [c.work() for _, c in taken]
+    total = sum(work)
+    if total <= 0 or cpu_us <= 0:
+        return
+    for (_, c), w in zip(taken, work):
+        c.cpu_us += cpu_us * w // total
+
+
+def write(taken: list[tuple[str, Counters]], ops: list[tuple[int, dict[tuple[str, str], int]]]) -> int:
+    """Upsert the counters; returns the number of usage rows written."""
+    slugs = {room for room, _ in taken}
+    ids = dict(Room.objects.filter(slug__in=slugs).values_list("slug", "id")) if slugs else {}
+    adapt = connection.ops.adapt_datetimefield_value
+    usage = []
+    latency = []
+    for room, c in taken:
+        room_id = ids.get(room)
+        if room_id is None:
+            continue  # refused before the room existed: nothing to bill
+        minute = adapt(minute_start(c.minute))
+        usage.append((room_id, minute, c.peak_connections, *(getattr(c, f) for f in COUNTER_FIELDS)))
+        for metric, hist in ((Metric.PROCESSING, c.processing), (Metric.ROUND_TRIP, c.round_trip),
+                             (Metric.ROUND_TRIP_LONG, c.round_trip_long)):
+            latency.extend((room_id, minute, int(metric), b, n) for b, n in hist.items())
+    op_rows = [(adapt(minute_start(m)), what, code, n) for m, counts in ops for (what, code), n in counts.items()]
+    with transaction.atomic():
+        with connection.cursor() as cursor:
+            if usage:
+                cursor.executemany(_usage_sql(), usage)
+            if latency:
+                cursor.executemany(_latency_sql(), latency)
+            if op_rows:
+                cursor.executemany(_ops_sql(), op_rows)
+    return len(usage)
+
+
+def flush_sync(m: Meter | None = None) -> int:
+    """Flush the meter from a thread without an event loop (beat task, shell)."""
+    global _last_cpu
+    m = m or meter
+    taken, ops = m.take()
+    now_cpu = time.process_time()
+    apportion_cpu(taken, int((now_cpu - _last_cpu) * 1_000_000))
+    _last_cpu = now_cpu
+    if not taken and not ops:
+        return 0
+    try:
+        return write(taken, ops)
+    except Exception:
+        # Counts are lost rather than re-added twice: the upsert may have
+        # partly run. Logged with sizes only.
+        log.exception("usage flush failed rooms=%d", len(taken))
+        return 0
+
+
+_db_write = database_sync_to_async(write)
+
+
+async def flush_now() -> int:
+    """Flush this process's counters (the plain function schedulers call)."""
+    global _last_cpu
+    taken, ops = meter.take()
+    now_cpu = time.process_time()
+    apportion_cpu(taken, int((now_cpu - _last_cpu) * 1_000_000))
+    _last_cpu = now_cpu
+    if not taken and not ops:
+        return 0
+    try:
+        rows = await _db_write(taken, ops)
+    except Exception:
+        log.exception("usage flush failed rooms=%d", len(taken))
+        return 0
+    log.debug("usage flushed rows=%d", rows)
+    return rows
+
+
+# -- the per-process periodic task ---------------------------------------------------
+
+_task: asyncio.Task[None] | None = None
+
+
+def ensure_flusher() -> None:
+    """Start this process's flush loop if it is not running in this event loop."""
+    global _task
+    if not meter.enabled:
+        return
+    loop = asyncio.get_running_loop()
+    if _task is not None and not _task.done() and _task.get_loop() is loop:
+        return
+    _task = loop.create_task(_flush_loop(), name="billing-flush")
+
+
+async def _flush_loop() -> None:
+    interval = float(billing_settings.FLUSH_SECONDS)
+    next_flush = time.time() + interval
+    while True:
+        now = time.time()
+        next_minute = (now // 60 + 1) * 60
+        await asyncio.sleep(max(0.0, min(next_flush, next_minute) - now) + 0.001)
+        meter.rotate()
+        if time.time() >= next_flush:
+            next_flush = time.time() + interval
+            try:
+                await flush_now()
+                # Budgets are checked against what was just written.
+                from billing import budgets
+
+                await budgets.refresh()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("billing periodic task failed")
+
+
+async def stop_flusher(flush: bool = True) -> None:
+    """Stop the loop (shutdown, tests) and write what is left."""
+    global _task
+    task, _task = _task, None
+    if task is not None and not task.done():
+        task.cancel()
+        try:
+            await task
+        except (asyncio.CancelledError, Exception):
+            pass
+    if flush:
+        await flush_now()

@@ -1,0 +1,106 @@
+"""Prometheus exposition of the flushed counters and histograms.
+
+Cluster-wide totals read from the database (every process's flushes), so a
+scrape of any process gives the same numbers. Labels are bounded: close codes
+(the protocol's list plus ``other``), error reasons (the protocol's list),
+cost providers (three); never a room or user id.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+from django.db.models import Sum
+from django.utils import timezone
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
+from prometheus_client.registry import Collector, CollectorRegistry
+
+from billing import costs, histogram, stats
+from billing.models import COUNTER_FIELDS, LatencyBucket, Metric, OpsCount, UsageMinute
+
+# Exported bucket bounds: every fourth bound (each doubling), 0.05 ms to ~52 s.
+EXPORTED = list(range(0, histogram.BUCKETS, histogram.STEPS_PER_DOUBLING))
+
+HELP = {
+    "connections_opened": "Connections that joined a room",
+    "connections_closed": "Connections that left a room",
+    "messages_in": "Frames received from clients",
+    "bytes_in": "Bytes of frames received from clients",
+    "messages_out": "Fan-out deliveries to sockets",
+    "bytes_out": "Bytes of fan-out deliveries",
+    "events_written": "Durable events committed",
+    "rows_read": "Database rows read by room actors",
+    "rows_written": "Database rows written by room actors",
+    "storage_bytes_written": "Bytes of payloads and storage values written",
+    "actor_awake_ms": "Milliseconds room actors were awake",
+    "alarms_fired": "Alarms delivered to rooms",
+    "cpu_us": "Process CPU microseconds attributed to rooms",
+}
+
+
+def _histogram(name: str, doc: str, counts: dict[int, int]) -> HistogramMetricFamily:
+    buckets = []
+    cumulative = 0
+    for i in EXPORTED:
+        cumulative = sum(n for b, n in counts.items() if b <= i)
+        buckets.append((repr(histogram.BOUNDS_MS[i] / 1000), cumulative))
+    total = sum(counts.values())
+    buckets.append(("+Inf", total))
+    # The sum is estimated from bucket upper bounds (Dorm stores counts only).
+    estimate = sum(histogram.upper_ms(b) / 1000 * n for b, n in counts.items() if b < histogram.OVERFLOW)
+    return HistogramMetricFamily(name, doc, buckets=buckets, sum_value=estimate)
+
+
+class DormCollector(Collector):
+    def collect(self) -> Iterator:
+        totals = UsageMinute.objects.aggregate(**{f: Sum(f) for f in COUNTER_FIELDS})
+        for f in COUNTER_FIELDS:
+            yield CounterMetricFamily(f"dorm_{f}", HELP[f], value=int(totals[f] or 0))
+        for metric, name, doc in (
+            (Metric.PROCESSING, "dorm_processing_latency_seconds", "Server processing time, frame received to fan-out written"),
+            (Metric.ROUND_TRIP, "dorm_client_round_trip_seconds", "Round trip reported by clients in ping"),
+        ):
+            counts = {
+                b: int(n)
+                for b, n in LatencyBucket.objects.filter(metric=metric)
+                .values("bucket")
+                .annotate(n=Sum("count"))
+                .values_list("bucket", "n")
+            }
+            yield _histogram(name, doc, counts)
+        closes = CounterMetricFamily("dorm_closes", "WebSocket closes and refusals by close code", labels=["code"])
+        errors = CounterMetricFamily("dorm_errors", "Error frames sent, by reason", labels=["reason"])
+        for what, code, n in OpsCount.objects.values("what", "code").annotate(n=Sum("count")).values_list("what", "code", "n"):
+            (closes if what == "close" else errors).add_metric([code], int(n))
+        yield closes
+        yield errors
+        now = timezone.now()
+        board_minute = stats.last_minute(now)
+        last = UsageMinute.objects.filter(minute=board_minute)
+        yield GaugeMetricFamily("dorm_active_rooms", "Rooms with usage in the last complete minute", value=last.count())
+        yield GaugeMetricFamily(
+            "dorm_connections",
+            "Connections in the last complete minute (sum of rooms' peaks)",
+            value=int(last.aggregate(n=Sum("peak_connections"))["n"] or 0),
+        )
+        _, month = costs.costs_between(costs.month_start(now), now)
+        cost = GaugeMetricFamily("dorm_cost_month_usd", "Cost of this month so far, by provider", labels=["provider"])
+        for provider in ("here", "durable_objects", "hosted"):
+            cost.add_metric([provider], float(month.basis(provider)))
+        yield cost
+        alert = stats.latency_alert(now)
+        yield GaugeMetricFamily("dorm_latency_alert_firing", "1 when the latency alert fires", value=int(alert["state"] == "firing"))
+        yield GaugeMetricFamily(
+            "dorm_latency_alert_median_ms",
+            "Median client round trip of sessions older than 30 s (NaN: no data)",
+            value=float("nan") if alert["median_ms"] is None else alert["median_ms"],
+        )
+        yield GaugeMetricFamily("dorm_latency_alert_threshold_ms", "The alert's threshold", value=alert["threshold_ms"])
+
+
+def exposition() -> bytes:
+    from prometheus_client import generate_latest
+
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(DormCollector())
+    return generate_latest(registry)
