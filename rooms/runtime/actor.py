@@ -135,12 +135,12 @@ class RoomContext:
     # -- binary kinds (accepts_binary; their sockets get no JSON frames) ------------
 
     async def send_bytes(self, peer: Peer, data: bytes) -> None:
-        """A binary frame to one connection of this process."""
-        await self._actor.runtime.hub.send_bytes(self._actor.slug, peer.id, data)
+        """A binary frame to one connection (on this process or, over the room bus, another)."""
+        await peer.send_bytes(data)
 
     async def broadcast_bytes(self, data: bytes, *, exclude: str | None = None) -> None:
         """A binary frame to every binary connection of the room but ``exclude``."""
-        await self._actor.runtime.hub.deliver_bytes(self._actor.slug, data, exclude)
+        await self._actor.runtime.transport.broadcast_bytes(self._actor.slug, data, exclude)
 
     def publish(self, type_: str, payload: Any = None, *, user_id: str = "") -> int:
         """A durable server event of one of the kind's types: validated,

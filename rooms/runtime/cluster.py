@@ -24,6 +24,7 @@ which the new owner de-duplicates from the log. Correct first, then fast.
 from __future__ import annotations
 
 import asyncio
+import base64
 import logging
 import time
 from collections import deque
@@ -122,6 +123,10 @@ class RemotePeer:
     async def reply(self, text: str) -> None:
         self._cluster.bus.publish(self.room, {"k": "reply", "c": self.id, "t": text})
 
+    async def send_bytes(self, data: bytes) -> None:
+        # Base64 in the bus's JSON, in the room's one ordered stream.
+        self._cluster.bus.publish(self.room, {"k": "bin", "c": self.id, "b": base64.b64encode(data).decode()})
+
     async def error(
         self, reason: str, client_id: str | None = None, detail: str | None = None, code: str | None = None
     ) -> None:
@@ -134,9 +139,7 @@ class RemotePeer:
 
 def encode_item(room: str, item: Item) -> dict[str, Any] | None:
     """A channel-layer message for an item (None: it cannot leave the process)."""
-    if isinstance(item, (Call, Tick, Binary)):
-        # Binary frames cannot cross processes yet: binary kinds (Yjs) run in
-        # the embedded mode only (docs/kinds.md).
+    if isinstance(item, (Call, Tick)):
         return None
     if isinstance(item, AlarmDue):
         # The row is the truth: the owner re-checks token and attempts before running it.
@@ -148,6 +151,8 @@ def encode_item(room: str, item: Item) -> dict[str, Any] | None:
     base = {"type": "dorm.item", "room": room, "c": peer.id, "u": peer.user_id, "sc": peer.scope, "p": PROCESS_ID}
     if isinstance(item, Join):
         return {**base, "k": "join", "since": item.since}
+    if isinstance(item, Binary):
+        return {**base, "k": "bin", "b": base64.b64encode(item.data).decode()}
     if isinstance(item, Frame):
         # The payload travels as JSON text: msgpack and JSON disagree on edges.
         payload = None if item.payload is None else orjson.dumps(item.payload).decode()
@@ -520,10 +525,6 @@ class Cluster:
 
     def _forward(self, owner: str, room: str, item: Item) -> None:
         message = encode_item(room, item)
-        if message is None and isinstance(item, Binary):
-            log.warning("binary frame not forwarded room=%s conn=%s", room, item.peer.id)
-            asyncio.ensure_future(item.peer.close(CloseCode.TRY_AGAIN_LATER, "binary rooms need the embedded mode"))
-            return
         if message is None:
             call = item
             assert isinstance(call, Call)
@@ -587,6 +588,8 @@ class Cluster:
         item: Item
         if kind == "join":
             item = Join(peer, message["since"])
+        elif kind == "bin":
+            item = Binary(peer, base64.b64decode(message["b"]))
         elif kind == "frame":
             payload = None if message["p"] is None else orjson.loads(message["p"])
             # Timed from the arrival here (the forwarding hop is not included).
@@ -624,6 +627,9 @@ class Cluster:
                 self.bus_seq[room] = seq
             asyncio.ensure_future(hub.deliver(room, message["t"], seq, message["x"]))
             return
+        if kind == "evb":  # a binary broadcast (binary kinds)
+            asyncio.ensure_future(hub.deliver_bytes(room, base64.b64decode(message["b"]), message["x"]))
+            return
         conn_id = message["c"]
         target: Any = hub.get(room, conn_id)
         if target is None:
@@ -638,6 +644,8 @@ class Cluster:
             asyncio.ensure_future(target.open(message["w"], seq, message["r"]))
         elif kind == "reply":
             asyncio.ensure_future(target.reply(message["t"]))
+        elif kind == "bin":
+            asyncio.ensure_future(target.send_bytes(base64.b64decode(message["b"])))
         elif kind == "error":
             asyncio.ensure_future(target.error(message["r"], message["i"], message["d"], message.get("e")))
         elif kind == "close":
@@ -653,6 +661,9 @@ class Cluster:
 
     def publish_event(self, room: str, text: str, seq: int | None, exclude: str | None) -> None:
         self.bus.publish(room, {"k": "ev", "s": seq, "x": exclude, "t": text})
+
+    def publish_bytes(self, room: str, data: bytes, exclude: str | None) -> None:
+        self.bus.publish(room, {"k": "evb", "x": exclude, "b": base64.b64encode(data).decode()})
 
     async def actor_stopped(self, room: str, clean: bool) -> None:
         """The local actor is gone: let the room go (cleanly: say so on the bus)."""

@@ -52,11 +52,6 @@ class LocalHub:
     def rooms(self) -> list[str]:
         return list(self._rooms)
 
-    async def send_bytes(self, room: str, connection_id: str, data: bytes) -> None:
-        conn = self.get(room, connection_id)
-        if conn is not None:
-            await conn.send_bytes(data)
-
     async def deliver_bytes(self, room: str, data: bytes, exclude: str | None) -> int:
         """A binary frame to the room's binary sockets but ``exclude`` (binary kinds)."""
         delivered = 0

@@ -32,6 +32,8 @@ class Peer(Protocol):
 
     async def reply(self, text: str) -> None: ...
 
+    async def send_bytes(self, data: bytes) -> None: ...
+
     async def error(
         self, reason: str, client_id: str | None = None, detail: str | None = None, code: str | None = None
     ) -> None: ...
@@ -121,6 +123,9 @@ class ServerPeer:
         pass
 
     async def reply(self, text: str) -> None:
+        pass
+
+    async def send_bytes(self, data: bytes) -> None:
         pass
 
     async def error(

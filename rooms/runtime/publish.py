@@ -106,6 +106,9 @@ class ServerPeer:
     async def open(self, welcome: str, seq: int, replay: list[str]) -> None:
         """Never called: a server peer never joins the room."""
 
+    async def send_bytes(self, data: bytes) -> None:
+        """Nothing to a REST caller: binary frames are for sockets."""
+
     async def reply(self, text: str) -> None:
         frame = orjson.loads(text)
         if frame.get("type") == "ack" and not self._future.done():

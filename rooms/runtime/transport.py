@@ -19,6 +19,8 @@ if TYPE_CHECKING:
 class Transport(Protocol):
     async def broadcast(self, room: str, text: str, seq: int | None, exclude: str | None) -> None: ...
 
+    async def broadcast_bytes(self, room: str, data: bytes, exclude: str | None) -> None: ...
+
 
 class LocalTransport:
     def __init__(self, hub: LocalHub) -> None:
@@ -26,6 +28,9 @@ class LocalTransport:
 
     async def broadcast(self, room: str, text: str, seq: int | None, exclude: str | None) -> None:
         await self.hub.deliver(room, text, seq, exclude)
+
+    async def broadcast_bytes(self, room: str, data: bytes, exclude: str | None) -> None:
+        await self.hub.deliver_bytes(room, data, exclude)
 
 
 class ClusterTransport:
@@ -38,3 +43,7 @@ class ClusterTransport:
         # fan-out runs.
         self.cluster.publish_event(room, text, seq, exclude)
         await self.hub.deliver(room, text, seq, exclude)
+
+    async def broadcast_bytes(self, room: str, data: bytes, exclude: str | None) -> None:
+        self.cluster.publish_bytes(room, data, exclude)
+        await self.hub.deliver_bytes(room, data, exclude)
