@@ -64,8 +64,10 @@ class Cluster:
         raise AssertionError(f"no server announced inbox {inbox}")
 
 
-def _start_cluster(directory: Path, database_url: str, redis_url: str, n: int = 2) -> Cluster:
-    env = {"DATABASE_URL": database_url, "REDIS_URL": redis_url, "DORM_LEASE_TTL_SECONDS": str(LEASE_TTL)}
+def _start_cluster(
+    directory: Path, database_url: str, redis_url: str, n: int = 2, extra: dict[str, str] | None = None
+) -> Cluster:
+    env = {"DATABASE_URL": database_url, "REDIS_URL": redis_url, "DORM_LEASE_TTL_SECONDS": str(LEASE_TTL), **(extra or {})}
     servers: list[DormServer] = []
     try:
         for i in range(n):
@@ -383,3 +385,44 @@ async def test_sigterm_hands_rooms_over_and_closes_with_1001(database_url: str, 
     finally:
         _stop_cluster(c)
 
+
+
+async def test_a_frozen_owner_does_not_commit_after_its_lease_moved(database_url: str, tmp_path: Path) -> None:
+    """The owner's process is frozen (SIGSTOP: a starved event loop, a long GC
+    pause) past its lease; the other process takes the room. When the old
+    owner runs again, it must not commit what it had queued: its lease check
+    before the commit fails and it lets the room go."""
+    # The actor stays awake through the freeze (no hibernation in between).
+    c = _start_cluster(tmp_path, database_url, REDIS_TEST_URL, extra={"DORM_HIBERNATE_AFTER_SECONDS": "60"})
+    try:
+        room = room_name("frozen")
+        a = await WsClient.open(c.servers[0].url(room, userId="a"))
+        assert await a.draw({"n": 1}) == 1
+        assert c.owner_index(room) == 0
+        old = c.servers[0].process
+        assert old is not None
+        old.send_signal(signal.SIGSTOP)
+        try:
+            await a.send("draw", {"n": "queued while frozen"}, id="frozen")
+            await asyncio.sleep(LEASE_TTL + 0.5)  # the lease lapses
+            b = await WsClient.open(c.servers[1].url(room, userId="b"))
+            assert await b.draw({"n": 2}) == 2, "the other process took the room over"
+            assert c.owner_index(room) == 1
+        finally:
+            old.send_signal(signal.SIGCONT)
+        # The old owner wakes up with a queued frame. Whatever it does with it
+        # (refuse it, forward it to the new owner, or reset the socket), it
+        # never commits it itself: the log does not fork.
+        await asyncio.wait_for(a.wait_for(lambda f: f.get("id") == "frozen" or f.get("type") == "close", 1, 15), 16)
+        await asyncio.sleep(0.5)
+        assert "lease lost" in c.servers[0].log_text(), "the old owner noticed and let the room go"
+        # The client retries on the new owner: the message is applied once.
+        a2 = await WsClient.open(c.servers[1].url(room, userId="a", since=2))
+        seq = await a2.draw({"n": "queued while frozen"}, id="frozen")
+        log = c.log(room)
+        assert [row[0] for row in log] == list(range(1, len(log) + 1)) == [1, 2, 3], log
+        assert [row[3] for row in log].count("frozen") == 1 and log[seq - 1][3] == "frozen"
+        for ws in (a, a2, b):
+            await ws.close()
+    finally:
+        _stop_cluster(c)
