@@ -18,24 +18,12 @@ from typing import Any
 import pytest
 from websockets.sync.client import connect as ws_connect
 
-from tests.clients.conftest import CHROMIUM, require_tool
+from tests.clients.conftest import CHROMIUM, CHROMIUM_FLAGS, require_tool
 from tests.e2e.client import room_name
 from tests.e2e.server import REPO, DormServer, server_env, start_server
 
 pytestmark = pytest.mark.timeout(90)
 
-# This machine refuses bursts of connections without the background-networking
-# flags; --disable-quic keeps Chromium on plain TCP to localhost.
-CHROMIUM_FLAGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
 WAIT_MS = 10_000
 
 
