@@ -426,3 +426,47 @@ async def test_a_frozen_owner_does_not_commit_after_its_lease_moved(database_url
             await ws.close()
     finally:
         _stop_cluster(c)
+
+
+async def test_rolling_restart_under_traffic_loses_nothing(database_url: str, tmp_path: Path) -> None:
+    """A deploy: every server process is restarted one by one (SIGTERM, then a
+    new process) while clients keep sending; nothing acknowledged is lost and
+    every client ends with the same view as the log."""
+    c = _start_cluster(tmp_path, database_url, REDIS_TEST_URL)
+    env = dict(c.servers[0].extra_env)
+    try:
+        room = room_name("deploy")
+        clients = []
+        for i in range(6):
+            rc = ResilientClient(c.servers, room, f"u{i}", prefer=i % 2)
+            await rc.connect()
+            clients.append(rc)
+        senders = clients[:3]
+        rolled: list[asyncio.Task[None]] = []
+
+        async def roll() -> None:
+            for i in range(len(c.servers)):
+                old = c.servers[i]
+                await asyncio.to_thread(old.stop)  # SIGTERM: hand over, 1001
+                new = await asyncio.to_thread(
+                    start_server, "daphne", tmp_path, extra_env=env, migrate=False, name=f"daphne-{i}-new"
+                )
+                STARTED.append(new)
+                c.servers[i] = new  # the clients' list: they reconnect here
+
+        async def start_rolling() -> None:
+            rolled.append(asyncio.ensure_future(roll()))
+
+        per_sender = 400
+        await _drive(clients, senders, per_sender, during=start_rolling)
+        assert rolled[0].done(), "the restarts happened while the clients were sending"
+        rolled[0].result()
+        log = c.log(room)
+        assert len(log) == per_sender * len(senders)
+        _check_against_log(log, clients, senders)
+        assert sum(rc.reconnects for rc in clients) >= len(clients), "every socket moved at least once"
+        assert all(code in (1001, None) for rc in clients for code in rc.close_codes), [rc.close_codes for rc in clients]
+        for rc in clients:
+            await rc.close()
+    finally:
+        _stop_cluster(c)
