@@ -18,6 +18,7 @@ import time
 from dataclasses import dataclass, field
 
 from billing.conf import billing_settings
+from billing.costs import Usage
 from billing.histogram import bucket_of
 
 
@@ -27,24 +28,11 @@ def current_minute() -> int:
 
 
 @dataclass(slots=True)
-class Counters:
-    """One room's usage during one minute, in this process."""
+class Counters(Usage):
+    """One room's usage during one minute, in this process (the same
+    counters the cost model prices, plus latency histograms)."""
 
-    minute: int
-    connections_opened: int = 0
-    connections_closed: int = 0
-    peak_connections: int = 0
-    messages_in: int = 0
-    bytes_in: int = 0
-    messages_out: int = 0
-    bytes_out: int = 0
-    events_written: int = 0
-    rows_read: int = 0
-    rows_written: int = 0
-    storage_bytes_written: int = 0
-    actor_awake_ms: int = 0
-    alarms_fired: int = 0
-    cpu_us: int = 0
+    minute: int = 0
     # bucket -> count, per metric (billing.models.Metric)
     processing: dict[int, int] = field(default_factory=dict)
     round_trip: dict[int, int] = field(default_factory=dict)
@@ -84,7 +72,7 @@ class Meter:
         c = self.rooms.get(room)
         if c is None:
             live = self.live.get(room)
-            c = self.rooms[room] = Counters(self.minute, peak_connections=len(live) if live else 0)
+            c = self.rooms[room] = Counters(minute=self.minute, peak_connections=len(live) if live else 0)
         return c
 
     def rotate(self, minute: int | None = None) -> None:

@@ -1,4 +1,4 @@
-"""Demo pages: a landing page listing rooms, a whiteboard and a chat.
+"""Demo pages: a landing page listing rooms, a whiteboard, a chat and a poll.
 
 Plain Django templates and one ES module (the JavaScript client, served from
 ``clients/js/dorm.js`` at ``/static/dorm/dorm.js``): no build step. A
@@ -10,6 +10,7 @@ logged-in user's page joins with room tokens from ``/api/rooms/<slug>/token``
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from django.conf import settings
 from django.db.models import Count, Max
@@ -20,13 +21,37 @@ from django.urls import reverse
 from django.views.decorators.http import require_GET, require_http_methods
 
 from rooms.conf import dorm_settings
+from rooms.kinds.poll import MAX_OPTIONS
 from rooms.models import ROOM_SLUG_PATTERN, Room, slug_validator
-from rooms.protocol import ROOM_ID_RE
+from rooms.protocol import ROOM_ID_RE, now_ms
 
 CLIENT_JS = Path(settings.BASE_DIR) / "clients" / "js" / "dorm.js"
 
 # Kinds that have a demo page, and the template of each.
-PAGE_TEMPLATES = {"whiteboard": "dorm/whiteboard.html", "chat": "dorm/chat.html"}
+PAGE_TEMPLATES = {"whiteboard": "dorm/whiteboard.html", "chat": "dorm/chat.html", "poll": "dorm/poll.html"}
+
+
+def poll_settings(question: str, options: str, minutes: str) -> dict[str, Any]:
+    """A new poll's settings from the landing form: ``options`` separated by
+    commas (none: the kind's default, yes/no), an optional question and an
+    optional deadline in minutes from now. ValueError with a message for the page."""
+    settings_: dict[str, Any] = {}
+    names = [o.strip() for o in options.split(",") if o.strip()]
+    if names:
+        if not 2 <= len(names) <= MAX_OPTIONS or any(len(o) > 200 for o in names):
+            raise ValueError(f"A poll has 2-{MAX_OPTIONS} options of at most 200 characters, separated by commas.")
+        settings_["options"] = names
+    if question.strip():
+        settings_["question"] = question.strip()[:1000]
+    if minutes.strip():
+        try:
+            value = float(minutes)
+        except ValueError:
+            value = 0.0
+        if not 0 < value <= 60 * 24 * 366:
+            raise ValueError("The deadline is a number of minutes from now, more than 0.")
+        settings_["closesAt"] = now_ms() + round(value * 60_000)
+    return settings_
 
 
 @require_http_methods(["GET", "POST"])
@@ -39,8 +64,20 @@ def index(request: HttpRequest) -> HttpResponse:
         if not ROOM_ID_RE.fullmatch(slug) or kind not in PAGE_TEMPLATES:
             error = "Room ids are 1-64 characters of A-Z, a-z, 0-9, _ and -."
         else:
-            room, _ = Room.objects.get_or_create(slug=slug, defaults={"kind": kind})
-            return HttpResponseRedirect(reverse("dorm-room-page", args=[room.slug]))
+            try:
+                room_settings = (
+                    poll_settings(
+                        request.POST.get("question", ""), request.POST.get("options", ""), request.POST.get("minutes", "")
+                    )
+                    if kind == "poll"
+                    else {}
+                )
+            except ValueError as exc:
+                error = str(exc)
+            else:
+                # An existing room keeps its kind and settings.
+                room, _ = Room.objects.get_or_create(slug=slug, defaults={"kind": kind, "settings": room_settings})
+                return HttpResponseRedirect(reverse("dorm-room-page", args=[room.slug]))
     rooms = (
         Room.objects.annotate(latest_seq=Max("events__seq"), event_count=Count("events"))
         .order_by("-created_at")[:200]
@@ -54,7 +91,8 @@ def index(request: HttpRequest) -> HttpResponse:
 
 @require_GET
 def room_page(request: HttpRequest, slug: str) -> HttpResponse:
-    """The demo page of a room; ``?kind=chat`` creates a missing room as a chat."""
+    """The demo page of a room; ``?kind=chat`` (or ``poll``) creates a missing
+    room of that kind (a poll with the kind's default options, yes/no)."""
     slug_validator(slug)
     room = Room.objects.filter(slug=slug).first()
     if room is None:

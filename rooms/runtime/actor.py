@@ -51,6 +51,7 @@ from rooms.protocol import CloseCode, ErrorReason, ack_frame, dumps, event_frame
 from rooms.runtime import alarms as alarm_rows
 from rooms.runtime import persistence
 from rooms.runtime.alarms import AlarmBook
+from rooms.runtime.cluster import LeaseLost
 from rooms.runtime.messages import SERVER_PEER, AlarmDue, Binary, Call, Frame, Item, Join, Leave, Peer, Tick
 from rooms.runtime.persistence import LogRow, RoomNotFound
 from rooms.runtime.storage import RoomStorage
@@ -562,9 +563,21 @@ class RoomActor:
             return
         self._staged = []
         late_acks, self._late_acks = self._late_acks, []
+        cluster = self.runtime.cluster
         try:
+            if cluster is not None:
+                await cluster.confirm_lease(self.slug)
             await db_commit_batch(self.room_id, [s.row for s in staged], writes, alarm_writes)
         except Exception as exc:
+            if isinstance(exc, LeaseLost) and cluster is not None:
+                # Another process may run the room now: nothing of this batch
+                # was written; stop here (the senders' sockets are reset and
+                # they retry against the new owner).
+                for st in staged:
+                    await st.peer.error(ErrorReason.INTERNAL, st.client_id)
+                self._broken = True
+                cluster.room_failed(self.slug, "lease lost before commit")
+                return
             await self._commit_failed(staged, late_acks, exc)
             return
         if any(w.op == "set" for w in alarm_writes):

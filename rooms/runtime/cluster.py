@@ -339,7 +339,12 @@ class Cluster:
         self.runtime = runtime
         self.me = ""  # this process's inbox channel, also its lease value
         self.ttl_ms = int(dorm_settings.LEASE_TTL_SECONDS * 1000)
-        self.redis = aioredis.from_url(settings.REDIS_URL, socket_timeout=5, socket_connect_timeout=5)
+        # A blocking pool: a burst of claims (hundreds of rooms waking at
+        # once) waits for a connection instead of failing.
+        pool = aioredis.BlockingConnectionPool.from_url(
+            settings.REDIS_URL, max_connections=64, timeout=5, socket_timeout=5, socket_connect_timeout=5
+        )
+        self.redis = aioredis.Redis(connection_pool=pool)
         self.bus = RoomBus(self, self.redis)
         self.layer = get_channel_layer()
         self.held: set[str] = set()  # rooms whose lease this process holds
@@ -387,6 +392,22 @@ class Cluster:
         if owner == self.me:
             self.held.add(room)
         return owner
+
+    async def confirm_lease(self, room: str) -> None:
+        """Before a commit: prove the lease is still this process's.
+
+        Renewals run every TTL/3 on the event loop; a starved loop can let a
+        lease lapse unnoticed while another process takes the room. A commit
+        after a recent renewal goes ahead; otherwise this room's lease is
+        renewed first (compare-and-expire), so two actors of one room never
+        both commit for long. The unique (room, seq) stays the last fence.
+        """
+        if room not in self.held:
+            raise LeaseLost(room)
+        if time.monotonic() - self._renewed_at < self.ttl_ms / 2000:
+            return
+        if not await self._renew(keys=[lease_key(room)], args=[self.me, self.ttl_ms]):
+            raise LeaseLost(room)
 
     async def release(self, room: str) -> None:
         self.held.discard(room)
@@ -561,6 +582,8 @@ class Cluster:
                 message = await self.layer.receive(self.me)
             except asyncio.CancelledError:
                 raise
+            except TimeoutError:
+                continue  # an idle inbox: the blocking pop timed out, as it does
             except Exception as exc:
                 log.warning("inbox receive failed error=%s", type(exc).__name__)
                 await asyncio.sleep(delay)
@@ -693,6 +716,14 @@ class Cluster:
             await self.redis.aclose()
         except Exception:
             pass
+
+
+class LeaseLost(Exception):
+    """This process no longer holds the room's lease: its actor must stop."""
+
+    def __init__(self, room: str) -> None:
+        super().__init__(f"lease of room {room} lost")
+        self.room = room
 
 
 class RemoteRoom(Exception):

@@ -19,6 +19,18 @@ import pytest
 from tests.e2e.server import DormServer, start_server
 
 CHROMIUM = os.environ.get("DORM_CHROMIUM", "/usr/bin/chromium")
+# This machine refuses bursts of connections without the background-networking
+# flags; --disable-quic keeps Chromium on plain TCP to localhost.
+CHROMIUM_FLAGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
 INSTALL_HINT = {
     "chromium": "apt-get install -y chromium chromium-driver  (Debian's build; never a downloaded browser)",
     "node": "install Node.js 20 or newer (Debian: apt-get install -y nodejs)",

@@ -18,24 +18,12 @@ from typing import Any
 import pytest
 from websockets.sync.client import connect as ws_connect
 
-from tests.clients.conftest import CHROMIUM, require_tool
+from tests.clients.conftest import CHROMIUM, CHROMIUM_FLAGS, require_tool
 from tests.e2e.client import room_name
 from tests.e2e.server import REPO, DormServer, server_env, start_server
 
 pytestmark = pytest.mark.timeout(90)
 
-# This machine refuses bursts of connections without the background-networking
-# flags; --disable-quic keeps Chromium on plain TCP to localhost.
-CHROMIUM_FLAGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
 WAIT_MS = 10_000
 
 
@@ -314,3 +302,132 @@ def test_logged_in_pages_join_with_room_tokens_and_refresh_them(
         page.screenshot(path=str(artifacts_dir / "whiteboard-logged-in.png"))
     finally:
         server.stop()
+
+
+def tally(page: Any) -> list[int]:
+    return page.evaluate("window.poll.counts()")
+
+
+def wait_tally(page: Any, counts: list[int], timeout_ms: int = WAIT_MS) -> None:
+    page.wait_for_function(f"document.getElementById('chart').dataset.counts === {json.dumps(','.join(map(str, counts)))}", timeout=timeout_ms)
+
+
+def test_poll_votes_change_of_vote_and_close_across_pages(
+    dorm_server: DormServer, open_page: Callable[..., Any], artifacts_dir: Path
+) -> None:
+    room = room_name("poll")
+    # The landing page creates the poll with its question and options.
+    alice = open_page(dorm_server, "/?user=alice")
+    alice.fill('input[name="slug"]', room)
+    alice.select_option('select[name="kind"]', "poll")
+    alice.fill('input[name="question"]', "Lunch?")
+    alice.fill('input[name="options"]', "pizza, ramen, salad")
+    alice.click("#open-room button[type=submit]")
+    alice.wait_for_url(f"**/rooms/{room}/", timeout=WAIT_MS)
+    alice.goto(f"http://127.0.0.1:{dorm_server.port}/rooms/{room}/?user=alice")
+    bob = open_page(dorm_server, f"/rooms/{room}/?user=bob")
+    wait_open(alice)
+    wait_open(bob)
+    for page in (alice, bob):
+        page.wait_for_selector('#chart .option[data-index="2"]', timeout=WAIT_MS)
+        assert page.locator("#question").text_content() == "Lunch?"
+        assert page.evaluate("window.poll.options()") == ["pizza", "ramen", "salad"]
+        wait_tally(page, [0, 0, 0])
+        page.wait_for_function("document.getElementById('latency').dataset.ms !== undefined", timeout=WAIT_MS)
+        assert page.locator("#poll-state").text_content() == "Open"
+
+    # Timestamps in the pages (one browser, one clock): acks of the votes, tallies shown.
+    for page in (alice, bob):
+        page.evaluate(
+            """() => {
+                window.__acks = []; window.__shown = [];
+                dormClient.on('ack', (a) => a.type === 'vote' && window.__acks.push(Date.now()));
+                dormClient.on('tally', (t) => window.__shown.push([Date.now(), t.payload.counts.join(',')]));
+            }"""
+        )
+
+    def tally_delay(counts: list[int]) -> float:
+        """Seconds from the last vote's ack (on either page) to the tally with
+        ``counts`` on the slower page."""
+        acked = max(max(p.evaluate("window.__acks"), default=0) for p in (alice, bob))
+        want = ",".join(map(str, counts))
+        shown = [min(t for t, c in p.evaluate("window.__shown") if c == want) for p in (alice, bob)]
+        return (max(shown) - acked) / 1000
+
+    # Votes from both pages: both show the same tally within a second of the votes.
+    started = time.monotonic()
+    alice.click('button[data-option="0"]')
+    bob.click('button[data-option="1"]')
+    wait_tally(alice, [1, 1, 0])
+    wait_tally(bob, [1, 1, 0])
+    delay = tally_delay([1, 1, 0])
+    print(f"\nvotes: tally on both pages {delay * 1000:.0f} ms after the last ack "
+          f"({(time.monotonic() - started) * 1000:.0f} ms after the first click, Playwright included)")
+    assert delay < 1.0, f"tally took {delay:.2f} s"
+    assert alice.evaluate("window.poll.myVote()") == 0 and bob.evaluate("window.poll.myVote()") == 1
+    assert bob.locator('button[data-option="1"]').get_attribute("aria-pressed") == "true"
+    bob.screenshot(path=str(artifacts_dir / "poll-tally.png"))
+
+    # Bob changes his vote: the count moves from ramen to pizza on both pages.
+    bob.click('button[data-option="0"]')
+    wait_tally(alice, [2, 0, 0])
+    wait_tally(bob, [2, 0, 0])
+    delay = tally_delay([2, 0, 0])
+    print(f"changed vote: tally on both pages {delay * 1000:.0f} ms after the ack")
+    assert delay < 1.0, f"tally took {delay:.2f} s"
+    assert bob.evaluate("window.poll.myVote()") == 0
+    assert [e[1] for e in dorm_server.events(room)] == ["vote", "vote", "vote"]
+
+    # A page joining later gets the tally in its welcome.
+    carol = open_page(dorm_server, f"/rooms/{room}/?user=carol")
+    wait_open(carol)
+    wait_tally(carol, [2, 0, 0])
+
+    # Closing needs the host scope: the page's button is refused for bob...
+    bob.click("#close")
+    bob.wait_for_function("document.getElementById('notice').textContent.includes('close refused')", timeout=WAIT_MS)
+    assert not bob.evaluate("window.poll.closed()")
+    # ...and the host (a real token with scope "host") closes it for everyone.
+    from rooms import tokens
+
+    host_token, _ = tokens.issue("host", room, "host")
+    with ws_connect(f"ws://127.0.0.1:{dorm_server.port}/ws/{room}?token={host_token}", proxy=None) as host:
+        assert json.loads(host.recv(timeout=5))["type"] == "welcome"
+        host.send(json.dumps({"type": "close_poll", "id": "close-1"}))
+        while (frame := json.loads(host.recv(timeout=5)))["type"] != "ack":
+            pass
+        assert frame["id"] == "close-1"
+    for page in (alice, bob, carol):
+        page.wait_for_selector("#poll[data-closed]", timeout=WAIT_MS)
+        assert page.locator("#poll-state").text_content() == "Closed (host)"
+        assert page.locator('button[data-option="2"]').is_disabled()
+    # A vote sent anyway (not through the disabled buttons) is refused; the tally stays.
+    refused = alice.evaluate("dormClient.send('vote', { option: 2 }).then(() => 'ok', (e) => e.reason)")
+    assert refused != "ok"
+    assert tally(alice) == tally(bob) == tally(carol) == [2, 0, 0]
+    alice.screenshot(path=str(artifacts_dir / "poll-closed.png"))
+
+
+def test_poll_deadline_counts_down_and_closes_the_poll(dorm_server: DormServer, open_page: Callable[..., Any]) -> None:
+    room = room_name("poll")
+    page = open_page(dorm_server, f"/rooms/{room}/?kind=poll&user=dana")
+    wait_open(page)
+    assert page.evaluate("window.poll.options()") == ["yes", "no"]  # the kind's default
+    page.click('button[data-option="0"]')
+    wait_tally(page, [1, 0])
+
+    # The host sets a deadline 2 s ahead: the page counts down, then the
+    # room's durable alarm closes the poll.
+    from rooms import tokens
+
+    host_token, _ = tokens.issue("host", room, "host")
+    with ws_connect(f"ws://127.0.0.1:{dorm_server.port}/ws/{room}?token={host_token}", proxy=None) as host:
+        assert json.loads(host.recv(timeout=5))["type"] == "welcome"
+        host.send(json.dumps({"type": "deadline", "id": "d-1", "payload": {"at": int(time.time() * 1000) + 2000}}))
+        while (frame := json.loads(host.recv(timeout=5)))["type"] != "ack":
+            pass
+    page.wait_for_function("document.getElementById('poll-state').textContent.includes('closes in')", timeout=WAIT_MS)
+    page.wait_for_selector("#poll[data-closed]", timeout=WAIT_MS)
+    assert page.locator("#poll-state").text_content() == "Closed at the deadline"
+    assert page.locator('button[data-option="1"]').is_disabled()
+    assert tally(page) == [1, 0]

@@ -10,6 +10,7 @@ from django.contrib.auth.models import User
 from django.test import Client, override_settings
 
 from rooms.models import Event, Room
+from rooms.protocol import now_ms
 
 pytestmark = pytest.mark.django_db
 
@@ -89,3 +90,35 @@ def test_how_a_page_joins_anonymous_session_or_login(client: Client) -> None:
         client.force_login(User.objects.create_user("ann", password="pw"))
         auth = _auth(client.get("/rooms/talk/").content.decode())
         assert auth["mode"] == "session" and len(auth["csrf"]) >= 32
+
+
+def test_the_form_creates_a_poll_with_question_options_and_deadline(client: Client) -> None:
+    before = now_ms()
+    response = client.post(
+        "/", {"slug": "lunch", "kind": "poll", "question": " Lunch? ", "options": "pizza, ramen,, salad ", "minutes": "5"}
+    )
+    assert response.status_code == 302 and response["Location"] == "/rooms/lunch/"
+    room = Room.objects.get(slug="lunch")
+    assert room.kind == "poll"
+    assert room.settings["question"] == "Lunch?" and room.settings["options"] == ["pizza", "ramen", "salad"]
+    assert before + 300_000 <= room.settings["closesAt"] <= now_ms() + 300_000
+    html = client.get("/rooms/lunch/").content.decode()
+    assert 'id="chart"' in html and 'id="poll-state"' in html
+    # No options: the kind's default (yes/no); other kinds ignore the poll fields.
+    client.post("/", {"slug": "quick", "kind": "poll", "question": "", "options": "", "minutes": ""})
+    assert Room.objects.get(slug="quick").settings == {}
+    client.post("/", {"slug": "talk", "kind": "chat", "options": "a, b"})
+    assert Room.objects.get(slug="talk").settings == {}
+    # ?kind=poll creates a missing room as a default poll.
+    assert client.get("/rooms/yes-no/?kind=poll").status_code == 200
+    assert Room.objects.get(slug="yes-no").kind == "poll"
+
+
+@pytest.mark.parametrize(
+    "fields", [{"options": "only-one"}, {"options": ",".join(f"o{i}" for i in range(33))}, {"options": "a, " + "b" * 201},
+               {"minutes": "0"}, {"minutes": "soon"}]
+)
+def test_the_form_refuses_bad_poll_settings(client: Client, fields: dict[str, str]) -> None:
+    response = client.post("/", {"slug": "p1", "kind": "poll", **fields})
+    assert response.status_code == 200 and 'role="alert"' in response.content.decode()
+    assert not Room.objects.exists()

@@ -23,7 +23,7 @@ from typing import Any
 import orjson
 
 from tests.e2e.conftest import STARTED
-from tests.e2e.server import REPO, DormServer, server_env, start_server
+from tests.e2e.server import REPO, DormServer, log_size, log_text, server_env, start_server
 
 ALARM_REDIS_URL = os.environ.get("DORM_TEST_ALARM_REDIS_URL", "redis://127.0.0.1:6379/6")
 # Short enough for fast tests, long enough to tell the delays apart.
@@ -111,18 +111,10 @@ class CeleryProcess:
             self._log_file = None
 
     def log_size(self) -> int:
-        try:
-            return self.log_path.stat().st_size
-        except FileNotFoundError:
-            return 0
+        return log_size(self.log_path)
 
     def log_text(self, offset: int = 0) -> str:
-        try:
-            with self.log_path.open("rb") as fh:
-                fh.seek(offset)
-                return fh.read().decode("utf-8", "replace")
-        except FileNotFoundError:
-            return ""
+        return log_text(self.log_path, offset)
 
 
 class AlarmStack:

@@ -30,6 +30,23 @@ START_TIMEOUT_SECONDS = 30.0
 STOP_TIMEOUT_SECONDS = 10.0
 
 
+def log_size(path: Path) -> int:
+    try:
+        return path.stat().st_size
+    except FileNotFoundError:
+        return 0
+
+
+def log_text(path: Path, offset: int = 0) -> str:
+    """A test process's log from ``offset`` on (bytes), decoded leniently."""
+    try:
+        with path.open("rb") as fh:
+            fh.seek(offset)
+            return fh.read().decode("utf-8", "replace")
+    except FileNotFoundError:
+        return ""
+
+
 def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind((HOST, 0))
@@ -112,18 +129,10 @@ class DormServer:
     # -- logs -----------------------------------------------------------------
 
     def log_size(self) -> int:
-        try:
-            return self.log_path.stat().st_size
-        except FileNotFoundError:
-            return 0
+        return log_size(self.log_path)
 
     def log_text(self, offset: int = 0) -> str:
-        try:
-            with self.log_path.open("rb") as fh:
-                fh.seek(offset)
-                return fh.read().decode("utf-8", "replace")
-        except FileNotFoundError:
-            return ""
+        return log_text(self.log_path, offset)
 
     # -- database -------------------------------------------------------------
 

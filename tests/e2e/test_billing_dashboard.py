@@ -13,23 +13,13 @@ from pathlib import Path
 
 import pytest
 
+from tests.clients.conftest import CHROMIUM, CHROMIUM_FLAGS
 from tests.e2e.client import WsClient, ack_for, of_type, room_name
 from tests.e2e.conftest import STARTED
 from tests.e2e.server import REPO, DormServer, server_env, start_server
 
 pytestmark = pytest.mark.e2e
 
-CHROMIUM = os.environ.get("DORM_TEST_CHROMIUM", "/usr/bin/chromium")
-CHROMIUM_FLAGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
 PASSWORD = "dashboard-test-password"
 
 

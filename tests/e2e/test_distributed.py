@@ -64,8 +64,10 @@ class Cluster:
         raise AssertionError(f"no server announced inbox {inbox}")
 
 
-def _start_cluster(directory: Path, database_url: str, redis_url: str, n: int = 2) -> Cluster:
-    env = {"DATABASE_URL": database_url, "REDIS_URL": redis_url, "DORM_LEASE_TTL_SECONDS": str(LEASE_TTL)}
+def _start_cluster(
+    directory: Path, database_url: str, redis_url: str, n: int = 2, extra: dict[str, str] | None = None
+) -> Cluster:
+    env = {"DATABASE_URL": database_url, "REDIS_URL": redis_url, "DORM_LEASE_TTL_SECONDS": str(LEASE_TTL), **(extra or {})}
     servers: list[DormServer] = []
     try:
         for i in range(n):
@@ -383,3 +385,88 @@ async def test_sigterm_hands_rooms_over_and_closes_with_1001(database_url: str, 
     finally:
         _stop_cluster(c)
 
+
+
+async def test_a_frozen_owner_does_not_commit_after_its_lease_moved(database_url: str, tmp_path: Path) -> None:
+    """The owner's process is frozen (SIGSTOP: a starved event loop, a long GC
+    pause) past its lease; the other process takes the room. When the old
+    owner runs again, it must not commit what it had queued: its lease check
+    before the commit fails and it lets the room go."""
+    # The actor stays awake through the freeze (no hibernation in between).
+    c = _start_cluster(tmp_path, database_url, REDIS_TEST_URL, extra={"DORM_HIBERNATE_AFTER_SECONDS": "60"})
+    try:
+        room = room_name("frozen")
+        a = await WsClient.open(c.servers[0].url(room, userId="a"))
+        assert await a.draw({"n": 1}) == 1
+        assert c.owner_index(room) == 0
+        old = c.servers[0].process
+        assert old is not None
+        old.send_signal(signal.SIGSTOP)
+        try:
+            await a.send("draw", {"n": "queued while frozen"}, id="frozen")
+            await asyncio.sleep(LEASE_TTL + 0.5)  # the lease lapses
+            b = await WsClient.open(c.servers[1].url(room, userId="b"))
+            assert await b.draw({"n": 2}) == 2, "the other process took the room over"
+            assert c.owner_index(room) == 1
+        finally:
+            old.send_signal(signal.SIGCONT)
+        # The old owner wakes up with a queued frame. Whatever it does with it
+        # (refuse it, forward it to the new owner, or reset the socket), it
+        # never commits it itself: the log does not fork.
+        await asyncio.wait_for(a.wait_for(lambda f: f.get("id") == "frozen" or f.get("type") == "close", 1, 15), 16)
+        await asyncio.sleep(0.5)
+        assert "lease lost" in c.servers[0].log_text(), "the old owner noticed and let the room go"
+        # The client retries on the new owner: the message is applied once.
+        a2 = await WsClient.open(c.servers[1].url(room, userId="a", since=2))
+        seq = await a2.draw({"n": "queued while frozen"}, id="frozen")
+        log = c.log(room)
+        assert [row[0] for row in log] == list(range(1, len(log) + 1)) == [1, 2, 3], log
+        assert [row[3] for row in log].count("frozen") == 1 and log[seq - 1][3] == "frozen"
+        for ws in (a, a2, b):
+            await ws.close()
+    finally:
+        _stop_cluster(c)
+
+
+async def test_rolling_restart_under_traffic_loses_nothing(database_url: str, tmp_path: Path) -> None:
+    """A deploy: every server process is restarted one by one (SIGTERM, then a
+    new process) while clients keep sending; nothing acknowledged is lost and
+    every client ends with the same view as the log."""
+    c = _start_cluster(tmp_path, database_url, REDIS_TEST_URL)
+    env = dict(c.servers[0].extra_env)
+    try:
+        room = room_name("deploy")
+        clients = []
+        for i in range(6):
+            rc = ResilientClient(c.servers, room, f"u{i}", prefer=i % 2)
+            await rc.connect()
+            clients.append(rc)
+        senders = clients[:3]
+        rolled: list[asyncio.Task[None]] = []
+
+        async def roll() -> None:
+            for i in range(len(c.servers)):
+                old = c.servers[i]
+                await asyncio.to_thread(old.stop)  # SIGTERM: hand over, 1001
+                new = await asyncio.to_thread(
+                    start_server, "daphne", tmp_path, extra_env=env, migrate=False, name=f"daphne-{i}-new"
+                )
+                STARTED.append(new)
+                c.servers[i] = new  # the clients' list: they reconnect here
+
+        async def start_rolling() -> None:
+            rolled.append(asyncio.ensure_future(roll()))
+
+        per_sender = 400
+        await _drive(clients, senders, per_sender, during=start_rolling)
+        assert rolled[0].done(), "the restarts happened while the clients were sending"
+        rolled[0].result()
+        log = c.log(room)
+        assert len(log) == per_sender * len(senders)
+        _check_against_log(log, clients, senders)
+        assert sum(rc.reconnects for rc in clients) >= len(clients), "every socket moved at least once"
+        assert all(code in (1001, None) for rc in clients for code in rc.close_codes), [rc.close_codes for rc in clients]
+        for rc in clients:
+            await rc.close()
+    finally:
+        _stop_cluster(c)
