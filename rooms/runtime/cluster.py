@@ -389,7 +389,10 @@ class Cluster:
         try:
             pipe = self.redis.pipeline(transaction=False)
             for room in rooms:
-                self._renew(keys=[lease_key(room)], args=[self.me, self.ttl_ms], client=pipe)
+                # The async Script call is a coroutine even on a pipeline (it
+                # queues the EVALSHA there): without the await nothing is
+                # queued, and every lease would expire one TTL after its claim.
+                await self._renew(keys=[lease_key(room)], args=[self.me, self.ttl_ms], client=pipe)
             results = await pipe.execute()
         except Exception as exc:
             # Another process may take the rooms once the TTL runs out: stop
