@@ -63,6 +63,7 @@ class Measure:
     infra_pids: tuple[int, ...] = ()
     cores: tuple[int, ...] = ()  # cores the step runs on (servers and generator)
     extra: dict[str, float] = field(default_factory=dict)
+    at_window: Callable[[], object] | None = None  # called as the measured window opens (profilers)
 
 
 async def _open(cfg: RoomsConfig, rec: Recorder, room: str, user: str, port: int, gate: asyncio.Semaphore) -> Client:
@@ -112,6 +113,8 @@ async def run_rooms_step(cfg: RoomsConfig, measure: Measure) -> StepResult:
         await asyncio.sleep(max(0.0, window_start - time.perf_counter()))
         rec.first_measured = len(rec.send_times)
         rec.refused.clear()
+        if measure.at_window is not None:
+            measure.at_window()
         arrived0, cpu0, wall0 = rec.arrived, time.process_time(), time.perf_counter()
         srv0, infra0 = _cpu(measure.server_pids), _cpu(measure.infra_pids)
         cores0 = core_times(measure.cores)

@@ -308,7 +308,7 @@ def _start_py_spy(
         return []
     args.py_spy.mkdir(parents=True, exist_ok=True)
     spies = []
-    seconds = int(args.warmup + args.window + 1.5)
+    seconds = max(1, int(args.window))
     for i, (_, pid) in enumerate(servers):
         out = args.py_spy / f"{target.name}-{workload.name}-{step.replace(' ', '')}-p{i}.txt"
         cmd = [str(Path(sys.executable).parent / "py-spy"), "record", "--nonblocking", "-r", "200", "-d", str(seconds)]
@@ -341,7 +341,8 @@ def run_one(
         )
         cores = (0, 1) if fanout.PINNED else ()
         measure = Measure(server_pids=tuple(pid for _, pid in servers), infra_pids=infra, cores=cores)
-        spies = _start_py_spy(args, target, workload, step, servers)
+        spies: list[subprocess.Popen[bytes]] = []
+        measure.at_window = lambda: spies.extend(_start_py_spy(args, target, workload, step, servers))
         try:
             result = asyncio.run(run_rooms_step(cfg, measure))
         finally:
@@ -400,7 +401,7 @@ def run_target(args: argparse.Namespace, target: Target, db_url: str, redis_url:
 def table(rows: list[Row]) -> str:
     head = (
         "| target | workload | step | offered msg/s | sent msg/s | deliveries/s | lost % | p50 ms | p99 ms"
-        " | acks | servers CPU | gen CPU | infra CPU | other load |"
+        " | acks | servers CPU | CPU us/delivery | gen CPU | infra CPU | other load |"
     )
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
     for row in rows:
@@ -408,10 +409,18 @@ def table(rows: list[Row]) -> str:
         lines.append(
             f"| {row.target} | {row.workload} | {row.step} | {r.offered_messages_per_s:,.0f} | {r.sent_messages_per_s:,.0f}"
             f" | {r.achieved_deliveries_per_s:,.0f} | {r.lost_pct:.2f} | {fanout.fmt(r.p50_ms)} | {fanout.fmt(r.p99_ms)}"
-            f" | {r.acks:,}/{r.messages:,} | {fanout.fmt(r.server_cpu_pct, 0)}% | {r.generator_cpu_pct:.0f}%"
+            f" | {r.acks:,}/{r.messages:,} | {fanout.fmt(r.server_cpu_pct, 0)}% | {us_per_delivery(r)}"
+            f" | {r.generator_cpu_pct:.0f}%"
             f" | {row.infra_cpu_pct:.0f}% | {fanout.fmt(r.other_server_core_pct, 0)}% |"
         )
     return "\n".join(lines)
+
+
+def us_per_delivery(r: StepResult) -> str:
+    """Server CPU per delivery: steadier than throughput on a busy machine."""
+    if not r.server_cpu_pct or not r.achieved_deliveries_per_s:
+        return "-"
+    return f"{r.server_cpu_pct / 100 * 1e6 / r.achieved_deliveries_per_s:.1f}"
 
 
 def sustained(rows: list[Row], p99_limit_ms: float = 50.0) -> Row | None:
