@@ -37,6 +37,7 @@ from rooms.conf import dorm_settings
 from rooms.kinds import kind_class
 from rooms.kinds.base import DurableEvent, Incoming, Reject, RoomKind
 from rooms.protocol import CloseCode, ErrorReason, ack_frame, dumps, event_frame, now_ms
+from rooms.runtime import committer
 from rooms.runtime import persistence
 from rooms.runtime.messages import Call, Frame, Item, Join, Leave, Peer
 from rooms.runtime.persistence import LogRow, RoomNotFound
@@ -49,7 +50,8 @@ if TYPE_CHECKING:
 log = logging.getLogger("dorm.rooms")
 
 db_load_room = database_sync_to_async(persistence.load_room)
-db_commit_batch = database_sync_to_async(persistence.commit_batch)
+# Group commit across rooms (committer.py); tests replace it to fail commits.
+db_commit_batch = committer.commit_batch
 db_log_after = database_sync_to_async(persistence.log_after)
 db_save_snapshot = database_sync_to_async(persistence.save_snapshot)
 db_start_run = database_sync_to_async(persistence.start_run)
