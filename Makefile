@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 HOST ?= 127.0.0.1
 PORT ?= 8000
 
-.PHONY: run run-uvicorn cluster test bench clean
+.PHONY: run run-uvicorn cluster test bench bench-cluster bench-suite clean
 
 $(STAMP): requirements.txt requirements-dev.txt
 	$(PYTHON) -m venv $(VENV)
@@ -45,6 +45,15 @@ test: $(STAMP)
 BENCH_ARGS ?=
 bench: $(STAMP)
 	$(PY) bench/fanout.py $(BENCH_ARGS)
+
+# Distributed-mode fan-out (issue 3): Dorm on one and two processes, the
+# Channels tutorial consumer on channels-redis' core and pub/sub layers.
+bench-cluster: $(STAMP)
+	$(PY) bench/cluster.py $(BENCH_ARGS)
+
+# Issue 12's workloads against Node ws and Durable Objects (Miniflare), one table.
+bench-suite: $(STAMP)
+	$(PY) bench/suite.py $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .hypothesis
