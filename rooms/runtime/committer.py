@@ -21,11 +21,44 @@ from channels.db import database_sync_to_async
 from rooms.runtime import persistence
 from rooms.runtime.persistence import EventRow
 
-db_commit_batches = database_sync_to_async(persistence.commit_batches)
+Waiters = list[asyncio.Future[None]]
+
+
+def _commit_and_report(batches: list[persistence.Batch], loop: asyncio.AbstractEventLoop, waiters: Waiters, started: list[bool]) -> None:
+    """On the database thread: commit, then hand each waiter its result.
+
+    The results go back through the loop from here, not through the
+    awaiting coroutine: a leader cancelled while its commit ran (its room
+    stopped) must not lose the other rooms' results.
+    """
+    started.append(True)
+    try:
+        results: list[BaseException | None] = persistence.commit_batches(batches)
+    except BaseException as exc:  # the thread itself failed: nothing is known to be committed
+        results = [exc if isinstance(exc, Exception) else ConnectionError("commit failed")] * len(batches)
+    loop.call_soon_threadsafe(_resolve, waiters, results)
+
+
+def _resolve(waiters: Waiters, results: list[BaseException | None]) -> None:
+    for future, result in zip(waiters, results):
+        if future.done():
+            continue
+        if result is None:
+            future.set_result(None)
+        else:
+            future.set_exception(result)
+
+
+db_commit_and_report = database_sync_to_async(_commit_and_report)
 
 # Most room batches in one transaction: bounds its size and the time the
 # first of them waits for the last.
 MAX_BATCHES_PER_COMMIT = 256
+
+
+def _retrieve(future: asyncio.Future[None]) -> None:
+    if not future.cancelled():
+        future.exception()
 
 
 class GroupCommitter:
@@ -44,6 +77,8 @@ class GroupCommitter:
     async def commit(self, room_id: int, rows: list[EventRow], writes: dict[str, str | None]) -> None:
         loop = asyncio.get_running_loop()
         future: asyncio.Future[None] = loop.create_future()
+        # Retrieved even if this caller is gone by the time it is resolved.
+        future.add_done_callback(_retrieve)
         self._queue.append(((room_id, rows, writes), future))
         if not self._busy:
             self._busy = True
@@ -71,20 +106,16 @@ class GroupCommitter:
     async def _round(self) -> None:
         taken = self._queue[:MAX_BATCHES_PER_COMMIT]
         del self._queue[:MAX_BATCHES_PER_COMMIT]
+        waiters = [future for _, future in taken]
+        started: list[bool] = []
         try:
-            results: list[BaseException | None] = await db_commit_batches([batch for batch, _ in taken])
-        except BaseException as exc:  # the database thread failed, or the caller was cancelled
-            for _, future in taken:
-                if not future.done():
-                    future.set_exception(exc if isinstance(exc, Exception) else ConnectionError("commit interrupted"))
+            await db_commit_and_report([batch for batch, _ in taken], asyncio.get_running_loop(), waiters, started)
+        except BaseException:
+            # Cancelled (or the executor failed) before the thread ran:
+            # nothing was committed, say so. If it ran, it reports itself.
+            if not started:
+                _resolve(waiters, [ConnectionError("commit not started")] * len(waiters))
             raise
-        for (_, future), result in zip(taken, results):
-            if future.done():
-                continue
-            if result is None:
-                future.set_result(None)
-            else:
-                future.set_exception(result)
 
 
 _committers: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, GroupCommitter] = weakref.WeakKeyDictionary()
