@@ -56,3 +56,11 @@ def test_recorder_counts_draws_and_acks(loadgen, frame: bytes) -> None:
     assert len(rec.latencies_ms) == 2 and all(ms >= 0 for ms in rec.latencies_ms)
     assert rec.acks == 1
     assert rec.refused == {"invalid_message": 1}
+
+
+@pytest.mark.parametrize(("script", "expected"), [("cluster.py", "naive-pubsub-2p"), ("suite.py", "miniflare")])
+def test_other_benchmarks_help_runs(script: str, expected: str) -> None:
+    out = subprocess.run(
+        [sys.executable, str(BENCH / script), "--help"], capture_output=True, text=True, timeout=60, check=True
+    )
+    assert expected in out.stdout
