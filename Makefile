@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 HOST ?= 127.0.0.1
 PORT ?= 8000
 
-.PHONY: run run-uvicorn cluster worker beat test bench bench-history bench-presence clean
+.PHONY: run run-uvicorn cluster worker beat test bench bench-history bench-presence bench-cluster bench-suite clean
 
 $(STAMP): requirements.txt requirements-dev.txt
 	$(PYTHON) -m venv $(VENV)
@@ -60,6 +60,14 @@ bench-history: $(STAMP)
 # Presence under churn: joins+leaves per second (docs/presence.md).
 bench-presence: $(STAMP)
 	$(PY) bench/presence_churn.py $(BENCH_ARGS)
+# Distributed-mode fan-out (issue 3): Dorm on one and two processes, the
+# Channels tutorial consumer on channels-redis' core and pub/sub layers.
+bench-cluster: $(STAMP)
+	$(PY) bench/cluster.py $(BENCH_ARGS)
+
+# Issue 12's workloads against Node ws and Durable Objects (Miniflare), one table.
+bench-suite: $(STAMP)
+	$(PY) bench/suite.py $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .hypothesis

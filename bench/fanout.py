@@ -70,8 +70,18 @@ TARGETS: dict[str, tuple[str, str, dict[str, str]]] = {
     "naive": ("bench.naive.asgi:application", "bench.naive.settings", {}),
 }
 # Every Dorm target: production-like settings (no DEBUG query log), anonymous
-# ?userId= access, logs at WARNING.
-DORM_ENV = {"DJANGO_DEBUG": "false", "DORM_ALLOW_ANONYMOUS": "1", "DORM_LOG_LEVEL": "WARNING"}
+# ?userId= access, logs at WARNING; the per-address connection limit and the
+# per-user message limit off (the generator is one address, each sender far
+# above 20 msg/s), and a token secret for the benchmarks that mint tokens.
+BENCH_TOKEN_SECRET = "dorm-bench-token-secret-not-for-production-0123456789"
+DORM_ENV = {
+    "DJANGO_DEBUG": "false",
+    "DORM_ALLOW_ANONYMOUS": "1",
+    "DORM_LOG_LEVEL": "WARNING",
+    "DORM_CONNECT_RATE_PER_SECOND": "0",
+    "DORM_MESSAGE_RATE_PER_SECOND": "0",
+    "DORM_TOKEN_SECRET": BENCH_TOKEN_SECRET,
+}
 
 
 def log(msg: str) -> None:

@@ -49,6 +49,7 @@ from rooms.kinds import kind_class
 from rooms.kinds.base import DurableEvent, Incoming, Reject, RoomKind
 from rooms.protocol import CloseCode, ErrorReason, ack_frame, dumps, event_frame, now_ms
 from rooms.runtime import alarms as alarm_rows
+from rooms.runtime import committer
 from rooms.runtime import persistence
 from rooms.runtime.alarms import AlarmBook
 from rooms.runtime.cluster import LeaseLost
@@ -64,7 +65,8 @@ if TYPE_CHECKING:
 log = logging.getLogger("dorm.rooms")
 
 db_load_room = database_sync_to_async(persistence.load_room)
-db_commit_batch = database_sync_to_async(persistence.commit_batch)
+# Group commit across rooms (committer.py); tests replace it to fail commits.
+db_commit_batch = committer.commit_batch
 db_log_after = database_sync_to_async(persistence.log_after)
 db_save_snapshot = database_sync_to_async(persistence.save_snapshot)
 db_start_run = database_sync_to_async(persistence.start_run)

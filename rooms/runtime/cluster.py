@@ -79,6 +79,8 @@ return 0
 UNAVAILABLE = (ConnectionError, TimeoutError, RedisError)
 
 GOING_AWAY = "room moved or server restarting, reconnect with since"
+# Most forwarded items in one channel-layer message (one send, one receive).
+FORWARD_BATCH_ITEMS = 256
 
 
 def lease_key(room: str) -> str:
@@ -137,6 +139,36 @@ class RemotePeer:
         self._cluster.bus.publish(self.room, {"k": "close", "c": self.id, "code": int(code), "reason": reason})
 
 
+# Events, the bulk of the bus, travel as a one-line header and the event's
+# own JSON text: "E <origin> <seq or -> <excluded connection or ->\n<text>".
+# A JSON envelope around the text cost an escape on publish, an unescape and
+# a dict on every receiving process, per event. Other bus messages (welcomes,
+# replies, closes, released) are JSON objects, so they start with "{".
+EVENT_MARK = b"E"
+_NONE = b"-"
+
+
+def encode_event(origin: str, text: str, seq: int | None, exclude: str | None) -> bytes:
+    head = b"E %s %s %s\n" % (
+        origin.encode(),
+        _NONE if seq is None else str(seq).encode(),
+        _NONE if exclude is None else exclude.encode(),
+    )
+    return head + text.encode()
+
+
+def decode_event(data: bytes) -> tuple[str, int | None, str | None, str]:
+    """(origin, seq, exclude, text) of an encoded event."""
+    end = data.index(b"\n")
+    _, origin, seq, exclude = data[:end].split(b" ")
+    return (
+        origin.decode(),
+        None if seq == _NONE else int(seq),
+        None if exclude == _NONE else exclude.decode(),
+        data[end + 1 :].decode(),
+    )
+
+
 def encode_item(room: str, item: Item) -> dict[str, Any] | None:
     """A channel-layer message for an item (None: it cannot leave the process)."""
     if isinstance(item, (Call, Tick)):
@@ -177,6 +209,11 @@ class RoomBus:
         self.cluster = cluster
         self.client = client
         self.pubsub = client.pubsub()
+        # One (un)subscribe at a time: redis-py's PubSub opens its connection
+        # on first use without a lock, so concurrent first subscribes (a
+        # hundred rooms joining at once) each took a pool connection, and the
+        # subscriptions sent on all but the last were never confirmed.
+        self._command_lock = asyncio.Lock()
         self.subscribed: set[str] = set()
         self._confirm: dict[str, asyncio.Future[None]] = {}
         self._outbox: deque[tuple[str, bytes]] = deque()
@@ -194,6 +231,10 @@ class RoomBus:
     def publish(self, room: str, message: dict[str, Any]) -> None:
         message["o"] = self.cluster.me
         self._outbox.append((bus_channel(room), orjson.dumps(message)))
+        self._outbox_ready.set()
+
+    def publish_event(self, room: str, text: str, seq: int | None, exclude: str | None) -> None:
+        self._outbox.append((bus_channel(room), encode_event(self.cluster.me, text, seq, exclude)))
         self._outbox_ready.set()
 
     async def flushed(self) -> None:
@@ -238,7 +279,8 @@ class RoomBus:
         if future is None:
             future = self._confirm[room] = asyncio.get_running_loop().create_future()
             try:
-                await self.pubsub.subscribe(bus_channel(room))
+                async with self._command_lock:
+                    await self.pubsub.subscribe(bus_channel(room))
             except Exception:
                 self._confirm.pop(room, None)
                 raise
@@ -249,7 +291,8 @@ class RoomBus:
     async def unsubscribe(self, room: str) -> None:
         if room in self.subscribed:
             self.subscribed.discard(room)
-            await self.pubsub.unsubscribe(bus_channel(room))
+            async with self._command_lock:
+                await self.pubsub.unsubscribe(bus_channel(room))
 
     async def _read_loop(self) -> None:
         while True:
@@ -272,8 +315,12 @@ class RoomBus:
             channel = channel.decode() if isinstance(channel, bytes) else channel
             room = channel[len(BUS_PREFIX) :]
             if kind == "message":
+                data = message["data"]
                 try:
-                    self.cluster.on_bus_message(room, orjson.loads(message["data"]))
+                    if data[:1] == EVENT_MARK:
+                        self.cluster.on_bus_event(room, *decode_event(data))
+                    else:
+                        self.cluster.on_bus_message(room, orjson.loads(data))
                 except Exception:
                     log.exception("bus message failed room=%s", room)
             elif kind == "subscribe":
@@ -311,7 +358,8 @@ class RoomBus:
             future = self._confirm[room] = asyncio.get_running_loop().create_future()
             future.add_done_callback(lambda f: f.exception() if not f.cancelled() else None)
             try:
-                await self.pubsub.subscribe(bus_channel(room))
+                async with self._command_lock:
+                    await self.pubsub.subscribe(bus_channel(room))
             except Exception:
                 # Redis went away again: the read loop's next failure retries.
                 break
@@ -356,6 +404,8 @@ class Cluster:
         # it let the room go cleanly, and the last durable seq seen.
         self.bus_origin: dict[str, str] = {}
         self.bus_seq: dict[str, int] = {}
+        # Rooms with bus work still running as tasks, and how many (_in_order).
+        self._bus_tasks: dict[str, int] = {}
         self._forward_queue: deque[tuple[str, dict[str, Any]]] = deque()
         self._forward_ready = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
@@ -428,8 +478,9 @@ class Cluster:
         try:
             pipe = self.redis.pipeline(transaction=False)
             for room in rooms:
-                # AsyncScript.__call__ is a coroutine even on a pipeline: not
-                # awaited, nothing is queued and no lease is ever renewed.
+                # The async Script call is a coroutine even on a pipeline (it
+                # queues the EVALSHA there): without the await nothing is
+                # queued, and every lease would expire one TTL after its claim.
                 await self._renew(keys=[lease_key(room)], args=[self.me, self.ttl_ms], client=pipe)
             results = await pipe.execute()
         except Exception as exc:
@@ -559,21 +610,30 @@ class Cluster:
         self._forward_ready.set()
 
     async def _forward_loop(self) -> None:
-        # One task, one message at a time: channels-redis orders a channel by
-        # send time, so concurrent sends could swap a socket's frames.
+        # One task: channels-redis orders a channel by send time, so concurrent
+        # sends could swap a socket's frames. Each send carries every item
+        # queued for that owner so far (up to FORWARD_BATCH_ITEMS), in order:
+        # a channel-layer send costs several Redis round trips, and one send
+        # per frame held a room's forwarded frames to a few hundred per second
+        # with seconds of queueing (docs/performance.md, "cluster").
         while True:
             await self._forward_ready.wait()
             self._forward_ready.clear()
             queue = self._forward_queue
             while queue:
-                owner, message = queue.popleft()
+                owner = queue[0][0]
+                batch: list[dict[str, Any]] = []
+                while queue and queue[0][0] == owner and len(batch) < FORWARD_BATCH_ITEMS:
+                    batch.append(queue.popleft()[1])
                 try:
-                    await self.layer.send(owner, message)
+                    await self.layer.send(owner, {"type": "dorm.items", "items": batch})
                 except Exception as exc:
-                    log.warning("forward failed room=%s kind=%s error=%s", message["room"], message["k"], type(exc).__name__)
-                    # The owner never got it: the sockets start over.
-                    self._forget_route(message["room"])
-                    self.close_local(message["room"])
+                    rooms = {message["room"] for message in batch}
+                    log.warning("forward failed rooms=%d items=%d error=%s", len(rooms), len(batch), type(exc).__name__)
+                    # The owner never got them: the sockets start over.
+                    for room in rooms:
+                        self._forget_route(room)
+                        self.close_local(room)
 
     async def _inbox_loop(self) -> None:
         delay = 0.1
@@ -590,10 +650,13 @@ class Cluster:
                 delay = min(delay * 2, 2.0)
                 continue
             delay = 0.1
-            try:
-                self._on_inbox(message)
-            except Exception:
-                log.exception("inbox message failed room=%s", message.get("room"))
+            # "dorm.items": a batch; "dorm.item": one (a process of an older
+            # release during a rolling deploy).
+            for item in message["items"] if message.get("type") == "dorm.items" else (message,):
+                try:
+                    self._on_inbox(item)
+                except Exception:
+                    log.exception("inbox message failed room=%s", item.get("room"))
 
     def _on_inbox(self, message: dict[str, Any]) -> None:
         room = message["room"]
@@ -637,21 +700,11 @@ class Cluster:
             return
         self.bus_origin[room] = origin  # type: ignore[assignment]
         hub = self.runtime.hub
-        if kind == "ev":
-            seq = message["s"]
-            if seq is not None:
-                last = self.bus_seq.get(room)
-                if last is not None and seq <= last:
-                    return  # already delivered
-                if last is not None and seq != last + 1:
-                    log.warning("bus gap room=%s last=%d got=%d", room, last, seq)
-                    self.close_local(room)
-                    return
-                self.bus_seq[room] = seq
-            asyncio.ensure_future(hub.deliver(room, message["t"], seq, message["x"]))
+        if kind == "ev":  # the JSON form (a process of an older release)
+            self.on_bus_event(room, origin, message["s"], message["x"], message["t"])  # type: ignore[arg-type]
             return
         if kind == "evb":  # a binary broadcast (binary kinds)
-            asyncio.ensure_future(hub.deliver_bytes(room, base64.b64decode(message["b"]), message["x"]))
+            self._in_order(room, hub.deliver_bytes(room, base64.b64decode(message["b"]), message["x"]))
             return
         conn_id = message["c"]
         target: Any = hub.get(room, conn_id)
@@ -664,16 +717,60 @@ class Cluster:
             seq = message["s"]
             if self.bus_seq.get(room, -1) < seq:
                 self.bus_seq[room] = seq
-            asyncio.ensure_future(target.open(message["w"], seq, message["r"]))
+            self._in_order(room, target.open(message["w"], seq, message["r"]))
         elif kind == "reply":
-            asyncio.ensure_future(target.reply(message["t"]))
+            self._in_order(room, target.reply(message["t"]))
         elif kind == "bin":
-            asyncio.ensure_future(target.send_bytes(base64.b64decode(message["b"])))
+            self._in_order(room, target.send_bytes(base64.b64decode(message["b"])))
         elif kind == "error":
-            asyncio.ensure_future(target.error(message["r"], message["i"], message["d"], message.get("e")))
+            self._in_order(room, target.error(message["r"], message["i"], message["d"], message.get("e")))
         elif kind == "close":
             target.refused = True
-            asyncio.ensure_future(target.close(message["code"], message["reason"]))
+            self._in_order(room, target.close(message["code"], message["reason"]))
+
+    def _in_order(self, room: str, coro: Any) -> None:
+        """Run a bus message's async work as a task, keeping the room's bus order.
+
+        Tasks start in creation order, and each writes before it first
+        yields. While any is pending for the room, events go through tasks
+        too (``on_bus_event``), so an ack never falls behind a later event.
+        """
+        pending = self._bus_tasks
+        pending[room] = pending.get(room, 0) + 1
+
+        def done(_: asyncio.Future[Any]) -> None:
+            left = pending.get(room, 1) - 1
+            if left:
+                pending[room] = left
+            else:
+                pending.pop(room, None)
+
+        asyncio.ensure_future(coro).add_done_callback(done)
+
+    def on_bus_event(self, room: str, origin: str, seq: int | None, exclude: str | None, text: str) -> None:
+        """An event of a room run elsewhere: write it to this process's sockets now."""
+        if origin == self.me:
+            return  # the owner wrote to its own sockets directly
+        self.bus_origin[room] = origin
+        if seq is not None:
+            last = self.bus_seq.get(room)
+            if last is not None and seq <= last:
+                return  # already delivered
+            if last is not None and seq != last + 1:
+                log.warning("bus gap room=%s last=%d got=%d", room, last, seq)
+                self.close_local(room)
+                return
+            self.bus_seq[room] = seq
+        hub = self.runtime.hub
+        if room in self._bus_tasks:
+            # A welcome, ack or close of this room is still being written.
+            self._in_order(room, hub.deliver(room, text, seq, exclude))
+            return
+        # The common case: direct writes here, in bus order, with no task per
+        # event; only sockets without a direct writer need the ASGI send.
+        _, slow = hub.deliver_now(room, text, seq, exclude)
+        if slow:
+            self._in_order(room, hub.deliver_slow(room, slow, text))
 
     def bus_gap(self, rooms: set[str]) -> None:
         for room in rooms:
@@ -683,7 +780,7 @@ class Cluster:
     # -- the owner's side of fan-out ---------------------------------------------------
 
     def publish_event(self, room: str, text: str, seq: int | None, exclude: str | None) -> None:
-        self.bus.publish(room, {"k": "ev", "s": seq, "x": exclude, "t": text})
+        self.bus.publish_event(room, text, seq, exclude)
 
     def publish_bytes(self, room: str, data: bytes, exclude: str | None) -> None:
         self.bus.publish(room, {"k": "evb", "x": exclude, "b": base64.b64encode(data).decode()})

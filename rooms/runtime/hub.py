@@ -63,12 +63,26 @@ class LocalHub:
 
     async def deliver(self, room: str, text: str, seq: int | None, exclude: str | None) -> int:
         """Write one event to the room's local sockets but ``exclude``; returns deliveries."""
+        delivered, slow = self.deliver_now(room, text, seq, exclude)
+        if slow:
+            delivered += await self.deliver_slow(room, slow, text)
+        return delivered
+
+    def deliver_now(
+        self, room: str, text: str, seq: int | None, exclude: str | None
+    ) -> tuple[int, list[Connection]]:
+        """The synchronous part of ``deliver``: direct writes and buffering.
+
+        Returns the deliveries made and the open sockets that need the ASGI
+        ``send`` (no direct writer): ``deliver_slow`` writes those. The room
+        bus calls this straight from its reader, with no task per event.
+        """
         members = self._members.get(room)
         if not members:
-            return 0
-        message: dict[str, Any] = {"type": "websocket.send", "text": text}
+            return 0, []
         frame: bytes | None = None  # framed once, on first use
         delivered = 0
+        slow: list[Connection] = []
         for conn in members:
             if conn.id == exclude or conn.binary:
                 continue
@@ -83,17 +97,30 @@ class LocalHub:
                     if write(frame):
                         delivered += 1
                         continue
-                try:
-                    await conn.send(message)
-                except Exception:
-                    # The socket closed under us (uvicorn raises, daphne
-                    # ignores): one dead socket never stops a broadcast.
-                    conn.lost()
-                    continue
-                delivered += 1
+                slow.append(conn)
             elif state is _PENDING:
-                conn.buffer(seq, message)
+                conn.buffer(seq, {"type": "websocket.send", "text": text})
         if delivered:
             # Metered once per event, not per socket.
-            meter.delivered(room, delivered, len(text) if text.isascii() else len(text.encode()))
+            meter.delivered(room, delivered, _size(text))
+        return delivered, slow
+
+    async def deliver_slow(self, room: str, conns: list[Connection], text: str) -> int:
+        message: dict[str, Any] = {"type": "websocket.send", "text": text}
+        delivered = 0
+        for conn in conns:
+            try:
+                await conn.send(message)
+            except Exception:
+                # The socket closed under us (uvicorn raises, daphne
+                # ignores): one dead socket never stops a broadcast.
+                conn.lost()
+                continue
+            delivered += 1
+        if delivered:
+            meter.delivered(room, delivered, _size(text))
         return delivered
+
+
+def _size(text: str) -> int:
+    return len(text) if text.isascii() else len(text.encode())

@@ -122,11 +122,58 @@ def commit_batch(
         if rows:
             with connection.cursor() as cursor:
                 cursor.executemany(_insert_events_sql(), rows)
-        for key, value in writes.items():
-            if value is None:
-                StoredValue.objects.filter(room_id=room_id, key=key).delete()
-            else:
-                StoredValue.objects.update_or_create(room_id=room_id, key=key, defaults={"value": value})
+        _apply_writes(room_id, writes)
+
+
+def _apply_writes(room_id: int, writes: dict[str, str | None]) -> None:
+    for key, value in writes.items():
+        if value is None:
+            StoredValue.objects.filter(room_id=room_id, key=key).delete()
+        else:
+            StoredValue.objects.update_or_create(room_id=room_id, key=key, defaults={"value": value})
+
+
+# commit_batch's arguments: room id, event rows, storage writes, alarm changes.
+Batch = tuple[int, list[EventRow], dict[str, str | None], Sequence[AlarmWrite]]
+
+
+def commit_batches(batches: list[Batch]) -> list[BaseException | None]:
+    """Commit the batches of several rooms, each atomically; per batch, None or its error.
+
+    One transaction for all of them (one fsync): the common case. If it
+    fails, nothing of it stays, and each batch is retried in its own
+    transaction so that one room's failure (a stale writer's duplicate seq)
+    is that room's alone.
+    """
+    if len(batches) == 1:
+        try:
+            commit_batch(*batches[0])
+        except Exception as exc:
+            return [exc]
+        return [None]
+    try:
+        with transaction.atomic():
+            for room_id, _, _, alarm_writes in batches:
+                if alarm_writes:
+                    apply_alarm_writes(room_id, list(alarm_writes))
+            rows = [row for _, batch_rows, _, _ in batches for row in batch_rows]
+            if rows:
+                with connection.cursor() as cursor:
+                    cursor.executemany(_insert_events_sql(), rows)
+            for room_id, _, writes, _ in batches:
+                _apply_writes(room_id, writes)
+        return [None] * len(batches)
+    except Exception:
+        pass
+    results: list[BaseException | None] = []
+    for batch in batches:
+        try:
+            commit_batch(*batch)
+        except Exception as exc:
+            results.append(exc)
+        else:
+            results.append(None)
+    return results
 
 
 def log_after(room_id: int, since: int, upto: int) -> list[LogRow]:

@@ -58,6 +58,14 @@ def test_recorder_counts_draws_and_acks(loadgen, frame: bytes) -> None:
     assert rec.refused == {"invalid_message": 1}
 
 
+@pytest.mark.parametrize(("script", "expected"), [("cluster.py", "naive-pubsub-2p"), ("suite.py", "miniflare")])
+def test_other_benchmarks_help_runs(script: str, expected: str) -> None:
+    out = subprocess.run(
+        [sys.executable, str(BENCH / script), "--help"], capture_output=True, text=True, timeout=60, check=True
+    )
+    assert expected in out.stdout
+
+
 def test_qa_spike_help_runs() -> None:
     out = subprocess.run(
         [sys.executable, str(BENCH / "qa_spike.py"), "--help"], capture_output=True, text=True, timeout=60, check=True

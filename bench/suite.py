@@ -1,0 +1,599 @@
+"""Issue 12's workloads against Dorm and the references, one table.
+
+    .venv/bin/python bench/suite.py                           # everything
+    .venv/bin/python bench/suite.py --servers dorm,node-ws --workloads fanout,connect
+
+Servers (each pinned to core 0, the generator to core 1, started here):
+
+- ``dorm``: Dorm embedded (SQLite, daphne), production-like settings;
+- ``dorm-pg``: the same on a fresh PostgreSQL database (DATABASE_URL only,
+  created and dropped here), for the durable-writes workload;
+- ``naive``: the Channels tutorial consumer (bench/naive, in-memory layer);
+- ``node-ws``: bench/references/node-ws (Node.js + ws), npm-installed on demand;
+- ``miniflare``: bench/references/durable-objects (a Durable Object relay with
+  the hibernation API on workerd through Miniflare), npm-installed on demand;
+  skipped with the reason if it does not install or start.
+
+Workloads:
+
+- ``fanout``: one room, 50 clients, 5 senders, ladder of msg/s; the highest
+  step with no loss and p99 < 50 ms is "highest sustained"; the 200 msg/s
+  step is "fan-out at 9,800 deliveries/s offered".
+- ``rooms``: 100 rooms x 10 clients, 1 sender per room at 2 msg/s (p99).
+- ``durable``: durable events into one room (2 senders, a window of 500
+  unacknowledged draws each): acks/s. Dorm on SQLite and on PostgreSQL.
+- ``connect``: new connections per second with token auth (HS256 room tokens
+  minted here with the server's secret; 50 connecting at a time).
+  Miniflare's worker does not check tokens (it takes ?userId=).
+- ``idle``: RSS per idle connection at 15,000 connections (this process and
+  the servers get the hard open-files limit as their soft limit).
+- ``hibernation``: Dorm only: 10,000 rooms with one open connection each,
+  hibernated (DORM_HIBERNATE_AFTER_SECONDS=3): server CPU while idle, then
+  wake-to-first-broadcast latency in 20 of them.
+
+Progress goes to stderr; the table (with ratios to the references) to stdout.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import resource
+import secrets
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import fanout
+from _loadgen import Client, Recorder, cpu_seconds
+from _rooms import Measure, RoomsConfig, anonymous_path, run_rooms_step
+
+REPO = fanout.REPO
+HOST = fanout.HOST
+REFS = REPO / "bench" / "references"
+SUSTAINED_P99_MS = 50.0
+FANOUT_RATES = "100,200,500,1000,2000,3000,4000,6000,8000"
+NINE_EIGHT_HUNDRED = 200.0  # msg/s x 49 = 9,800 deliveries/s
+
+
+def log(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+# -- process helpers -----------------------------------------------------------------
+
+
+def tree(pid: int) -> list[int]:
+    """pid and all its descendants (Miniflare runs workerd as a child)."""
+    children: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat", "rb") as f:
+                ppid = int(f.read().rsplit(b")", 1)[1].split()[1])
+        except (OSError, ValueError, IndexError):
+            continue
+        children.setdefault(ppid, []).append(int(entry))
+    out, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        out.append(p)
+        todo.extend(children.get(p, []))
+    return out
+
+
+def rss_kib(pids: list[int]) -> int:
+    total = 0
+    for pid in pids:
+        try:
+            with open(f"/proc/{pid}/status") as f:
+                for line in f:
+                    if line.startswith("VmRSS:"):
+                        total += int(line.split()[1])
+        except OSError:
+            pass
+    return total
+
+
+def tree_cpu(pid: int) -> float:
+    return sum(cpu_seconds(p) or 0.0 for p in tree(pid))
+
+
+def raise_nofile() -> int:
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    return hard
+
+
+def npm_install(directory: Path) -> None:
+    """Install a reference's npm packages from its lockfile, once."""
+    if (directory / "node_modules").is_dir():
+        return
+    cmd = ["npm", "ci", "--no-audit", "--no-fund"] if (directory / "package-lock.json").exists() else ["npm", "install"]
+    log(f"installing {directory.name}'s npm packages ...")
+    subprocess.run(cmd, cwd=directory, check=True, timeout=600, capture_output=True)
+
+
+# -- servers ---------------------------------------------------------------------------
+
+
+@dataclass
+class Server:
+    name: str
+    port: int
+    pid: int
+    tokens: bool  # checks ?token=
+
+
+@contextmanager
+def start_server(name: str, log_dir: Path, db_dir: Path, pg_url: str | None, extra_env: dict[str, str]) -> Iterator[Server]:
+    port = fanout.free_port()
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "PORT": str(port), "BENCH_TOKEN_SECRET": fanout.BENCH_TOKEN_SECRET}
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH", "")]))
+    daphne = [sys.executable, "-m", "daphne", "-b", HOST, "-p", str(port), "--websocket_timeout", "-1"]
+    tokens = True
+    if name in ("dorm", "dorm-pg", "dorm-hibernate"):
+        env.update(fanout.DORM_ENV, DJANGO_SETTINGS_MODULE="config.settings", SQLITE_PATH=str(db_dir / f"{name}.sqlite3"))
+        if name == "dorm-pg":
+            assert pg_url is not None
+            env["DATABASE_URL"] = pg_url
+        if name == "dorm-hibernate":
+            env["DORM_HIBERNATE_AFTER_SECONDS"] = "3"
+        env.update(extra_env)
+        subprocess.run([sys.executable, "manage.py", "migrate", "--noinput"], cwd=REPO, env=env, check=True, stdout=subprocess.DEVNULL, timeout=300)
+        cmd, cwd = daphne + ["config.asgi:application"], REPO
+    elif name == "naive":
+        env["DJANGO_SETTINGS_MODULE"] = "bench.naive.settings"
+        cmd, cwd, tokens = daphne + ["bench.naive.asgi:application"], REPO, False
+    elif name == "node-ws":
+        npm_install(REFS / "node-ws")
+        cmd, cwd = ["node", "server.js"], REFS / "node-ws"
+    elif name == "miniflare":
+        npm_install(REFS / "durable-objects")
+        cmd, cwd, tokens = ["node", "start.mjs"], REFS / "durable-objects", False
+    else:
+        raise ValueError(name)
+    taskset = ["taskset", "-c", str(fanout.SERVER_CORE)] if fanout.PINNED else []
+    log_path = log_dir / f"{name}.log"
+    with open(log_path, "wb") as out:
+        proc = subprocess.Popen(taskset + cmd, cwd=cwd, env=env, stdout=out, stderr=subprocess.STDOUT)
+    try:
+        fanout.wait_listening(port, proc, log_path)
+        if name == "miniflare":
+            time.sleep(1.0)  # workerd listens behind Miniflare's proxy; let it settle
+        yield Server(name, port, proc.pid, tokens)
+    finally:
+        for p in reversed(tree(proc.pid)[1:]):
+            try:
+                os.kill(p, signal.SIGTERM)
+            except OSError:
+                pass
+        proc.send_signal(signal.SIGINT)
+        try:
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=10)
+
+
+@contextmanager
+def pg_database() -> Iterator[str]:
+    import cluster
+
+    with cluster.fresh_database() as url:
+        yield url
+
+
+# -- results ---------------------------------------------------------------------------
+
+
+@dataclass
+class Result:
+    server: str
+    workload: str
+    metric: str
+    value: float | None
+    unit: str
+    note: str = ""
+    detail: dict[str, Any] = field(default_factory=dict)
+
+
+def mint(room: str, user: str) -> str:
+    import jwt
+
+    now = int(time.time())
+    claims = {"sub": user, "room": room, "scope": "write", "exp": now + 900, "iat": now, "jti": secrets.token_urlsafe(12)}
+    return jwt.encode(claims, fanout.BENCH_TOKEN_SECRET, algorithm="HS256")
+
+
+def token_path(room: str, user: str) -> str:
+    return f"/ws/{room}?token={mint(room, user)}"
+
+
+def steps_note(r: Any) -> str:
+    return f"other load {fanout.fmt(r.other_server_core_pct, 0)}% (both cores)"
+
+
+def measure_for(server: Server) -> Measure:
+    pids = tuple(tree(server.pid))
+    return Measure(server_pids=pids, cores=(fanout.SERVER_CORE, fanout.GENERATOR_CORE) if fanout.PINNED else ())
+
+
+def other_on_server_core(r: Any) -> float | None:
+    # _rooms reports other load summed over the cores it watched.
+    return r.other_server_core_pct
+
+
+# -- workloads -------------------------------------------------------------------------
+
+
+def w_fanout(args: argparse.Namespace, server: Server) -> list[Result]:
+    rates = [float(x) for x in args.fanout_rates.split(",") if x.strip()]
+    if NINE_EIGHT_HUNDRED not in rates:
+        rates = sorted(rates + [NINE_EIGHT_HUNDRED])
+    steps = []
+    for rate in rates:
+        best = None
+        for attempt in range(args.retries + 1):
+            cfg = RoomsConfig(
+                host=HOST, ports=(server.port,), rooms=(f"f{secrets.token_hex(4)}",), message_rate=rate,
+                clients=50, senders=5, window_s=args.window,
+            )
+            r = asyncio.run(run_rooms_step(cfg, measure_for(server)))
+            log(f"  {server.name} fanout {rate:,.0f} msg/s: {r.achieved_deliveries_per_s:,.0f} deliveries/s, lost {r.lost_pct:.2f}%,"
+                f" p50 {fanout.fmt(r.p50_ms)} ms, p99 {fanout.fmt(r.p99_ms)} ms, server CPU {fanout.fmt(r.server_cpu_pct, 0)}%,"
+                f" gen {r.generator_cpu_pct:.0f}%, other {fanout.fmt(r.other_server_core_pct, 0)}%")
+            if best is None or (r.other_server_core_pct or 0) < (best.other_server_core_pct or 0):
+                best = r
+            if (r.other_server_core_pct or 0) <= 2 * fanout.DISTURBED_PCT:
+                break
+        steps.append(best)
+        if fanout.stop_reason(args, best) is not None:
+            break
+    out = []
+    ok = [s for s in steps if s.lost == 0 and s.p99_ms is not None and s.p99_ms < SUSTAINED_P99_MS
+          and s.sent_messages_per_s >= fanout.MIN_SENT_SHARE * s.offered_messages_per_s]
+    best = max(ok, key=lambda s: s.achieved_deliveries_per_s, default=None)
+    out.append(Result(server.name, "fanout", "highest sustained deliveries/s (no loss, p99 < 50 ms)",
+                      best.achieved_deliveries_per_s if best else 0.0, "/s",
+                      f"p50 {fanout.fmt(best.p50_ms)} / p99 {fanout.fmt(best.p99_ms)} ms, {steps_note(best)}" if best else "no step qualified",
+                      {"steps": [s.as_dict() for s in steps]}))
+    nine = next((s for s in steps if s.offered_messages_per_s == NINE_EIGHT_HUNDRED), None)
+    if nine is not None:
+        out.append(Result(server.name, "fanout-9800", "p50 ms at 9,800 deliveries/s offered", nine.p50_ms, "ms",
+                          f"lost {nine.lost_pct:.2f}%, {steps_note(nine)}"))
+        out.append(Result(server.name, "fanout-9800", "p99 ms at 9,800 deliveries/s offered", nine.p99_ms, "ms", ""))
+    return out
+
+
+def w_rooms(args: argparse.Namespace, server: Server) -> list[Result]:
+    cfg = RoomsConfig(
+        host=HOST, ports=(server.port,), rooms=tuple(f"m{secrets.token_hex(3)}-{i}" for i in range(100)),
+        message_rate=200.0, clients=10, senders=1, window_s=args.window,
+    )
+    r = asyncio.run(run_rooms_step(cfg, measure_for(server)))
+    log(f"  {server.name} rooms: p50 {fanout.fmt(r.p50_ms)} p99 {fanout.fmt(r.p99_ms)} ms, lost {r.lost_pct:.2f}%")
+    return [Result(server.name, "rooms", "p99 ms, 100 rooms x 10 clients, 2 msg/s per room", r.p99_ms, "ms",
+                   f"p50 {fanout.fmt(r.p50_ms)} ms, lost {r.lost_pct:.2f}%, {steps_note(r)}", {"step": r.as_dict()})]
+
+
+async def _durable(server: Server, seconds: float, senders: int, window: int) -> tuple[float, float]:
+    loop = asyncio.get_running_loop()
+    room = f"d{secrets.token_hex(4)}"
+    acked = 0
+    wake = asyncio.Event()
+
+    class AckRecorder(Recorder):
+        def on_frame(self, data: bytes) -> None:
+            nonlocal acked
+            if b'"ack"' in data[:24]:
+                acked += 1
+                wake.set()
+
+    rec = AckRecorder()
+    clients = []
+    for i in range(senders):
+        path = f"/ws/{room}?userId=d{i}"
+        _, c = await loop.create_connection(lambda p=path: Client(rec, HOST, server.port, p), HOST, server.port)
+        await c.welcome
+        clients.append(c)
+    sent = 0
+    stop = time.perf_counter() + 1.0 + seconds
+    start_acked, t0, cpu0 = None, None, None
+
+    async def pump(c: Client) -> None:
+        nonlocal sent
+        while time.perf_counter() < stop:
+            while sent - acked < window * senders and time.perf_counter() < stop:
+                c.send_text(b'{"type":"draw","id":"%d","payload":{"x":1,"y":2}}' % sent)
+                sent += 1
+            wake.clear()
+            try:
+                await asyncio.wait_for(wake.wait(), 1.0)
+            except asyncio.TimeoutError:
+                pass
+
+    tasks = [asyncio.create_task(pump(c)) for c in clients]
+    await asyncio.sleep(1.0)  # warm-up
+    start_acked, t0, cpu0 = acked, time.perf_counter(), tree_cpu(server.pid)
+    await asyncio.gather(*tasks)
+    rate = (acked - start_acked) / (time.perf_counter() - t0)
+    cpu = (tree_cpu(server.pid) - cpu0) / (time.perf_counter() - t0) * 100
+    await asyncio.gather(*(c.close(2.0) for c in clients), return_exceptions=True)
+    return rate, cpu
+
+
+def w_durable(args: argparse.Namespace, server: Server) -> list[Result]:
+    rate, cpu = asyncio.run(_durable(server, args.window, 2, 500))
+    db = "PostgreSQL" if server.name == "dorm-pg" else "SQLite (synchronous=FULL)"
+    log(f"  {server.name} durable: {rate:,.0f} acked events/s, server CPU {cpu:.0f}%")
+    return [Result(server.name, "durable", f"durable events/s into one room, acks received ({db})", rate, "/s",
+                   f"server CPU {cpu:.0f}%")]
+
+
+async def _connect(server: Server, n: int, concurrency: int, tokens: bool) -> tuple[float, int]:
+    loop = asyncio.get_running_loop()
+    rec = Recorder()
+    rooms = [f"c{secrets.token_hex(3)}-{i}" for i in range(20)]
+    plan = [(rooms[i % 20], f"u{i}") for i in range(n)]
+    paths = [token_path(r, u) if tokens else anonymous_path(r, u) for r, u in plan]  # minted before the clock
+    gate = asyncio.Semaphore(concurrency)
+    clients: list[Client] = []
+    failed = 0
+
+    async def one(path: str) -> None:
+        nonlocal failed
+        async with gate:
+            try:
+                _, c = await loop.create_connection(lambda: Client(rec, HOST, server.port, path), HOST, server.port)
+                clients.append(c)
+                w = await asyncio.wait_for(c.welcome, 30)
+                if w.get("type") != "welcome":
+                    failed += 1
+            except Exception:
+                failed += 1
+
+    t0 = time.perf_counter()
+    await asyncio.gather(*(one(p) for p in paths))
+    rate = (n - failed) / (time.perf_counter() - t0)
+    for c in clients:
+        if c.transport is not None:
+            c.transport.close()
+    await asyncio.sleep(1.0)
+    return rate, failed
+
+
+def w_connect(args: argparse.Namespace, server: Server) -> list[Result]:
+    rate, failed = asyncio.run(_connect(server, args.connections, 50, server.tokens))
+    auth = "HS256 token" if server.tokens else "no token check (?userId=)"
+    log(f"  {server.name} connect: {rate:,.0f}/s ({auth}), failed {failed}")
+    return [Result(server.name, "connect", "new connections/s with token auth", rate, "/s", f"{auth}; failed {failed}")]
+
+
+async def _idle(server: Server, n: int) -> tuple[float, int, int]:
+    loop = asyncio.get_running_loop()
+    rec = Recorder()
+    rooms = [f"i{secrets.token_hex(3)}-{i}" for i in range(max(1, n // 100))]
+    gate = asyncio.Semaphore(200)
+    clients: list[Client] = []
+    failed = 0
+    pids = tree(server.pid)
+    before = rss_kib(pids)
+
+    async def one(i: int) -> None:
+        nonlocal failed
+        async with gate:
+            path = anonymous_path(rooms[i % len(rooms)], f"u{i}")
+            try:
+                _, c = await loop.create_connection(lambda: Client(rec, HOST, server.port, path), HOST, server.port)
+                clients.append(c)
+                await asyncio.wait_for(c.welcome, 60)
+            except Exception:
+                failed += 1
+
+    await asyncio.gather(*(one(i) for i in range(n)))
+    await asyncio.sleep(3.0)  # join announcements, settle
+    after = rss_kib(tree(server.pid))
+    held = n - failed
+    for c in clients:
+        if c.transport is not None:
+            c.transport.close()
+    await asyncio.sleep(2.0)
+    return (after - before) / max(1, held), held, after
+
+
+def w_idle(args: argparse.Namespace, server: Server) -> list[Result]:
+    per, held, after = asyncio.run(_idle(server, args.idle_connections))
+    log(f"  {server.name} idle: {held:,} held, {per:.1f} KiB each, RSS {after / 1024:,.0f} MiB")
+    return [Result(server.name, "idle", f"RSS KiB per idle connection ({args.idle_connections:,} opened)", per, "KiB",
+                   f"{held:,} held, server RSS {after / 1024:,.0f} MiB")]
+
+
+async def _hibernation(server: Server, rooms_n: int, wakes: int) -> dict[str, Any]:
+    loop = asyncio.get_running_loop()
+    rec = Recorder()
+    rec.first_measured = 0
+    prefix = f"h{secrets.token_hex(3)}"
+    gate = asyncio.Semaphore(200)
+    clients: dict[int, Client] = {}
+    failed = 0
+
+    async def one(i: int, user: str) -> Client | None:
+        nonlocal failed
+        async with gate:
+            path = anonymous_path(f"{prefix}-{i}", user)
+            try:
+                _, c = await loop.create_connection(lambda: Client(rec, HOST, server.port, path), HOST, server.port)
+                await asyncio.wait_for(c.welcome, 60)
+                return c
+            except Exception:
+                failed += 1
+                return None
+
+    t0 = time.perf_counter()
+    opened = await asyncio.gather(*(one(i, "a") for i in range(rooms_n)))
+    receivers = await asyncio.gather(*(one(i, "b") for i in range(wakes)))
+    open_s = time.perf_counter() - t0
+    await asyncio.sleep(3.0 + 4.0)  # hibernate after 3 s of no items, plus the snapshots
+    cpu0, w0 = tree_cpu(server.pid), time.perf_counter()
+    await asyncio.sleep(10.0)
+    idle_cpu = (tree_cpu(server.pid) - cpu0) / (time.perf_counter() - w0) * 100
+    rss = rss_kib(tree(server.pid))
+    lat = []
+    for i in range(wakes):
+        c = opened[i]
+        if c is None or receivers[i] is None:
+            continue
+        got = len(rec.latencies_ms)
+        n = len(rec.send_times)
+        rec.deliveries.append(0)
+        rec.send_times.append(time.perf_counter())
+        c.send_text(b'{"type":"draw","id":"%d","payload":{"x":1,"y":2,"k":"%d","t":"%d"}}' % (n, n, time.perf_counter_ns()))
+        deadline = time.perf_counter() + 5
+        while len(rec.latencies_ms) == got and time.perf_counter() < deadline:
+            await asyncio.sleep(0.0005)
+        if len(rec.latencies_ms) > got:
+            lat.append(rec.latencies_ms[-1])
+    for c in list(opened) + list(receivers):
+        if c is not None and c.transport is not None:
+            c.transport.close()
+    await asyncio.sleep(2.0)
+    return {"rooms": rooms_n - failed, "open_s": open_s, "idle_cpu_pct": idle_cpu, "rss_kib": rss, "wake_ms": lat}
+
+
+def w_hibernation(args: argparse.Namespace, server: Server) -> list[Result]:
+    d = asyncio.run(_hibernation(server, args.hibernated_rooms, 20))
+    lat = sorted(d["wake_ms"])
+    p50 = statistics.median(lat) if lat else None
+    log(f"  {server.name} hibernation: {d['rooms']:,} rooms open in {d['open_s']:.0f} s, idle CPU {d['idle_cpu_pct']:.2f}%,"
+        f" wake p50 {fanout.fmt(p50)} ms max {fanout.fmt(lat[-1] if lat else None)} ms ({len(lat)} wakes)")
+    note = f"{d['rooms']:,} rooms with an open connection each, server RSS {d['rss_kib'] / 1024:,.0f} MiB"
+    return [
+        Result(server.name, "hibernation", "server CPU % while idle (10,000 hibernated rooms)", d["idle_cpu_pct"], "%", note),
+        Result(server.name, "hibernation", "wake to first broadcast, p50 ms", p50, "ms",
+               f"max {fanout.fmt(lat[-1] if lat else None)} ms over {len(lat)} rooms"),
+    ]
+
+
+WORKLOADS: dict[str, tuple[Callable[[argparse.Namespace, Server], list[Result]], tuple[str, ...]]] = {
+    "fanout": (w_fanout, ("dorm", "naive", "node-ws", "miniflare")),
+    "rooms": (w_rooms, ("dorm", "naive", "node-ws", "miniflare")),
+    "durable": (w_durable, ("dorm", "dorm-pg")),
+    "connect": (w_connect, ("dorm", "node-ws", "miniflare")),
+    "idle": (w_idle, ("dorm", "naive", "node-ws", "miniflare")),
+    "hibernation": (w_hibernation, ("dorm-hibernate",)),
+}
+
+# The issue's targets, per metric: (comparison, target, what it is)
+TARGETS = {
+    "fanout": (">=", "miniflare", "at least the Durable Objects runtime's, and >= 10x naive"),
+    "fanout-9800": ("<=", None, "p50 < 1 ms, p99 < 5 ms"),
+    "rooms": ("<=", None, "p99 < 5 ms"),
+    "durable": (">=", None, ">= 10,000/s SQLite, >= 5,000/s PostgreSQL"),
+    "connect": (">=", None, ">= 2,000/s"),
+    "idle": ("<=", None, "<= 20 KiB at 15,000 held"),
+    "hibernation": ("<=", None, "zero CPU idle; wake < 20 ms"),
+}
+
+
+def table(results: list[Result]) -> str:
+    lines = ["| workload | metric | server | value | vs node-ws | vs miniflare | vs naive | target | note |", "|---|---|---|---|---|---|---|---|---|"]
+    refs = {(r.workload, r.metric, r.server): r.value for r in results}
+
+    def ratio(r: Result, ref: str) -> str:
+        other = refs.get((r.workload, r.metric, ref))
+        if r.server == ref or other in (None, 0) or r.value is None:
+            return "-"
+        return f"{r.value / other:.2f}x"
+
+    for r in results:
+        value = "-" if r.value is None else (f"{r.value:,.0f}" if abs(r.value) >= 100 else f"{r.value:,.2f}")
+        target = TARGETS.get(r.workload, ("", None, ""))[2] if r.server.startswith("dorm") else ""
+        lines.append(f"| {r.workload} | {r.metric} | {r.server} | {value} {r.unit} | {ratio(r, 'node-ws')} | {ratio(r, 'miniflare')}"
+                     f" | {ratio(r, 'naive')} | {target} | {r.note} |")
+    return "\n".join(lines)
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--servers", default="dorm,dorm-pg,dorm-hibernate,naive,node-ws,miniflare")
+    p.add_argument("--workloads", default=",".join(WORKLOADS))
+    p.add_argument("--fanout-rates", default=FANOUT_RATES)
+    p.add_argument("--window", type=float, default=5.0)
+    p.add_argument("--retries", type=int, default=1)
+    p.add_argument("--max-loss-pct", type=float, default=1.0)
+    p.add_argument("--max-p99-ms", type=float, default=1000.0)
+    p.add_argument("--connections", type=int, default=2000, help="for 'connect' (default: %(default)s)")
+    p.add_argument("--idle-connections", type=int, default=15000, help="for 'idle' (default: %(default)s)")
+    p.add_argument("--hibernated-rooms", type=int, default=10000, help="for 'hibernation' (default: %(default)s)")
+    p.add_argument("--json", type=Path)
+    p.add_argument("--server-log-dir", type=Path)
+    args = p.parse_args(argv)
+    args.servers = [s for s in args.servers.split(",") if s]
+    args.workloads = [w for w in args.workloads.split(",") if w]
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    nofile = raise_nofile()
+    _, pinning = fanout.pin_generator()
+    load0 = os.getloadavg()
+    log(f"suite: {pinning}; open files {nofile}; load average {load0[0]:.2f}")
+    log_dir = Path(tempfile.mkdtemp(prefix="dorm-suite-")) if args.server_log_dir is None else args.server_log_dir
+    log_dir.mkdir(parents=True, exist_ok=True)
+    results: list[Result] = []
+    skipped: list[str] = []
+    started = time.time()
+    needs_pg = "dorm-pg" in args.servers and any("dorm-pg" in WORKLOADS[w][1] for w in args.workloads)
+    with tempfile.TemporaryDirectory(prefix="dorm-suite-db-") as db_dir, (pg_database() if needs_pg else _null()) as pg_url:
+        for name in args.servers:
+            mine = [w for w in args.workloads if name in WORKLOADS[w][1]]
+            if not mine:
+                continue
+            try:
+                with start_server(name, log_dir, Path(db_dir), pg_url, {}) as server:
+                    log(f"{name}: listening on {server.port}, pid {server.pid}")
+                    for w in mine:
+                        try:
+                            results += WORKLOADS[w][0](args, server)
+                        except Exception as exc:  # noqa: BLE001 - one failed workload must not hide the rest
+                            log(f"  {name} {w}: failed: {exc!r}")
+                            skipped.append(f"{name} {w}: {exc!r}")
+            except Exception as exc:  # noqa: BLE001
+                log(f"{name}: could not start, skipped: {exc!r}"[:2000])
+                skipped.append(f"{name}: could not start ({str(exc).splitlines()[0] if str(exc) else type(exc).__name__})")
+    if args.server_log_dir is None:
+        shutil.rmtree(log_dir, ignore_errors=True)
+    load1 = os.getloadavg()
+    print(table(results))
+    if skipped:
+        print("\nskipped: " + "; ".join(skipped))
+    print(f"\nload average {load0[0]:.2f} before, {load1[0]:.2f} after; revision {fanout.git_revision()}")
+    if args.json is not None:
+        meta = {"started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(started)), "argv": sys.argv,
+                "revision": fanout.git_revision(), "pinning": pinning, "load_average": [load0, load1]}
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps({"meta": meta, "results": [r.__dict__ for r in results], "skipped": skipped}, indent=2))
+    return 0 if results else 1
+
+
+@contextmanager
+def _null() -> Iterator[None]:
+    yield None
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,47 @@
+"""Group commit across rooms (rooms/runtime/committer.py) and the bus's event encoding."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+from channels.db import database_sync_to_async
+
+from rooms.models import Event, Room
+from rooms.runtime import committer, persistence
+from rooms.runtime.cluster import decode_event, encode_event
+
+
+def row(room_id: int, seq: int) -> persistence.EventRow:
+    return (room_id, seq, "draw", "u", f"c{seq}", '{"x":1}', 1)
+
+
+@pytest.mark.django_db(transaction=True)
+def test_one_rooms_failure_stays_in_that_room() -> None:
+    a = Room.objects.create(slug="gc-a")
+    b = Room.objects.create(slug="gc-b")
+    persistence.commit_batch(a.pk, [row(a.pk, 1)], {})
+    # Room a's batch repeats seq 1 (a stale writer): only that batch fails.
+    results = persistence.commit_batches([(a.pk, [row(a.pk, 1), row(a.pk, 2)], {}), (b.pk, [row(b.pk, 1)], {"k": "v"})])
+    assert results[0] is not None and results[1] is None
+    assert list(Event.objects.filter(room=a).values_list("seq", flat=True)) == [1]
+    assert list(Event.objects.filter(room=b).values_list("seq", flat=True)) == [1]
+
+
+@pytest.mark.django_db(transaction=True)
+async def test_concurrent_rooms_share_transactions_and_each_learns_its_result() -> None:
+    rooms = [await database_sync_to_async(Room.objects.create)(slug=f"gc-{i}") for i in range(20)]
+    await asyncio.gather(*(committer.commit_batch(r.pk, [row(r.pk, 1)], {}) for r in rooms))
+    assert await database_sync_to_async(Event.objects.filter(room__slug__startswith="gc-").count)() == 20
+    with pytest.raises(Exception):
+        await committer.commit_batch(rooms[0].pk, [row(rooms[0].pk, 1)], {})  # duplicate seq
+
+
+@pytest.mark.parametrize(
+    ("seq", "exclude", "text"),
+    [(7, "abc_DEF-12", '{"type":"draw","seq":7}'), (None, None, '{"type":"cursor","p":"a b\\nc"}'), (0, None, "")],
+)
+def test_bus_event_round_trip(seq: int | None, exclude: str | None, text: str) -> None:
+    data = encode_event("dorm.inbox.x!y", text, seq, exclude)
+    assert data[:1] == b"E"
+    assert decode_event(data) == ("dorm.inbox.x!y", seq, exclude, text)
