@@ -379,7 +379,7 @@ async def run_step(
         drained = await _drain(rec, cfg, last_measured)
     finally:
         await asyncio.gather(*(c.close(2.0) for c in clients), return_exceptions=True)
-    return _summarise(cfg, rec, last_measured, wall, arrived, gen_cpu, srv_cpu, (other_srv, other_gen), drained)
+    return summarise(cfg, rec, last_measured, wall, arrived, gen_cpu, srv_cpu, (other_srv, other_gen), drained)
 
 
 async def _drain(rec: Recorder, cfg: StepConfig, last_measured: int) -> float:
@@ -400,8 +400,8 @@ async def _drain(rec: Recorder, cfg: StepConfig, last_measured: int) -> float:
     return time.perf_counter() - start
 
 
-def _summarise(
-    cfg: StepConfig,
+def summarise(
+    cfg: StepConfig | Any,
     rec: Recorder,
     last_measured: int,
     wall: float,

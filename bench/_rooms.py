@@ -25,7 +25,7 @@ from _loadgen import (
     _send,
     core_times,
     cpu_seconds,
-    percentile,
+    summarise,
 )
 
 PathFor = Callable[[str, str], str]  # (room, user) -> request path
@@ -135,40 +135,9 @@ async def run_rooms_step(cfg: RoomsConfig, measure: Measure) -> StepResult:
         drained = await _drain(rec, cfg, last_measured)
     finally:
         await asyncio.gather(*(c.close(2.0) for c in clients), return_exceptions=True)
-    first = rec.first_measured
-    messages = last_measured - first
-    expected = messages * cfg.fanout
-    counts = rec.deliveries[first:last_measured]
-    delivered = sum(min(c, cfg.fanout) for c in counts)
-    duplicates = sum(c - cfg.fanout for c in counts if c > cfg.fanout)
-    lat = sorted(rec.latencies_ms)
-    ack = sorted(rec.ack_latencies_ms)
-    lost = expected - delivered
     measure.extra["infra_cpu_pct"] = infra_cpu
-    return StepResult(
-        offered_messages_per_s=cfg.message_rate,
-        offered_deliveries_per_s=cfg.message_rate * cfg.fanout,
-        sent_messages_per_s=messages / wall,
-        achieved_deliveries_per_s=arrived / wall,
-        messages=messages,
-        expected_deliveries=expected,
-        delivered=delivered,
-        lost=lost,
-        lost_pct=100.0 * lost / expected if expected else 0.0,
-        duplicates=duplicates,
-        p50_ms=percentile(lat, 0.50),
-        p99_ms=percentile(lat, 0.99),
-        max_ms=lat[-1] if lat else None,
-        acks=rec.acks,
-        ack_p50_ms=percentile(ack, 0.50),
-        ack_p99_ms=percentile(ack, 0.99),
-        refused=dict(rec.refused),
-        generator_cpu_pct=gen_cpu,
-        server_cpu_pct=srv_cpu,
-        other_server_core_pct=other,
-        other_generator_core_pct=None,
-        drain_s=drained,
-    )
+    # One summary for every workload (the generator's core is shared here).
+    return summarise(cfg, rec, last_measured, wall, arrived, gen_cpu, srv_cpu, (other, None), drained)
 
 
 async def _drain(rec: Recorder, cfg: RoomsConfig, last_measured: int) -> float:
