@@ -202,8 +202,36 @@ class GuardedDatabaseSyncToAsync(DatabaseSyncToAsync):
         self._timeout = timeout
 
     def thread_handler(self, loop: Any, *args: Any, **kwargs: Any) -> Any:
+        if current() is not None:  # already under a deadline (install())
+            return super().thread_handler(loop, *args, **kwargs)
         with deadline(self._timeout):
             return super().thread_handler(loop, *args, **kwargs)
+
+
+_installed = False
+
+
+def install() -> None:
+    """Put every ``database_sync_to_async`` call of the process under the deadline.
+
+    The rooms' database thread is shared with presence's ledger, the alarm
+    claims, billing's flush and the connection-time access lookup: one of
+    them blocked on a frozen database would hold every room's commit behind
+    it, so all of them get the same deadline (called from the app's ready()).
+    """
+    global _installed
+    if _installed:
+        return
+    original = DatabaseSyncToAsync.thread_handler
+
+    def thread_handler(self: Any, loop: Any, *args: Any, **kwargs: Any) -> Any:
+        if current() is not None:
+            return original(self, loop, *args, **kwargs)
+        with deadline(getattr(self, "_timeout", None)):
+            return original(self, loop, *args, **kwargs)
+
+    DatabaseSyncToAsync.thread_handler = thread_handler  # type: ignore[method-assign]
+    _installed = True
 
 
 def guarded(func: Callable[..., Any], timeout: float | None = None) -> GuardedDatabaseSyncToAsync:
