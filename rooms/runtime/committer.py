@@ -103,7 +103,10 @@ class GroupCommitter:
     async def _drain(self) -> None:
         try:
             while self._queue:
-                await self._round()
+                try:
+                    await self._round()
+                except db_watchdog.DatabaseTimeout:
+                    continue  # its rooms were told; the next round has its own deadline
         finally:
             self._busy = False
             if self._queue:  # cancelled with work left: fail it, nobody else will
@@ -119,11 +122,11 @@ class GroupCommitter:
         started: list[bool] = []
         try:
             await db_commit_and_report([batch for batch, _ in taken], asyncio.get_running_loop(), waiters, started)
-        except BaseException:
+        except BaseException as exc:
             # Cancelled (or the executor failed) before the thread ran:
             # nothing was committed, say so. If it ran, it reports itself.
             if not started:
-                _resolve(waiters, [ConnectionError("commit not started")] * len(waiters))
+                _resolve(waiters, [exc if isinstance(exc, db_watchdog.DatabaseTimeout) else ConnectionError("commit not started")] * len(waiters))
             raise
 
 

@@ -33,12 +33,13 @@ import os
 import socket
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
+from asgiref.sync import sync_to_async
 from channels.db import DatabaseSyncToAsync
-from django.db import DEFAULT_DB_ALIAS, InterfaceError, OperationalError, connections
+from django.db import DEFAULT_DB_ALIAS, InterfaceError, OperationalError, close_old_connections, connections
 
 from rooms.conf import dorm_settings
 
@@ -147,10 +148,16 @@ _SQLITE_BUSY_MS = 20_000
 
 
 @contextmanager
-def deadline(timeout: float | None = None) -> Iterator[Deadline]:
-    """On the database thread: abort the database work of this block after ``timeout`` s."""
+def deadline(timeout: float | None = None, *, started: float | None = None) -> Iterator[Deadline]:
+    """On the database thread: abort the database work of this block ``timeout``
+    seconds after ``started`` (monotonic; default now)."""
     if timeout is None:
         timeout = float(dorm_settings.DB_TIMEOUT_SECONDS)
+    if started is not None:
+        timeout = started + timeout - time.monotonic()
+        if timeout <= 0:
+            # Waited its whole deadline for the thread: do not start now.
+            raise DatabaseTimeout("database call over its deadline before it started")
     wrapper = connections[DEFAULT_DB_ALIAS]
     entry = watchdog.arm(timeout, wrapper)
     outer, _local.entry = current(), entry
@@ -163,7 +170,7 @@ def deadline(timeout: float | None = None) -> Iterator[Deadline]:
     except Exception as exc:
         if entry.expired:
             _drop(wrapper)
-            raise DatabaseTimeout(f"database call over its {timeout:g} s deadline ({type(exc).__name__})") from exc
+            raise DatabaseTimeout(f"database call over its deadline ({type(exc).__name__})") from exc
         raise
     finally:
         watchdog.disarm(entry)
@@ -194,21 +201,36 @@ def _drop(wrapper: Any) -> None:
             pass
 
 
-class GuardedDatabaseSyncToAsync(DatabaseSyncToAsync):
-    """``database_sync_to_async`` with a deadline around the whole call."""
+def guarded(func: Callable[..., Any], timeout: float | None = None) -> Callable[..., Awaitable[Any]]:
+    """``database_sync_to_async(func)`` under a deadline counted from the call.
 
-    def __init__(self, func: Callable[..., Any], timeout: float | None = None) -> None:
-        super().__init__(func)
-        self._timeout = timeout
+    The deadline starts when the call is made, not when Django's database
+    thread gets to it: a call queued behind others that hung fails when its
+    own time is up (at once if it already is), so a room's commit is
+    answered within its deadline even if the thread was busy.
+    """
 
-    def thread_handler(self, loop: Any, *args: Any, **kwargs: Any) -> Any:
-        if current() is not None:  # already under a deadline (install())
-            return super().thread_handler(loop, *args, **kwargs)
-        with deadline(self._timeout):
-            return super().thread_handler(loop, *args, **kwargs)
+    async def call(*args: Any, **kwargs: Any) -> Any:
+        submitted = time.monotonic()
+
+        def run() -> Any:
+            with deadline(timeout, started=submitted):
+                close_old_connections()
+                try:
+                    return func(*args, **kwargs)
+                finally:
+                    close_old_connections()
+
+        return await sync_to_async(run, thread_sensitive=True)()
+
+    call.__name__ = getattr(func, "__name__", "guarded")
+    call.__wrapped__ = func  # type: ignore[attr-defined]
+    return call
 
 
 _installed = False
+# The settings' connect_timeout per alias (install() lowers it per connect).
+_configured_connect_timeout: dict[str, int] = {}
 
 
 def install() -> None:
@@ -227,12 +249,33 @@ def install() -> None:
     def thread_handler(self: Any, loop: Any, *args: Any, **kwargs: Any) -> Any:
         if current() is not None:
             return original(self, loop, *args, **kwargs)
-        with deadline(getattr(self, "_timeout", None)):
+        with deadline():
             return original(self, loop, *args, **kwargs)
 
     DatabaseSyncToAsync.thread_handler = thread_handler  # type: ignore[method-assign]
+
+    # A call whose deadline passed must not open a new connection: Django's
+    # health check swallows the aborted ``SELECT 1`` and reconnects, and a
+    # connect to a frozen server cannot be aborted (libpq waits its
+    # connect_timeout). A connect that starts in time gets at most the time left.
+    from django.db.backends.base.base import BaseDatabaseWrapper
+
+    original_connect = BaseDatabaseWrapper.connect
+
+    def connect(self: Any) -> None:
+        entry = current()
+        if entry is not None:
+            left = entry.expires - time.monotonic()
+            if entry.fired or left <= 0:
+                raise DatabaseTimeout("database call over its deadline: not connecting")
+            if self.vendor == "postgresql":
+                options = self.settings_dict.setdefault("OPTIONS", {})
+                configured = _configured_connect_timeout.setdefault(
+                    self.alias, int(options.get("connect_timeout") or max(2, int(dorm_settings.DB_TIMEOUT_SECONDS + 0.999)))
+                )
+                options["connect_timeout"] = max(2, min(configured, int(left + 0.999)))
+        return original_connect(self)
+
+    BaseDatabaseWrapper.connect = connect  # type: ignore[method-assign]
     _installed = True
 
-
-def guarded(func: Callable[..., Any], timeout: float | None = None) -> GuardedDatabaseSyncToAsync:
-    return GuardedDatabaseSyncToAsync(func, timeout)
