@@ -511,10 +511,13 @@ class RoomActor:
                     await self._on_tick(item)
                 elif type(item) is Binary:
                     await self.kind.on_binary(self.context, item.peer, item.data)
-            except Exception:
+            except Exception as exc:
                 if self._broken:
                     raise
-                log.exception("item failed room=%s item=%s", self.slug, type(item).__name__)
+                if is_unavailable(exc):
+                    log.warning("item failed room=%s item=%s error=%s", self.slug, type(item).__name__, type(exc).__name__)
+                else:
+                    log.exception("item failed room=%s item=%s", self.slug, type(item).__name__)
                 if type(item) is Frame:
                     await item.peer.error(ErrorReason.INTERNAL, item.client_id)
         await self._flush()
@@ -761,12 +764,14 @@ class RoomActor:
         await self._serve_while(asyncio.sleep(self._backoff))
         if self._stop_requested:
             return
-        # Whatever a hook staged meanwhile is never committed.
-        staged, self._staged = self._staged, []
-        late_acks, self._late_acks = self._late_acks, []
-        await self._drop_staged(staged, late_acks)
         try:
             loaded, alarms = await self._serve_while(self._fetch_reload())
+            # Whatever a hook staged while degraded is never committed (it
+            # was folded into the state being replaced).
+            staged, self._staged = self._staged, []
+            late_acks, self._late_acks = self._late_acks, []
+            self.storage.forget()
+            await self._drop_staged(staged, late_acks)
             await self._reloaded(loaded, alarms)
         except Exception as exc:
             self._backoff = min(self._backoff * 2, RECOVERY_BACKOFF_MAX_SECONDS)
@@ -843,6 +848,8 @@ class RoomActor:
         return True
 
     async def _handle_now(self, item: Item) -> None:
+        if type(item) is not Tick:
+            self._active_at = time.monotonic()
         try:
             if self.degraded:
                 await self._handle_degraded(item)

@@ -41,7 +41,13 @@ PG_CONNECT_TIMEOUT = 2.0
 OUTAGE_SECONDS = 4.0
 CURSOR_EVERY = 0.02
 DURABLE_EVERY = 0.25
+# Cursor latency bounds during the outage. Without the pipelined commit a
+# cursor waits behind the commit in flight (the whole DB_TIMEOUT) and behind
+# every reload attempt, so p99 would be near a second. The PostgreSQL variant
+# crosses two processes and Redis on a shared CI machine: a looser p99.
 LATENCY_P99_MAX = 0.3
+LATENCY_P99_MAX_CLUSTER = 0.5
+LATENCY_P50_MAX = 0.1
 # Every measurement, printed at the end of the session (-s) and in failures.
 MEASURED: dict[str, dict[str, float]] = {}
 
@@ -123,14 +129,21 @@ async def outage_scenario(
 
     mark = watcher.mark()
     await asyncio.to_thread(begin)
+    began = time.monotonic()
     tasks = [asyncio.ensure_future(t()) for t in (cursors, durables, presence)]
     await asyncio.sleep(OUTAGE_SECONDS)
     stop.set()
     await asyncio.gather(*tasks)
     # Cursor latency during the outage, at the watcher (another socket).
+    slow = []
     for frame, at in zip(watcher.frames[mark:], watcher.received_at[mark:]):
         if frame.get("type") == "cursor" and frame.get("userId") == "m":
-            out.cursor_latencies.append(at - sent_at[frame["payload"]["x"]])
+            sent = sent_at[frame["payload"]["x"]]
+            out.cursor_latencies.append(at - sent)
+            if at - sent > 0.1:
+                slow.append((round(sent - began, 2), round(at - sent, 3)))
+    if slow:
+        print(f"\nslow cursors (sent after outage start s, latency s): {slow[:20]}")
     # Nothing durable leaked to others during the outage.
     leaked = [f for f in watcher.frames[mark:] if f.get("type") == "draw"]
     assert leaked == [], leaked
@@ -182,7 +195,7 @@ def record(name: str, out: Outcome) -> dict[str, float]:
     return numbers
 
 
-def check(out: Outcome, numbers: dict[str, float], error_within: float) -> None:
+def check(out: Outcome, numbers: dict[str, float], error_within: float, p99_max: float = LATENCY_P99_MAX) -> None:
     # Durable frames were refused, none slower than the deadline plus slack;
     # none acked while the database was away.
     assert out.durable_errors, "no durable frame was refused: was there an outage?"
@@ -190,7 +203,8 @@ def check(out: Outcome, numbers: dict[str, float], error_within: float) -> None:
     assert out.durable_acks_during == [], out.durable_acks_during
     # Cursors kept flowing to other clients, fast.
     assert numbers["cursors_received"] >= 0.9 * numbers["cursors_sent"], numbers
-    assert numbers["cursor_p99_ms"] < LATENCY_P99_MAX * 1000, numbers
+    assert numbers["cursor_p99_ms"] < p99_max * 1000, numbers
+    assert numbers["cursor_p50_ms"] < LATENCY_P50_MAX * 1000, numbers
     assert out.presence_latency is not None and out.presence_latency < 1.0, numbers
     # The room continued after the last committed seq (3 before the outage).
     assert out.first_seq_after == 4, numbers
@@ -323,7 +337,7 @@ async def test_postgres_frozen_outage(pg_proxy: tuple[TcpProxy, str, str], pg_se
     # ephemeral traffic crosses the Redis room bus while PostgreSQL is frozen.
     out, room, failed = await outage_scenario(pg_servers, connect, proxy.pause, proxy.resume)
     numbers = record("postgres_pause", out)
-    check(out, numbers, max(DB_TIMEOUT, PG_CONNECT_TIMEOUT) + 1.0)
+    check(out, numbers, max(DB_TIMEOUT, PG_CONNECT_TIMEOUT) + 1.0, LATENCY_P99_MAX_CLUSTER)
     _check_pg_log(direct, room, 3 + len(failed))
 
 
