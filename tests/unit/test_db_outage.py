@@ -48,11 +48,13 @@ async def durable_frames(client: Any, seconds: float) -> list[dict[str, Any]]:
 class Gate:
     """Commits wait for ``open()``; ``entered`` is set when one is blocked."""
 
-    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+    def __init__(self, monkeypatch: pytest.MonkeyPatch, request: pytest.FixtureRequest) -> None:
         self.real = actor_module.db_commit_batch
         self.go = asyncio.Event()
         self.entered = asyncio.Event()
         monkeypatch.setattr(actor_module, "db_commit_batch", self.commit)
+        # A failed assertion must not leave a commit hanging for the next test.
+        request.addfinalizer(self.go.set)
 
     async def commit(self, *args: Any, **kwargs: Any) -> None:
         self.entered.set()
@@ -64,11 +66,11 @@ class Gate:
 
 
 async def test_ephemeral_frames_and_presence_flow_while_a_commit_is_blocked(
-    connect: Any, monkeypatch: pytest.MonkeyPatch
+    connect: Any, monkeypatch: pytest.MonkeyPatch, request: pytest.FixtureRequest
 ) -> None:
     a = await connect("stall", userId="a")
     b = await connect("stall", userId="b")
-    gate = Gate(monkeypatch)
+    gate = Gate(monkeypatch, request)
     await a.send("draw", {"x": 1}, id="d1")
     await asyncio.wait_for(gate.entered.wait(), 2)
     # The commit hangs; the same sender's cursor and status still reach b.
@@ -93,9 +95,11 @@ async def test_ephemeral_frames_and_presence_flow_while_a_commit_is_blocked(
     assert [r[0] for r in await log_of("stall")] == [1, 2]
 
 
-async def test_a_join_and_its_frames_wait_for_the_commit_in_flight(connect: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+async def test_a_join_and_its_frames_wait_for_the_commit_in_flight(
+    connect: Any, monkeypatch: pytest.MonkeyPatch, request: pytest.FixtureRequest
+) -> None:
     a = await connect("stall-join", userId="a")
-    gate = Gate(monkeypatch)
+    gate = Gate(monkeypatch, request)
     await a.send("draw", {"x": 1}, id="d1")
     await asyncio.wait_for(gate.entered.wait(), 2)
     c = await connect("stall-join", userId="c", expect_welcome=False)
