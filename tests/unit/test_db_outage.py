@@ -17,7 +17,7 @@ from django.db import OperationalError, connection
 
 from rooms.models import Event
 from rooms.runtime import actor as actor_module
-from rooms.runtime import db_watchdog
+from rooms.runtime import db_watchdog, publish
 from rooms.runtime.db_watchdog import DatabaseTimeout
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -170,9 +170,13 @@ async def test_storage_unavailable_refuses_durable_at_once_serves_ephemeral_and_
     c = await connect("down", userId="c", expect_welcome=False)
     code, reason = await c.closed_with()
     assert code == 1013 and "storage unavailable" in reason
-    # A server-side call is refused clearly (the REST API answers 503).
+    # A server-side call is refused clearly; a REST publish gets `internal`
+    # with the reason, which the API answers with 503 and Retry-After.
     with pytest.raises(actor_module.StorageUnavailable):
         await runtime.registry.call("down", _noop)
+    with pytest.raises(publish.Unavailable) as refused:
+        await publish.publish("down", "api", "draw", {"x": 9}, "rest-1")
+    assert "storage unavailable" in refused.value.detail  # rooms/api/errors.py: Unavailable -> 503
     # The database returns: no manual step, the room continues after seq 1.
     outage.down = False
     deadline = time.monotonic() + 3
@@ -234,3 +238,14 @@ async def test_the_watchdog_aborts_a_database_call_past_its_deadline(runtime: An
     assert 0.25 < elapsed < 1.5, elapsed
     # The connection is usable again for the next call.
     assert await log_of("nothing-here") == []
+
+
+async def test_a_failed_access_lookup_closes_with_1013_not_1011(connect: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    from rooms import consumer
+
+    async def unreachable(slug: str) -> Any:
+        raise DatabaseTimeout("database call over its deadline")
+
+    monkeypatch.setattr(consumer, "db_load_access", unreachable)
+    client = await connect("no-db", userId="a", expect_welcome=False)
+    assert await client.closed_with() == (1013, "storage unavailable, retry later")
