@@ -98,28 +98,33 @@ class Watchdog:
             if not self._armed:
                 continue
             now = time.monotonic()
+            aborted: list[str] = []
+            failed: list[str] = []
+            # Under the lock: the database thread cannot disarm (and close
+            # or replace the connection) while its socket is being shut down.
             with self._lock:
-                due = [e for e in self._armed.values() if not e.fired and now >= e.expires]
-                for entry in due:
+                for entry in [e for e in self._armed.values() if not e.fired and now >= e.expires]:
                     entry.fired = True
-            for entry in due:
-                self.fired += 1
-                try:
-                    _abort(entry.wrapper)
-                except Exception as exc:  # pragma: no cover - best effort
-                    log.warning("db watchdog abort failed error=%s", type(exc).__name__)
+                    self.fired += 1
+                    try:
+                        aborted.append(_abort(entry.wrapper))
+                    except Exception as exc:  # pragma: no cover - best effort
+                        failed.append(type(exc).__name__)
+            for vendor in aborted:
+                log.warning("db call over its deadline, aborting vendor=%s", vendor)
+            for error in failed:  # pragma: no cover
+                log.warning("db watchdog abort failed error=%s", error)
 
 
-def _abort(wrapper: Any) -> None:
+def _abort(wrapper: Any) -> str:
     """Make the call blocked on ``wrapper``'s connection return with an error."""
     raw = wrapper.connection
-    if raw is None:
-        return
     vendor = wrapper.vendor
-    log.warning("db call over its deadline, aborting vendor=%s", vendor)
+    if raw is None:
+        return vendor
     if vendor == "sqlite":
         raw.interrupt()
-        return
+        return vendor
     fd = raw.fileno()
     sock = socket.socket(fileno=os.dup(fd))
     try:
@@ -128,6 +133,7 @@ def _abort(wrapper: Any) -> None:
         pass
     finally:
         sock.close()
+    return vendor
 
 
 watchdog = Watchdog()
