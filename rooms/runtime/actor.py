@@ -19,6 +19,13 @@ Joins, leaves and calls first commit what is staged, so a welcome never shows
 an uncommitted event. Ephemeral events skip the log and are broadcast while
 the batch is handled (they may overtake durable events staged before them in
 the same batch; they never overtake a committed one).
+
+While a commit or reload is in flight, ephemeral frames and presence signals
+queued meanwhile are served by a side task (``_serve_while``); everything else
+waits for it. A database that is unreachable or over its deadline
+(db_watchdog.py) degrades the room instead of stopping it: durable frames get
+``internal`` at once, joins 1013, and the room reloads itself in the
+background (docs/runtime.md, "Database outage").
 """
 
 from __future__ import annotations
@@ -241,7 +248,7 @@ class RoomActor:
         self.presence_out = PresenceCoalescer(slug, runtime.transport)
         # Who is here, for welcomes (presence/roster.py); loaded at wake.
         self.roster = Roster()
-        # The rest of the batch being handled (``_await_db`` may take
+        # The rest of the batch being handled (``_serve_while`` may take
         # independent items out of it while the database works).
         self._pending: deque[Item] = deque()
         # Serve independent items while awaiting the database (off while
