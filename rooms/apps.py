@@ -7,5 +7,6 @@ class RoomsConfig(AppConfig):
 
     def ready(self) -> None:
         from rooms import checks, redact  # noqa: F401  (registers the system checks)
+        from rooms import access  # noqa: F401  (invalidates its cache when a room is saved)
 
         redact.install()
