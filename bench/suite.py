@@ -6,6 +6,8 @@
 Servers (each pinned to core 0, the generator to core 1, started here):
 
 - ``dorm``: Dorm embedded (SQLite, daphne), production-like settings;
+- ``dorm-uvicorn``: ``dorm`` under uvicorn ``--ws websockets`` (as
+  ``make run-uvicorn``, no access log), for the connection workload;
 - ``dorm-pg``: the same on a fresh PostgreSQL database (DATABASE_URL only,
   created and dropped here), for the durable-writes workload;
 - ``naive``: the Channels tutorial consumer (bench/naive, in-memory layer);
@@ -144,7 +146,7 @@ def start_server(name: str, log_dir: Path, db_dir: Path, pg_url: str | None, ext
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH", "")]))
     daphne = [sys.executable, "-m", "daphne", "-b", HOST, "-p", str(port), "--websocket_timeout", "-1"]
     tokens = True
-    if name in ("dorm", "dorm-pg", "dorm-hibernate"):
+    if name in ("dorm", "dorm-pg", "dorm-hibernate", "dorm-uvicorn"):
         env.update(fanout.DORM_ENV, DJANGO_SETTINGS_MODULE="config.settings", SQLITE_PATH=str(db_dir / f"{name}.sqlite3"))
         if name == "dorm-pg":
             assert pg_url is not None
@@ -154,6 +156,9 @@ def start_server(name: str, log_dir: Path, db_dir: Path, pg_url: str | None, ext
         env.update(extra_env)
         subprocess.run([sys.executable, "manage.py", "migrate", "--noinput"], cwd=REPO, env=env, check=True, stdout=subprocess.DEVNULL, timeout=300)
         cmd, cwd = daphne + ["config.asgi:application"], REPO
+        if name == "dorm-uvicorn":  # as `make run-uvicorn`, without the access log
+            flags = "--ws websockets --ws-max-size 1048576 --log-level warning --no-access-log"
+            cmd = [sys.executable, "-m", "uvicorn", "config.asgi:application", "--host", HOST, "--port", str(port), *flags.split()]
     elif name == "naive":
         env["DJANGO_SETTINGS_MODULE"] = "bench.naive.settings"
         cmd, cwd, tokens = daphne + ["bench.naive.asgi:application"], REPO, False
@@ -343,7 +348,7 @@ def w_durable(args: argparse.Namespace, server: Server) -> list[Result]:
                    f"server CPU {cpu:.0f}%")]
 
 
-async def _connect(server: Server, n: int, concurrency: int, tokens: bool) -> tuple[float, int]:
+async def _connect(server: Server, n: int, concurrency: int, tokens: bool) -> tuple[float, int, tuple[float, float]]:
     loop = asyncio.get_running_loop()
     rec = Recorder()
     rooms = [f"c{secrets.token_hex(3)}-{i}" for i in range(20)]
@@ -366,20 +371,54 @@ async def _connect(server: Server, n: int, concurrency: int, tokens: bool) -> tu
                 failed += 1
 
     t0 = time.perf_counter()
+    server_cpu0, gen_cpu0 = tree_cpu(server.pid), time.process_time()
     await asyncio.gather(*(one(p) for p in paths))
-    rate = (n - failed) / (time.perf_counter() - t0)
+    elapsed = time.perf_counter() - t0
+    rate = (n - failed) / elapsed
+    # Which side was the bottleneck: the server's CPU (its whole process tree)
+    # and this generator's, as % of one core over the measured interval.
+    cpu = (100 * (tree_cpu(server.pid) - server_cpu0) / elapsed, 100 * (time.process_time() - gen_cpu0) / elapsed)
     for c in clients:
         if c.transport is not None:
             c.transport.close()
     await asyncio.sleep(1.0)
-    return rate, failed
+    return rate, failed, cpu
+
+
+@contextmanager
+def py_spy(args: argparse.Namespace, server: Server, workload: str) -> Iterator[None]:
+    """--py-spy DIR: sample the server over the workload (raw collapsed stacks;
+    summarise with bench/top_frames.py)."""
+    if args.py_spy is None:
+        yield
+        return
+    args.py_spy.mkdir(parents=True, exist_ok=True)
+    out = args.py_spy / f"{server.name}-{workload}.txt"
+    cmd = [str(Path(sys.executable).parent / "py-spy"), "record", "--nonblocking", "-r", "200", "-p", str(server.pid), *args.py_spy_flags.split(),
+           "-f", "raw", "-o", str(out)]
+    spy = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    time.sleep(0.5)  # attached before the first connection
+    try:
+        yield
+    finally:
+        spy.send_signal(signal.SIGINT)  # py-spy writes its file on SIGINT
+        try:
+            spy.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            spy.kill()
+        log(f"  py-spy profile: {out}")
 
 
 def w_connect(args: argparse.Namespace, server: Server) -> list[Result]:
-    rate, failed = asyncio.run(_connect(server, args.connections, 50, server.tokens))
+    with py_spy(args, server, "connect"):
+        rate, failed, (server_cpu, gen_cpu) = asyncio.run(_connect(server, args.connections, 50, server.tokens))
     auth = "HS256 token" if server.tokens else "no token check (?userId=)"
-    log(f"  {server.name} connect: {rate:,.0f}/s ({auth}), failed {failed}")
-    return [Result(server.name, "connect", "new connections/s with token auth", rate, "/s", f"{auth}; failed {failed}")]
+    # CPU per connection: the figure least disturbed by other load on a shared
+    # machine (the rate is not: a server given half a core connects half as many).
+    per_ms = server_cpu / 100 / rate * 1000 if rate else float("nan")
+    cpu = f"server CPU {server_cpu:.0f}% ({per_ms:.2f} ms per connection), generator CPU {gen_cpu:.0f}%"
+    log(f"  {server.name} connect: {rate:,.0f}/s ({auth}), failed {failed}, {cpu}")
+    return [Result(server.name, "connect", "new connections/s with token auth", rate, "/s", f"{auth}; failed {failed}; {cpu}")]
 
 
 async def _idle(server: Server, n: int) -> tuple[float, int, int]:
@@ -491,7 +530,7 @@ WORKLOADS: dict[str, tuple[Callable[[argparse.Namespace, Server], list[Result]],
     "fanout": (w_fanout, ("dorm", "naive", "node-ws", "miniflare")),
     "rooms": (w_rooms, ("dorm", "naive", "node-ws", "miniflare")),
     "durable": (w_durable, ("dorm", "dorm-pg")),
-    "connect": (w_connect, ("dorm", "node-ws", "miniflare")),
+    "connect": (w_connect, ("dorm", "dorm-uvicorn", "node-ws", "miniflare")),
     "idle": (w_idle, ("dorm", "naive", "node-ws", "miniflare")),
     "hibernation": (w_hibernation, ("dorm-hibernate",)),
 }
@@ -540,6 +579,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--hibernated-rooms", type=int, default=10000, help="for 'hibernation' (default: %(default)s)")
     p.add_argument("--json", type=Path)
     p.add_argument("--server-log-dir", type=Path)
+    p.add_argument("--py-spy", type=Path, metavar="DIR", help="profile the server over 'connect' (py-spy raw stacks)")
+    p.add_argument("--py-spy-flags", default="", help="more py-spy record flags, e.g. '--idle --threads'")
     args = p.parse_args(argv)
     args.servers = [s for s in args.servers.split(",") if s]
     args.workloads = [w for w in args.workloads.split(",") if w]

@@ -274,6 +274,9 @@ DORM = {
     "MESSAGE_RATE_PER_SECOND": env_float("DORM_MESSAGE_RATE_PER_SECOND", 20.0),
     "MESSAGE_BURST": env_int("DORM_MESSAGE_BURST", 40),
     "MAX_CONNECTIONS_PER_ROOM": env_int("DORM_MAX_CONNECTIONS_PER_ROOM", 0) or None,
+    # How long a process trusts its cached copy of a room's access settings
+    # for new connections; changes saved elsewhere are seen within it (0: off).
+    "ROOM_ACCESS_CACHE_SECONDS": env_float("DORM_ROOM_ACCESS_CACHE_SECONDS", 5.0),
     # Distributed mode: the limit counters live in Redis, shared by every process.
     "LIMITS_REDIS_URL": os.environ.get("DORM_LIMITS_REDIS_URL", REDIS_URL),
     "LIMITS_KEY_PREFIX": os.environ.get("DORM_LIMITS_KEY_PREFIX", "dorm:limits:"),

@@ -7,6 +7,7 @@ class RoomsConfig(AppConfig):
 
     def ready(self) -> None:
         from rooms import checks, redact  # noqa: F401  (registers the system checks)
+        from rooms import access  # noqa: F401  (invalidates its cache when a room is saved)
 
         redact.install()
         # A deadline on every database call of the async side (docs/runtime.md,

@@ -105,12 +105,48 @@ class Lifespan:
                 return
 
 
+class _LazyPformat:
+    """``pformat(obj)``, computed only if a log line is actually formatted."""
+
+    __slots__ = ("obj",)
+
+    def __init__(self, obj: Any) -> None:
+        self.obj = obj
+
+    def __str__(self) -> str:
+        from pprint import pformat
+
+        return pformat(self.obj)
+
+    def __format__(self, spec: str) -> str:
+        return format(str(self), spec)
+
+
+def lazy_autobahn_debug_formatting() -> None:
+    """autobahn pretty-prints its configuration for a debug log line on every
+    WebSocket connection, whether or not debug logging is on (``pformat`` in
+    ``WebSocketProtocol._connectionMade``): ~3 % of a connection's CPU. Its
+    module's ``pformat`` becomes lazy: the same text when the line is
+    logged, no work when it is not."""
+    try:
+        from autobahn.websocket import protocol
+    except ImportError:  # pragma: no cover - daphne requires autobahn
+        return
+    if getattr(protocol, "pformat", None) is not _LazyPformat:
+        from pprint import pformat
+
+        protocol.pformat = _LazyPformat  # type: ignore[attr-defined]
+        # Its one caller that needs a real string back.
+        protocol.Timings.__str__ = lambda self: pformat(self._timings)  # type: ignore[method-assign]
+
+
 def start_with_daphne() -> None:
     """daphne has no lifespan: start the runtime once its reactor loop runs."""
     import sys
 
     if "daphne.server" not in sys.modules:
         return
+    lazy_autobahn_debug_formatting()
     from twisted.internet import reactor
 
     # callLater, not callWhenRunning: the latter runs before the asyncio

@@ -70,6 +70,11 @@ DEFAULTS: dict[str, Any] = {
     # Connections per room when the room's own max_connections is unset
     # (None: no limit).
     "MAX_CONNECTIONS_PER_ROOM": None,
+    # Seconds a process keeps a room's access (private, max_connections,
+    # anonymous viewers, kind) for new connections (rooms/access.py). A save
+    # through this process drops it at once; a change made elsewhere (another
+    # process, raw SQL) is seen within this bound. 0: query every connection.
+    "ROOM_ACCESS_CACHE_SECONDS": 5.0,
     # Where the limit counters live: "" keeps them in process memory
     # (embedded mode); a redis:// URL shares them across processes.
     "LIMITS_REDIS_URL": "",

@@ -49,10 +49,51 @@ def _daphne_writer(send: Any) -> FrameWriter | None:
     def write(frame: bytes) -> bool:
         if proto.state != open_state or proto._perMessageCompress is not None:
             return False
-        proto.transport.write(frame)
+        transport = proto.transport
+        if _twisted_idle_tcp(transport):
+            frame = _send_now(transport.socket, frame)
+            if not frame:
+                return True
+        transport.write(frame)
         return True
 
     return write
+
+
+def _twisted_idle_tcp(transport: Any) -> bool:
+    """A plain (not TLS) twisted TCP transport with nothing queued to send.
+
+    twisted's ``write`` never sends at once: it queues the bytes, registers
+    the socket for writability (an ``epoll_ctl``), sends on the next reactor
+    turn, then unregisters (another one). For fan-out that is most of the
+    cost of each recipient (~40 % of the server's time in the connection
+    benchmark, where every join is announced to the room). When nothing is
+    queued, sending at once is what twisted would do next anyway, in the same
+    order; anything already queued must go first, so then this says no.
+    """
+    try:
+        return (
+            not transport._tempDataLen
+            and transport.offset == len(transport.dataBuffer)
+            and not transport.TLS
+            and transport.connected
+            and not transport.disconnecting
+            and not transport._writeDisconnected
+        )
+    except AttributeError:  # not twisted.internet.tcp's Connection: leave it to write()
+        return False
+
+
+def _send_now(sock: Any, frame: bytes) -> bytes:
+    """Send what the socket takes now; return the rest (b"" when all went)."""
+    try:
+        sent = sock.send(frame)
+    except (BlockingIOError, InterruptedError):
+        return frame
+    except OSError:
+        # A reset or closed socket: twisted's own write finds and reports it.
+        return frame
+    return frame[sent:] if sent < len(frame) else b""
 
 
 def _uvicorn_websockets_writer(send: Any) -> FrameWriter | None:

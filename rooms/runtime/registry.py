@@ -247,3 +247,8 @@ async def reset_runtime() -> None:
         if _runtime.cluster is not None:
             await _runtime.cluster.stop()
     _runtime = None
+    # Tests roll the database back without any post_save/post_delete: the
+    # access cache must not outlive the rows it was read from.
+    from rooms.access import cache
+
+    cache.invalidate()
