@@ -11,7 +11,7 @@ import signal
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -106,6 +106,22 @@ def make_token(execute: Callable[[str, tuple[Any, ...]], Any], placeholder: str,
 # -- embedded mode ------------------------------------------------------------------------
 
 
+def heartbeat(sockets: Sequence[WsClient]) -> asyncio.Task[None]:
+    """Keep sockets online while a test queries presence (cancel when done).
+
+    The TTL is 1 s here: on a loaded machine a few REST queries take longer
+    than that, and a socket silent past the TTL is offline by design
+    (test_embedded_silent_client_goes_offline_after_the_ttl)."""
+
+    async def beat() -> None:
+        while True:
+            for ws in sockets:
+                await ws.send("heartbeat")
+            await asyncio.sleep(TTL / 4)
+
+    return asyncio.ensure_future(beat())
+
+
 @pytest.fixture(scope="module")
 def presence_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DormServer]:
     server = start_server("daphne", tmp_path_factory.mktemp("presence"), extra_env=PRESENCE_ENV, name="presence")
@@ -159,6 +175,7 @@ async def test_embedded_rest_presence_sessions_and_online(presence_server: DormS
     await asyncio.sleep(0.05)
     await c.close()
     await a1.wait_for(of_type("user_left"), 1)
+    beating = heartbeat((a1, a2, b))
     try:
         status, body = await asyncio.to_thread(api, presence_server, "GET", f"/api/rooms/{r2}/presence", token)
         assert status == 200 and sorted(u["userId"] for u in body["users"]) == ["alice", "bob"]
@@ -190,6 +207,7 @@ async def test_embedded_rest_presence_sessions_and_online(presence_server: DormS
         status, _ = await asyncio.to_thread(api, presence_server, "GET", f"/api/rooms/{r2}/presence", plain)
         assert status == 200  # a public room: the default policy lets users read it
     finally:
+        beating.cancel()
         for ws in (a1, a2, b):
             await ws.close()
 
@@ -359,6 +377,7 @@ async def test_distributed_online_query_and_room_presence(pair: Pair) -> None:
         await WsClient.open(pair.servers[1].url(r2, userId="alice")),
         await WsClient.open(pair.servers[1].url(r2, userId="bob")),
     ]
+    beating = heartbeat(clients)
     try:
         for server in pair.servers:  # any process answers from the shared index
             status, body = await asyncio.to_thread(
@@ -368,6 +387,7 @@ async def test_distributed_online_query_and_room_presence(pair: Pair) -> None:
             status, body = await asyncio.to_thread(api, server, "GET", f"/api/rooms/{r2}/presence", token)
             assert sorted(u["userId"] for u in body["users"]) == ["alice", "bob"]
     finally:
+        beating.cancel()
         for ws in clients:
             await ws.close()
 
