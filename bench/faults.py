@@ -49,6 +49,7 @@ import argparse
 import asyncio
 import os
 import random
+import re
 import signal
 import socket
 import sys
@@ -73,6 +74,7 @@ from tests.e2e.server import free_port  # noqa: E402
 from tests.e2e.services import PrivateRedis, fresh_postgres_database  # noqa: E402
 from tests.e2e.tcp_proxy import TcpProxy  # noqa: E402
 
+SERVER_ERROR_LINE = re.compile(r"\b(ERROR|CRITICAL)\b")
 ALL_FAULTS = ("kill", "redis", "pg-pause", "pg-cut", "client-cut", "slow")
 # No reply to a message within this: send it again (same id: applied once).
 RESEND_AFTER_SECONDS = 5.0
@@ -127,6 +129,7 @@ class FaultRecord:
     recovered_after: float | None = None
     reconnects: int = 0
     errors: int = 0
+    server_errors: int = 0  # ERROR/CRITICAL lines the servers logged from injection to the next fault
     note: str = ""
 
 
@@ -396,7 +399,8 @@ class Result:
     in_log: int = 0
     seen_min: int = 0
     seen_max: int = 0
-    seen_expected: int = 0
+    seen_expected: int = 0  # sum over clients of the log events after their first welcome
+    seen_total: int = 0
     lost: int = 0
     duplicated_applied: int = 0
     duplicated_delivered: int = 0
@@ -436,19 +440,21 @@ class Result:
             f"| connections | {self.connections} (fewest connected during a fault: {self.min_connected}) |",
             f"| error replies (retried) | {self.errors} |",
             "",
-            "| # | fault | injected at | fault lasted | recovered after | client reconnects | note |",
-            "|---|---|---|---|---|---|---|",
+            "| # | fault | injected at | fault lasted | recovered after | client reconnects | error replies | server ERROR lines | note |",
+            "|---|---|---|---|---|---|---|---|---|",
         ]
         for i, f in enumerate(self.faults, 1):
             rec = "NOT RECOVERED" if f.recovered_after is None else f"{f.recovered_after:.2f} s"
             lines.append(
-                f"| {i} | {f.name} | {f.injected_at:.1f} s | {f.lasted:.2f} s | {rec} | {f.reconnects} | {f.note} |"
+                f"| {i} | {f.name} | {f.injected_at:.1f} s | {f.lasted:.2f} s | {rec} | {f.reconnects} | {f.errors} | "
+                f"{f.server_errors} | {f.note} |"
             )
         lines += [
             "",
-            "| acknowledged events | events in the log | events each client saw (min-max / expected) | lost | duplicated | views differing from the log |",
+            "| acknowledged events | events in the log | events the clients saw | lost | duplicated | views differing from the log |",
             "|---|---|---|---|---|---|",
-            f"| {self.acked} | {self.in_log} | {self.seen_min}-{self.seen_max} / {self.seen_expected} | {self.lost} | "
+            f"| {self.acked} | {self.in_log} | {self.seen_total} of {self.seen_expected} due ({self.connections} clients, "
+            f"{self.seen_min}-{self.seen_max} each) | {self.lost} | "
             f"{self.duplicated_applied + self.duplicated_delivered} | {self.views_differing} |",
         ]
         if self.unacked_at_end:
@@ -605,6 +611,17 @@ class Campaign:
     def _all_servers(self) -> list[Any]:
         return self._servers_seen
 
+    def _log_offsets(self) -> dict[str, int]:
+        return {str(srv.log_path): srv.log_size() for srv in self._all_servers}
+
+    def _server_errors_since(self, offsets: dict[str, int]) -> int:
+        return sum(
+            1
+            for srv in self._all_servers
+            for line in srv.log_text(offsets.get(str(srv.log_path), 0)).splitlines()
+            if SERVER_ERROR_LINE.search(line)
+        )
+
     async def inject(self, name: str) -> FaultRecord:
         acked_before = dict(self.max_acked)
         reconnects_before = sum(cl.reconnects for cl in self.clients)
@@ -642,9 +659,11 @@ class Campaign:
         progress(f"load on: {cfg.rooms * cfg.senders_per_room} senders at {cfg.rate:g} msg/s; warm-up {cfg.warmup:g} s")
         await self._quiet(cfg.warmup)
         for name in cfg.faults:
+            offsets = self._log_offsets()
             record = await self.inject(name)
             result.faults.append(record)
             await self._quiet(cfg.gap)
+            record.server_errors = self._server_errors_since(offsets)
         self.senders_stop = True
         result.duration = time.monotonic() - self.started
         progress(f"senders stopped after {result.duration:.1f} s; settling")
@@ -721,7 +740,8 @@ class Campaign:
                     result.problems.append(f"{cl.user}: view differs from the log (saw {len(cl.seen)}, "
                                            f"expected {len(expected)}, missing {missing[:5]})")
                 seen_counts.append(len(cl.seen))
-                result.seen_expected = max(result.seen_expected, len(expected))
+                result.seen_total += len(cl.seen)
+                result.seen_expected += len(expected)
                 result.problems += [f"{cl.user}: {p}" for p in cl.problems]
         result.seen_min = min(seen_counts, default=0)
         result.seen_max = max(seen_counts, default=0)
@@ -744,6 +764,8 @@ async def run_campaign(config: Config, directory: Path) -> Result:
                 2,
                 {
                     "DJANGO_DEBUG": "false",
+                    # Production-like (DEBUG off) without the startup check's ERROR line.
+                    "DORM_TOKEN_SECRET": "fault-campaign-" + "x" * 32,
                     "DORM_OUTBOUND_SOFT_BYTES": str(OUTBOUND_SOFT_BYTES),
                     "DORM_OUTBOUND_MAX_BYTES": str(OUTBOUND_MAX_BYTES),
                 },
