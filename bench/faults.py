@@ -409,6 +409,7 @@ class Result:
     cursors_out: int = 0
     cursors_in: int = 0
     errors: int = 0
+    error_reasons: dict[str, int] = field(default_factory=dict)
     faults: list[FaultRecord] = field(default_factory=list)
     problems: list[str] = field(default_factory=list)
     slow_closes: int = 0
@@ -438,7 +439,8 @@ class Result:
             f"| cursors sent / received | {self.cursors_out} / {self.cursors_in} "
             f"({self.cursors_out / max(self.duration, 1e-9):.1f}/s sent) |",
             f"| connections | {self.connections} (fewest connected during a fault: {self.min_connected}) |",
-            f"| error replies (retried) | {self.errors} |",
+            f"| error replies (retried) | {self.errors} "
+            f"({', '.join(f'{k}: {v}' for k, v in sorted(self.error_reasons.items())) or 'none'}) |",
             "",
             "| # | fault | injected at | fault lasted | recovered after | client reconnects | error replies | server ERROR lines | note |",
             "|---|---|---|---|---|---|---|---|---|",
@@ -605,7 +607,8 @@ class Campaign:
         for cl in slow:
             cl.reading.set()
         record.note = (f"{len(slow)} clients stopped reading; {sent} x {BLOB // 1000} kB messages; "
-                       f"{closed} closed with 4408 after {closed_after:.1f} s")
+                       f"{closed} closes with 4408 within {closed_after:.1f} s (the stopped clients, and any "
+                       f"reader that fell behind the flood)")
 
     @property
     def _all_servers(self) -> list[Any]:
@@ -702,6 +705,9 @@ class Campaign:
         result.min_connected = self.min_connected
         result.sent = self.sent
         result.errors = self.errors
+        for cl in self.clients:
+            for reason, n in cl.errors.items():
+                result.error_reasons[reason] = result.error_reasons.get(reason, 0) + n
         result.cursors_out = sum(cl.cursors_out for cl in self.clients)
         result.cursors_in = sum(cl.cursors_in for cl in self.clients)
         seen_counts = []
