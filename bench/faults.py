@@ -159,6 +159,9 @@ class Client:
         self.reconnects = 0
         self.close_codes: list[int | None] = []
         self.duplicates: list[int] = []
+        self.conn_no = 0  # connections so far
+        self.conn_since: int | None = None  # the since of the current connection
+        self.conn_top = 0  # highest seq received on the current connection
         self.problems: list[str] = []
         self.errors: dict[str, int] = {}
         self.cursors_in = 0
@@ -220,6 +223,9 @@ class Client:
                 self.seen_from = int(welcome.get("seq") or 0)
                 self.last_seq = self.seen_from
             self.ws = ws
+            self.conn_no += 1
+            self.conn_since = query.get("since")
+            self.conn_top = int(query["since"] if "since" in query else (welcome.get("seq") or 0))
             self.ever_connected = True
             self.connected = True
             now = time.monotonic()
@@ -274,6 +280,8 @@ class Client:
             seq = f.get("seq")
             if not isinstance(seq, int):
                 return
+            if seq > self.conn_top:
+                self.conn_top = seq
             if message_id in self.unacked:
                 self.unacked.pop(message_id)
                 self.acked[message_id] = seq
@@ -289,7 +297,15 @@ class Client:
             if pending is not None:
                 pending.retry_at = time.monotonic() + ERROR_RETRY_SECONDS
         elif kind == "draw" and isinstance(f.get("seq"), int):
-            self._see(f["seq"], (f.get("userId"), None, f.get("payload")))
+            seq = f["seq"]
+            if seq != self.conn_top + 1 and len(self.problems) < 50:
+                # One connection delivers a gapless, increasing run of seqs.
+                self.problems.append(
+                    f"connection {self.conn_no} (since={self.conn_since}) got seq {seq} after {self.conn_top} "
+                    f"during {self.c.phase}"
+                )
+            self.conn_top = max(self.conn_top, seq)
+            self._see(seq, (f.get("userId"), None, f.get("payload")))
         elif kind == "cursor":
             self.cursors_in += 1
 
@@ -487,6 +503,7 @@ class Campaign:
         self.restarts = 0
         self.started = 0.0
         self.min_connected = 0
+        self.phase = "warm-up"
 
     def acked_at(self, room: str, seq: int) -> None:
         self.last_ack[room] = time.monotonic()
@@ -631,6 +648,7 @@ class Campaign:
         errors_before = self.errors
         t0 = self._t0 = time.monotonic()
         record = FaultRecord(name, injected_at=t0 - self.started)
+        self.phase = name
         progress(f"fault {name}: injecting")
         await getattr(self, "fault_" + name.replace("-", "_"))(record)
         for s in self.cluster.servers:
