@@ -124,11 +124,20 @@ TEMPLATES = [
 SQLITE_PATH = os.environ.get("SQLITE_PATH", str(BASE_DIR / "db.sqlite3"))
 SQLITE_SYNCHRONOUS = os.environ.get("SQLITE_SYNCHRONOUS", "FULL").upper()
 
+# A room's database calls are aborted after this many seconds
+# (rooms/runtime/db_watchdog.py); also bounds connecting to PostgreSQL.
+DB_TIMEOUT_SECONDS = env_float("DORM_DB_TIMEOUT_SECONDS", 5.0)
+
 if os.environ.get("DATABASE_URL"):
     # Distributed mode: PostgreSQL through psycopg 3.
     DATABASES = {
         "default": dj_database_url.parse(os.environ["DATABASE_URL"], conn_max_age=600, conn_health_checks=True)
     }
+    # A frozen server must not hang a (re)connect forever: libpq gives up
+    # after connect_timeout (whole seconds, at least 2).
+    DATABASES["default"].setdefault("OPTIONS", {}).setdefault(
+        "connect_timeout", max(2, int(DB_TIMEOUT_SECONDS + 0.999))
+    )
 else:
     DATABASES = {
         "default": {
@@ -230,6 +239,9 @@ DORM = {
     # Seconds without frames after which a room's actor leaves memory.
     "HIBERNATE_AFTER_SECONDS": env_float("DORM_HIBERNATE_AFTER_SECONDS", 30.0),
     "LEASE_TTL_SECONDS": env_float("DORM_LEASE_TTL_SECONDS", 5.0),
+    # Deadline of one database call of a room (commit, load, reload); past it
+    # the call is aborted and the room degrades (docs/runtime.md, "Database outage").
+    "DB_TIMEOUT_SECONDS": DB_TIMEOUT_SECONDS,
     "OUTBOUND_SOFT_BYTES": env_int("DORM_OUTBOUND_SOFT_BYTES", 256 * 1024),
     "OUTBOUND_MAX_BYTES": env_int("DORM_OUTBOUND_MAX_BYTES", 4 * 1024 * 1024),
     "PENDING_MAX_FRAMES": env_int("DORM_PENDING_MAX_FRAMES", 10_000),

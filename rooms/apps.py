@@ -9,3 +9,8 @@ class RoomsConfig(AppConfig):
         from rooms import checks, redact  # noqa: F401  (registers the system checks)
 
         redact.install()
+        # A deadline on every database call of the async side (docs/runtime.md,
+        # "Database outage").
+        from rooms.runtime import db_watchdog
+
+        db_watchdog.install()

@@ -42,6 +42,10 @@ DEFAULTS: dict[str, Any] = {
     # Distributed mode: a room's lease lives this long unless renewed (every
     # third of it). Also how long a dead owner's rooms wait for a new one.
     "LEASE_TTL_SECONDS": 5.0,
+    # Deadline of one database call of a room (group commit, load, reload,
+    # snapshot): past it the call is aborted (rooms/runtime/db_watchdog.py)
+    # and the room serves ephemeral traffic while storage is unavailable.
+    "DB_TIMEOUT_SECONDS": 5.0,
     # -- security (docs/security.md) --------------------------------------
     # Room tokens. HS256 with TOKEN_SECRET (>= 32 bytes) by default; RS*/ES*
     # verify with TOKEN_PUBLIC_KEY and issue only if TOKEN_PRIVATE_KEY is set.

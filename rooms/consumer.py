@@ -22,6 +22,7 @@ from urllib.parse import parse_qsl
 import orjson
 from channels.consumer import AsyncConsumer
 from channels.exceptions import StopConsumer
+from django.db import DatabaseError
 
 from billing import budgets
 from billing.conf import billing_settings
@@ -123,7 +124,12 @@ class RoomConsumer(AsyncConsumer):
             refused = await limits.admit_connection(str(client[0]), self.room)
             if refused is not None:
                 raise Refusal(*refused)
-            access = await db_load_access(self.room)
+            try:
+                access = await db_load_access(self.room)
+            except DatabaseError as exc:
+                # Database down or over its deadline (db_watchdog): try again later.
+                log.warning("access lookup failed room=%s error=%s", self.room, type(exc).__name__)
+                raise Refusal(CloseCode.TRY_AGAIN_LATER, "storage unavailable, retry later") from None
             self.identity = identify(query, self.room, access)
             self._kind = _kind_or_none(access.kind)
             conn = Connection(self.room, self.identity.user_id, self.identity.scope, self.base_send)

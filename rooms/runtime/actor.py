@@ -19,11 +19,19 @@ Joins, leaves and calls first commit what is staged, so a welcome never shows
 an uncommitted event. Ephemeral events skip the log and are broadcast while
 the batch is handled (they may overtake durable events staged before them in
 the same batch; they never overtake a committed one).
+
+While a commit or reload is in flight, ephemeral frames and presence signals
+queued meanwhile are served by a side task (``_serve_while``); everything else
+waits for it. A database that is unreachable or over its deadline
+(db_watchdog.py) degrades the room instead of stopping it: durable frames get
+``internal`` at once, joins 1013, and the room reloads itself in the
+background (docs/runtime.md, "Database outage").
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import logging
 import time
 from collections import OrderedDict, deque
@@ -32,7 +40,6 @@ from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 import orjson
-from channels.db import database_sync_to_async
 from django.utils import timezone
 
 from presence.backends.base import DEFAULT_STATUS
@@ -53,6 +60,7 @@ from rooms.runtime import committer
 from rooms.runtime import persistence
 from rooms.runtime.alarms import AlarmBook
 from rooms.runtime.cluster import LeaseLost
+from rooms.runtime.db_watchdog import guarded, is_unavailable
 from rooms.runtime.messages import SERVER_PEER, AlarmDue, Binary, Call, Frame, Item, Join, Leave, Peer, Tick
 from rooms.runtime.persistence import LogRow, RoomNotFound
 from rooms.runtime.storage import RoomStorage
@@ -64,16 +72,29 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("dorm.rooms")
 
-db_load_room = database_sync_to_async(persistence.load_room)
+# Every database call of an actor runs under the watchdog's deadline
+# (db_watchdog.py, DORM_DB_TIMEOUT_SECONDS): a database that stops answering
+# fails the call instead of stopping the room.
+db_load_room = guarded(persistence.load_room)
+db_reload_room = guarded(persistence.reload_room)
 # Group commit across rooms (committer.py); tests replace it to fail commits.
 db_commit_batch = committer.commit_batch
-db_log_after = database_sync_to_async(persistence.log_after)
-db_save_snapshot = database_sync_to_async(persistence.save_snapshot)
-db_start_run = database_sync_to_async(persistence.start_run)
-db_end_run = database_sync_to_async(persistence.end_run)
-db_load_alarms = database_sync_to_async(alarm_rows.load_alarms)
-db_alarm_is_current = database_sync_to_async(alarm_rows.alarm_is_current)
-db_record_alarm_failure = database_sync_to_async(alarm_rows.record_failure)
+db_log_after = guarded(persistence.log_after)
+db_save_snapshot = guarded(persistence.save_snapshot)
+db_start_run = guarded(persistence.start_run)
+db_end_run = guarded(persistence.end_run)
+db_load_alarms = guarded(alarm_rows.load_alarms)
+db_alarm_is_current = guarded(alarm_rows.alarm_is_current)
+db_record_alarm_failure = guarded(alarm_rows.record_failure)
+
+# A degraded room retries loading itself after this long, doubling up to the max.
+RECOVERY_BACKOFF_SECONDS = 0.5
+RECOVERY_BACKOFF_MAX_SECONDS = 1.0
+STORAGE_UNAVAILABLE = "storage unavailable, retry later"
+
+
+class StorageUnavailable(RuntimeError):
+    """The room cannot reach its database right now (a Call refused while degraded)."""
 
 # Most client ids remembered per room for idempotent retries. The window is
 # DEDUP_WINDOW_SECONDS; past this many ids (a room over ~1,600 identified
@@ -227,11 +248,26 @@ class RoomActor:
         self.presence_out = PresenceCoalescer(slug, runtime.transport)
         # Who is here, for welcomes (presence/roster.py); loaded at wake.
         self.roster = Roster()
+        # The rest of the batch being handled (``_serve_while`` may take
+        # independent items out of it while the database works).
+        self._pending: deque[Item] = deque()
+        # Serve independent items while awaiting the database (off while
+        # starting and going to sleep).
+        self._pipelining = False
+        self._in_db = False  # awaiting database work inside _serve_while
+        self._side: asyncio.Task[None] | None = None
+        # Storage unavailable: the state may hold events that failed; only
+        # ephemeral traffic and presence are served until a reload succeeds.
+        self.degraded = False
+        self._degraded_at = 0.0
+        self._backoff = RECOVERY_BACKOFF_SECONDS
 
     # -- inbox ----------------------------------------------------------------
 
     def submit(self, item: Item) -> None:
         self._items.append(item)
+        if self._in_db and self._side is None:
+            self._start_side()  # serve it while the database works
         waiter = self._waiter
         if waiter is not None and not waiter.done():
             waiter.set_result(None)
@@ -304,8 +340,17 @@ class RoomActor:
             return
         reason = "idle"
         clean = True
+        self._pipelining = True
         try:
             while True:
+                if self.degraded:
+                    if self._stop_requested:
+                        self.runtime.registry.retire(self)
+                        if self._items:
+                            await self._serve_while(asyncio.sleep(0))
+                        break
+                    await self._recover_step()
+                    continue
                 batch = await self._next_batch()
                 if batch is None:
                     # Retire before any await: an item submitted from now on
@@ -326,6 +371,7 @@ class RoomActor:
             clean = False
             log.exception("actor crashed room=%s", self.slug)
         finally:
+            self._pipelining = False
             if self._stop_requested and reason == "idle":
                 reason = "shutdown"
             self.runtime.registry.retire(self)
@@ -333,7 +379,7 @@ class RoomActor:
             # Whatever arrived after a crash is refused, never silently dropped.
             if self._items:
                 await self._refuse_queued(None)
-            await self.runtime.actor_stopped(self.slug, clean and not self._broken)
+            await self.runtime.actor_stopped(self.slug, clean and not self._broken and not self.degraded)
 
     async def _start(self) -> None:
         await self._load()
@@ -355,6 +401,9 @@ class RoomActor:
         loaded = await db_load_room(
             self.slug, create_kind=create_kind, ids_since_ms=now_ms() - window_ms, ids_limit=DEDUP_MAX_IDS
         )
+        self._apply_loaded(loaded, await db_load_alarms(loaded.room_id))
+
+    def _apply_loaded(self, loaded: persistence.LoadedRoom, alarms: Any) -> None:
         self.room_id = loaded.room_id
         meter.rows_read(self.slug, len(loaded.tail) + len(loaded.recent_ids) + (loaded.snapshot_state is not None))
         self.kind = kind_class(loaded.kind)(loaded.settings)
@@ -382,13 +431,13 @@ class RoomActor:
             expires = now + dorm_settings.DEDUP_WINDOW_SECONDS - (wall_ms - ts) / 1000
             self._dedup_expiry.append((expires, key))
         self.storage = RoomStorage(self.room_id)
-        self.alarms = AlarmBook(await db_load_alarms(self.room_id))
+        self.alarms = AlarmBook(alarms)
 
     async def _sleep(self, reason: str) -> None:
         self.timers.cancel_all()
         if not self.started:
             return
-        if not self._broken and not self._staged and _overrides(self.kind, "on_sleep"):
+        if not self._broken and not self.degraded and not self._staged and _overrides(self.kind, "on_sleep"):
             # The kind's last writes (a Yjs document kept outside the log)
             # commit before the room leaves memory.
             try:
@@ -406,7 +455,7 @@ class RoomActor:
         meter.slept(self.slug)
         # A state holding uncommitted (staged) or failed events must never be
         # stored: the next wake rebuilds it from the log instead.
-        clean = not self._broken and not self._staged
+        clean = not self._broken and not self.degraded and not self._staged
         for staged in self._staged:
             await staged.peer.error(ErrorReason.INTERNAL, staged.client_id)
         self._staged = []
@@ -417,13 +466,18 @@ class RoomActor:
             if self._run_id is not None:
                 await db_end_run(self._run_id, awake_ms, reason)
             log.info("sleep room=%s reason=%s awake_ms=%d seq=%d", self.slug, reason, awake_ms, self.last_seq)
-        except Exception:
+        except Exception as exc:
             # The log is complete without the snapshot; the next wake replays it.
-            log.exception("sleep bookkeeping failed room=%s", self.slug)
+            if is_unavailable(exc):
+                log.warning("sleep bookkeeping failed room=%s error=%s", self.slug, type(exc).__name__)
+            else:
+                log.exception("sleep bookkeeping failed room=%s", self.slug)
 
     async def _refuse_queued(self, exc: BaseException | None) -> None:
         not_found = isinstance(exc, RoomNotFound)
-        if exc is not None and not not_found:
+        if exc is not None and is_unavailable(exc):
+            log.warning("actor start failed room=%s error=%s (storage unavailable)", self.slug, type(exc).__name__)
+        elif exc is not None and not not_found:
             log.error("actor start failed room=%s error=%s", self.slug, type(exc).__name__, exc_info=exc)
         items, self._items = list(self._items), deque()
         for item in items:
@@ -441,7 +495,12 @@ class RoomActor:
     # -- batch ----------------------------------------------------------------
 
     async def _handle_batch(self, batch: list[Item]) -> None:
-        for item in batch:
+        pending = self._pending = deque(batch)
+        while pending:
+            item = pending.popleft()
+            if self.degraded:
+                await self._handle_now(item)
+                continue
             try:
                 if type(item) is Frame:
                     await self._on_frame(item)
@@ -459,10 +518,13 @@ class RoomActor:
                     await self._on_tick(item)
                 elif type(item) is Binary:
                     await self.kind.on_binary(self.context, item.peer, item.data)
-            except Exception:
+            except Exception as exc:
                 if self._broken:
                     raise
-                log.exception("item failed room=%s item=%s", self.slug, type(item).__name__)
+                if is_unavailable(exc):
+                    log.warning("item failed room=%s item=%s error=%s", self.slug, type(item).__name__, type(exc).__name__)
+                else:
+                    log.exception("item failed room=%s item=%s", self.slug, type(item).__name__)
                 if type(item) is Frame:
                     await item.peer.error(ErrorReason.INTERNAL, item.client_id)
         await self._flush()
@@ -519,6 +581,10 @@ class RoomActor:
             if self.slug in budgets.blocked:  # an in-memory set, refreshed by billing
                 await peer.error(budgets.OVER_BUDGET, frame.client_id, budgets.refusal_detail(self.slug))
                 return
+            if self.degraded:
+                # Nothing can be committed: refuse now, consume no seq.
+                await peer.error(ErrorReason.INTERNAL, frame.client_id, STORAGE_UNAVAILABLE)
+                return
             seq = self._next_seq
             self._next_seq = seq + 1
             self.state = kind.apply(self.state, DurableEvent(seq, frame.type, peer.user_id, payload, ts))
@@ -565,11 +631,17 @@ class RoomActor:
             return
         self._staged = []
         late_acks, self._late_acks = self._late_acks, []
+        if self.degraded:
+            # Staged by a hook while storage is unavailable: refused like frames.
+            await self._drop_staged(staged, late_acks)
+            return
         cluster = self.runtime.cluster
         try:
             if cluster is not None:
                 await cluster.confirm_lease(self.slug)
-            await db_commit_batch(self.room_id, [s.row for s in staged], writes, alarm_writes)
+            # Independent items (ephemeral frames, presence) are served
+            # while the commit runs; the rest waits for it (output gate).
+            await self._serve_while(db_commit_batch(self.room_id, [s.row for s in staged], writes, alarm_writes))
         except Exception as exc:
             if isinstance(exc, LeaseLost) and cluster is not None:
                 # Another process may run the room now: nothing of this batch
@@ -624,25 +696,266 @@ class RoomActor:
             staged[0].seq if staged else None,
             type(exc).__name__,
         )
+        await self._drop_staged(staged, late_acks)
+        self.storage.forget()
+        if is_unavailable(exc):
+            # The database does not answer (or not in time): do not wait for
+            # it once more before answering the next frames. Degrade now and
+            # reload in the background.
+            self._degrade(exc)
+            return
+        await self._reload_state()
+
+    async def _drop_staged(self, staged: list[Staged], late_acks: list[tuple[Peer, str, int]]) -> None:
         for s in staged:
             if s.client_id is not None:
                 self._dedup.pop((s.peer.user_id, s.client_id), None)
             await s.peer.error(ErrorReason.INTERNAL, s.client_id)
         for peer, client_id, _seq in late_acks:
             await peer.error(ErrorReason.INTERNAL, client_id)
-        self.storage.forget()
-        await self._reload_state()
 
     async def _reload_state(self) -> None:
-        started_at = self.awake_since
+        """Rebuild the state from the database after a failed commit or handler."""
         try:
-            await self._load()
+            loaded, alarms = await self._serve_while(self._fetch_reload())
+            await self._reloaded(loaded, alarms)
+        except Exception as exc:
+            # The in-memory state still holds the failed events: never used
+            # again. Serve what needs no storage and retry in the background.
+            self._degrade(exc)
+
+    def _fetch_reload(self) -> Any:
+        window_ms = int(dorm_settings.DEDUP_WINDOW_SECONDS * 1000)
+        return db_reload_room(self.slug, ids_since_ms=now_ms() - window_ms, ids_limit=DEDUP_MAX_IDS)
+
+    async def _reloaded(self, loaded: persistence.LoadedRoom, alarms: Any) -> None:
+        """Take the state read from the database; publish what an in-doubt commit wrote."""
+        committed = self.last_seq
+        found: list[LogRow] | None = []
+        if loaded.last_seq > committed:
+            # A commit reported as failed (aborted during COMMIT, or a lost
+            # answer) did reach the database. Read it before taking the new
+            # state (a failure here leaves the room as it was).
+            tail = loaded.tail
+            if tail and tail[0][0] <= committed + 1:
+                found = [row for row in tail if row[0] > committed]
+            else:
+                found = await db_log_after(loaded.room_id, committed, loaded.last_seq)
+                if len(found) != loaded.last_seq - committed:
+                    found = None  # retention removed part of it
+        self._apply_loaded(loaded, alarms)
+        if self.last_seq > committed:
+            # Its senders got `internal`; their retries are acked from the
+            # log (the ids were reloaded). Everyone sees the events now, in
+            # order, before anything newer.
+            if found is None:
+                log.warning("in-doubt events not replayable room=%s from=%d to=%d", self.slug, committed + 1, self.last_seq)
+            else:
+                transport = self.runtime.transport
+                for row in found:
+                    await transport.broadcast(self.slug, _frame_of(row), row[0], None)
+                signals.events_durable.send(None, room=self.slug, first_seq=committed + 1, last_seq=self.last_seq)
+            log.warning("in-doubt commit was committed room=%s first_seq=%d last_seq=%d", self.slug, committed + 1, self.last_seq)
+
+    # -- storage unavailable (docs/runtime.md, "Database outage") -------------------
+
+    def _degrade(self, exc: BaseException) -> None:
+        if not self.degraded:
+            self.degraded = True
+            self._degraded_at = time.monotonic()
+            self._backoff = RECOVERY_BACKOFF_SECONDS
+            log.warning("storage unavailable room=%s seq=%d error=%s", self.slug, self.last_seq, type(exc).__name__)
+
+    async def _recover_step(self) -> None:
+        """One attempt to reload the room, after a backoff; items are served meanwhile."""
+        await self._serve_while(asyncio.sleep(self._backoff))
+        if self._stop_requested:
+            return
+        try:
+            loaded, alarms = await self._serve_while(self._fetch_reload())
+            # Whatever a hook staged while degraded is never committed (it
+            # was folded into the state being replaced).
+            staged, self._staged = self._staged, []
+            late_acks, self._late_acks = self._late_acks, []
+            self.storage.forget()
+            await self._drop_staged(staged, late_acks)
+            await self._reloaded(loaded, alarms)
+        except Exception as exc:
+            self._backoff = min(self._backoff * 2, RECOVERY_BACKOFF_MAX_SECONDS)
+            log.info("storage still unavailable room=%s error=%s", self.slug, type(exc).__name__)
+            return
+        self.degraded = False
+        log.warning(
+            "storage recovered room=%s seq=%d after_ms=%d",
+            self.slug,
+            self.last_seq,
+            int((time.monotonic() - self._degraded_at) * 1000),
+        )
+
+    async def _handle_degraded(self, item: Item) -> None:
+        """An item while storage is unavailable: only what needs no storage is served."""
+        t = type(item)
+        if t is Frame:
+            await self._on_frame(item)  # type: ignore[arg-type]  # durable ones get `internal`
+        elif t is Join:
+            peer = item.peer  # type: ignore[union-attr]
+            if not peer.closed:
+                peer.refused = True
+                await peer.close(CloseCode.TRY_AGAIN_LATER, STORAGE_UNAVAILABLE)
+        elif t is Leave:
+            await self._on_leave(item)  # type: ignore[arg-type]
+        elif t is Call:
+            if not item.future.done():  # type: ignore[union-attr]
+                item.future.set_exception(StorageUnavailable(STORAGE_UNAVAILABLE))  # type: ignore[union-attr]
+        elif t is Tick:
+            # A tick would run the kind on a state that may hold failed
+            # events; the timer keeps its schedule.
+            self.timers.due(item.timer)  # type: ignore[union-attr]
+        elif t is AlarmDue:
+            # Its row stays claimed; the dispatcher delivers it again.
+            log.info("alarm skipped room=%s name=%s reason=storage_unavailable", self.slug, item.name)  # type: ignore[union-attr]
+        elif t is Binary:
+            # Binary sockets get no JSON errors: close, the client resyncs when back.
+            await item.peer.close(CloseCode.TRY_AGAIN_LATER, STORAGE_UNAVAILABLE)  # type: ignore[union-attr]
+
+    # -- pipelining: serve independent items while the database works ---------------
+
+    def _independent(self, item: Item, blocked: set[str]) -> bool:
+        """May ``item`` be handled before the database work in flight is done?
+
+        Yes for what depends on no committed state and changes none: ephemeral
+        frames of kinds without an ``on_message`` hook, presence signals,
+        errors for unknown types. Not for durable frames, joins, leaves,
+        calls, alarms, ticks, binary frames, nor any frame of a connection
+        whose join or leave waits (``blocked``). While degraded everything
+        is answered at once (nothing waits for storage).
+        """
+        if self.degraded:
+            return True
+        if type(item) is not Frame:
+            peer = getattr(item, "peer", None)
+            if peer is not None:
+                blocked.add(peer.id)
+            return False
+        peer = item.peer
+        if peer.id in blocked:
+            return False
+        if item.type[0] == "$":
+            return True
+        kind = self.kind
+        mtype = kind.message_type(item.type)
+        if mtype is None:
+            return True
+        if mtype.durable or _overrides(kind, "on_message"):
+            return False
+        if item.client_id is not None:
+            prior = self._dedup.get((peer.user_id, item.client_id))
+            if prior is not None and prior > self.last_seq:  # a durable id in flight
+                return False
+        return True
+
+    async def _handle_now(self, item: Item) -> None:
+        if type(item) is not Tick:
+            self._active_at = time.monotonic()
+        try:
+            if self.degraded:
+                await self._handle_degraded(item)
+            else:
+                await self._on_frame(item)  # type: ignore[arg-type]
         except Exception:
-            # The in-memory state still holds the failed events: this actor
-            # must not handle another frame. The next item wakes a new one.
-            self._broken = True
+            if self._broken:
+                raise
+            log.exception("item failed room=%s item=%s", self.slug, type(item).__name__)
+            if type(item) is Frame:
+                await item.peer.error(ErrorReason.INTERNAL, item.client_id)  # type: ignore[union-attr]
+
+    async def _serve_while(self, aw: Any) -> Any:
+        """Await ``aw`` (database work) while handling the independent items queued.
+
+        ``aw`` is awaited directly, so its database call is submitted exactly
+        when it was before (in order with the room's other database work).
+        If items are queued, or arrive, meanwhile, a side task handles the
+        independent ones in order (the rest of the current batch first, then
+        the inbox); every other item stays queued in order (back at the front
+        of the inbox) and is handled after ``aw``. The side task finishes the
+        item it is handling before the actor goes on: never two at once.
+        """
+        if not self._pipelining:
+            return await aw
+        self._in_db = True
+        if self._items or self._pending:
+            self._start_side()
+        try:
+            result = await aw
+        except BaseException as exc:
+            self._in_db = False
+            if isinstance(exc, asyncio.CancelledError):
+                side = self._side
+                if side is not None:
+                    side.cancel()
+                raise
+            await self._join_side()
             raise
-        self.awake_since = started_at
+        self._in_db = False
+        await self._join_side()
+        return result
+
+    def _start_side(self) -> None:
+        if self._side is None:
+            loop = asyncio.get_running_loop()
+            # An empty context: never a request's (publish.py says why).
+            self._side = loop.create_task(self._serve_side(), name="dorm-actor-side", context=contextvars.Context())
+
+    async def _join_side(self) -> None:
+        side = self._side
+        if side is None:
+            return
+        self._wake()
+        try:
+            await asyncio.shield(side)
+        except asyncio.CancelledError:
+            side.cancel()
+            raise
+
+    async def _serve_side(self) -> None:
+        blocked: set[str] = set()
+        held: list[Item] = []
+        items = self._items
+        try:
+            pending = self._pending
+            if pending and self._in_db:
+                keep: list[Item] = []
+                while pending:
+                    item = pending.popleft()
+                    if self._in_db and self._independent(item, blocked):
+                        await self._handle_now(item)
+                    else:
+                        keep.append(item)
+                pending.extend(keep)
+            loop = asyncio.get_running_loop()
+            while self._in_db:
+                while items and self._in_db:
+                    item = items.popleft()
+                    if self._independent(item, blocked):
+                        await self._handle_now(item)
+                    else:
+                        held.append(item)
+                if not self._in_db:
+                    break
+                waiter = self._waiter = loop.create_future()
+                try:
+                    await waiter
+                finally:
+                    self._waiter = None
+        finally:
+            if held:
+                items.extendleft(reversed(held))
+            self._side = None
+
+    def _wake(self) -> None:
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
 
     async def _save_snapshot(self) -> None:
         state_text = orjson.dumps(self.kind.dump_state(self.state)).decode()
@@ -725,7 +1038,7 @@ class RoomActor:
             await self.presence_out.left(peer.user_id, peer.id, leave.code, leave.reason)
         elif effect == "offline":
             await self.presence_out.offline(peer.user_id, peer.id)
-        if _overrides(self.kind, "on_close"):
+        if _overrides(self.kind, "on_close") and not self.degraded:
             await self.kind.on_close(self.context, peer)
 
     async def _on_presence_signal(self, frame: Frame) -> None:

@@ -17,9 +17,7 @@ import asyncio
 import weakref
 from collections.abc import Sequence
 
-from channels.db import database_sync_to_async
-
-from rooms.runtime import persistence
+from rooms.runtime import db_watchdog, persistence
 from rooms.runtime.alarms import AlarmWrite
 from rooms.runtime.persistence import EventRow
 
@@ -38,6 +36,11 @@ def _commit_and_report(batches: list[persistence.Batch], loop: asyncio.AbstractE
         results: list[BaseException | None] = persistence.commit_batches(batches)
     except BaseException as exc:  # the thread itself failed: nothing is known to be committed
         results = [exc if isinstance(exc, Exception) else ConnectionError("commit failed")] * len(batches)
+    if db_watchdog.expired():
+        # Aborted by the watchdog (or over the deadline anyway): say so, so
+        # the rooms degrade instead of retrying into a database that hangs.
+        timeout = db_watchdog.DatabaseTimeout("group commit over its deadline")
+        results = [None if r is None else timeout for r in results]
     loop.call_soon_threadsafe(_resolve, waiters, results)
 
 
@@ -51,7 +54,9 @@ def _resolve(waiters: Waiters, results: list[BaseException | None]) -> None:
             future.set_exception(result)
 
 
-db_commit_and_report = database_sync_to_async(_commit_and_report)
+# Under the watchdog's deadline (DORM_DB_TIMEOUT_SECONDS): a database that
+# stops answering fails the commit instead of blocking every room.
+db_commit_and_report = db_watchdog.guarded(_commit_and_report)
 
 # Most room batches in one transaction: bounds its size and the time the
 # first of them waits for the last.
@@ -98,7 +103,10 @@ class GroupCommitter:
     async def _drain(self) -> None:
         try:
             while self._queue:
-                await self._round()
+                try:
+                    await self._round()
+                except db_watchdog.DatabaseTimeout:
+                    continue  # its rooms were told; the next round has its own deadline
         finally:
             self._busy = False
             if self._queue:  # cancelled with work left: fail it, nobody else will
@@ -114,11 +122,11 @@ class GroupCommitter:
         started: list[bool] = []
         try:
             await db_commit_and_report([batch for batch, _ in taken], asyncio.get_running_loop(), waiters, started)
-        except BaseException:
+        except BaseException as exc:
             # Cancelled (or the executor failed) before the thread ran:
             # nothing was committed, say so. If it ran, it reports itself.
             if not started:
-                _resolve(waiters, [ConnectionError("commit not started")] * len(waiters))
+                _resolve(waiters, [exc if isinstance(exc, db_watchdog.DatabaseTimeout) else ConnectionError("commit not started")] * len(waiters))
             raise
 
 

@@ -20,7 +20,8 @@ from django.db.models import Max
 from django.utils import timezone
 
 from rooms.models import ActorRun, Event, Room, Snapshot, StoredValue
-from rooms.runtime.alarms import AlarmWrite, apply_alarm_writes
+from rooms.runtime import db_watchdog
+from rooms.runtime.alarms import AlarmWrite, apply_alarm_writes, load_alarms
 
 # (room_id, seq, type, user_id, client_id, payload_json, ts)
 EventRow = tuple[int, int, str, str, str, str, int]
@@ -99,6 +100,18 @@ def load_room(slug: str, *, create_kind: str | None, ids_since_ms: int, ids_limi
     )
 
 
+def reload_room(slug: str, *, ids_since_ms: int, ids_limit: int) -> tuple[LoadedRoom, list]:
+    """The room as :func:`load_room` reads it, and its alarms, in one transaction.
+
+    A room recovering from a failed commit reads in a writing transaction:
+    on SQLite (``BEGIN IMMEDIATE``) that takes the write lock, so the room
+    comes back only when it can write again, not as soon as it can read.
+    """
+    with transaction.atomic():
+        loaded = load_room(slug, create_kind=None, ids_since_ms=ids_since_ms, ids_limit=ids_limit)
+        return loaded, load_alarms(loaded.room_id)
+
+
 _INSERT_EVENTS: str | None = None
 
 
@@ -163,8 +176,11 @@ def commit_batches(batches: list[Batch]) -> list[BaseException | None]:
             for room_id, _, writes, _ in batches:
                 _apply_writes(room_id, writes)
         return [None] * len(batches)
-    except Exception:
-        pass
+    except Exception as exc:
+        if db_watchdog.expired() or db_watchdog.is_unavailable(exc):
+            # The database is gone or hangs: retrying each batch would wait
+            # for it once per room.
+            return [exc] * len(batches)
     results: list[BaseException | None] = []
     for batch in batches:
         try:

@@ -10,6 +10,7 @@ frame that never comes.
 from __future__ import annotations
 
 import asyncio
+import time
 import uuid
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, Protocol
@@ -91,6 +92,7 @@ class WsClient:
         self.url = url
         self.name = name
         self.frames: list[Frame] = []
+        self.received_at: list[float] = []  # time.monotonic() of each frame in ``frames``
         self.welcome: Frame = {}
         self.close_code: int | None = None
         self.close_reason: str = ""
@@ -140,6 +142,7 @@ class WsClient:
                     except orjson.JSONDecodeError:
                         parsed = None
                     frame = parsed if isinstance(parsed, dict) else {"type": "_not_a_json_object", "raw": data}
+                self.received_at.append(time.monotonic())
                 self.frames.append(frame)
                 self._new.set()
         except ConnectionClosed as exc:

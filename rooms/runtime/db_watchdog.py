@@ -1,0 +1,287 @@
+"""A deadline on database work of Django's database thread.
+
+The actors' group commits, loads and snapshots run on Django's single
+database thread (``database_sync_to_async``). A database that stops
+answering (a frozen PostgreSQL host, a black-holed network, another process
+holding SQLite's write lock) would block that call, and every call queued
+behind it, forever: psycopg has no client-side query timeout.
+
+:func:`guarded` wraps a synchronous function like ``database_sync_to_async``
+does, and arms a deadline (``DORM_DB_TIMEOUT_SECONDS``) around the call, the
+connection checks before and after it included. One watchdog thread looks
+at the armed deadlines every 50 ms; when one expires it aborts the blocked
+call from outside:
+
+- PostgreSQL: it shuts the connection's socket down (``shutdown(SHUT_RDWR)``
+  on a duplicate of its descriptor), so the blocked ``recv`` returns and
+  psycopg raises ``OperationalError``; the connection is closed and the next
+  call opens a new one (bounded by libpq's ``connect_timeout``, set in
+  settings).
+- SQLite: ``interrupt()`` stops a running statement; a wait for another
+  process's write lock does not look at it, so the lock wait
+  (``busy_timeout``) is shortened to the deadline for the call.
+
+The call then raises :class:`DatabaseTimeout`. An aborted ``COMMIT`` is in
+doubt (it may have reached the disk): the actor finds out by reading the log
+when it reloads (docs/runtime.md, "Database outage").
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import threading
+import time
+from collections.abc import Awaitable, Callable, Iterator
+from contextlib import contextmanager
+from typing import Any
+
+from asgiref.sync import sync_to_async
+from channels.db import DatabaseSyncToAsync
+from django.db import DEFAULT_DB_ALIAS, InterfaceError, OperationalError, close_old_connections, connections
+
+from rooms.conf import dorm_settings
+
+log = logging.getLogger("dorm.db")
+
+# How often the watchdog thread looks at the armed deadlines.
+CHECK_INTERVAL_SECONDS = 0.05
+
+
+class DatabaseTimeout(OperationalError):
+    """A database call ran past its deadline and was aborted."""
+
+
+def is_unavailable(exc: BaseException) -> bool:
+    """The error says the database cannot be reached (or did not answer in time),
+    as opposed to refusing this one statement (an integrity error)."""
+    return isinstance(exc, (OperationalError, InterfaceError))
+
+
+class Deadline:
+    __slots__ = ("expires", "wrapper", "fired")
+
+    def __init__(self, expires: float, wrapper: Any) -> None:
+        self.expires = expires
+        self.wrapper = wrapper
+        self.fired = False
+
+    @property
+    def expired(self) -> bool:
+        return self.fired or time.monotonic() >= self.expires
+
+
+class Watchdog:
+    def __init__(self) -> None:
+        self._armed: dict[int, Deadline] = {}
+        self._lock = threading.Lock()
+        self._thread: threading.Thread | None = None
+        self.fired = 0  # how many calls it aborted (tests, logs)
+
+    def arm(self, timeout: float, wrapper: Any) -> Deadline:
+        entry = Deadline(time.monotonic() + timeout, wrapper)
+        with self._lock:
+            self._armed[id(entry)] = entry
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._run, name="dorm-db-watchdog", daemon=True)
+                self._thread.start()
+        return entry
+
+    def disarm(self, entry: Deadline) -> None:
+        with self._lock:
+            self._armed.pop(id(entry), None)
+
+    def _run(self) -> None:
+        while True:
+            time.sleep(CHECK_INTERVAL_SECONDS)
+            if not self._armed:
+                continue
+            now = time.monotonic()
+            aborted: list[str] = []
+            failed: list[str] = []
+            # Under the lock: the database thread cannot disarm (and close
+            # or replace the connection) while its socket is being shut down.
+            with self._lock:
+                for entry in [e for e in self._armed.values() if not e.fired and now >= e.expires]:
+                    entry.fired = True
+                    self.fired += 1
+                    try:
+                        aborted.append(_abort(entry.wrapper))
+                    except Exception as exc:  # pragma: no cover - best effort
+                        failed.append(type(exc).__name__)
+            for vendor in aborted:
+                log.warning("db call over its deadline, aborting vendor=%s", vendor)
+            for error in failed:  # pragma: no cover
+                log.warning("db watchdog abort failed error=%s", error)
+
+
+def _abort(wrapper: Any) -> str:
+    """Make the call blocked on ``wrapper``'s connection return with an error."""
+    raw = wrapper.connection
+    vendor = wrapper.vendor
+    if raw is None:
+        return vendor
+    if vendor == "sqlite":
+        raw.interrupt()
+        return vendor
+    fd = raw.fileno()
+    sock = socket.socket(fileno=os.dup(fd))
+    try:
+        sock.shutdown(socket.SHUT_RDWR)
+    except OSError:
+        pass
+    finally:
+        sock.close()
+    return vendor
+
+
+watchdog = Watchdog()
+_local = threading.local()
+
+
+def current() -> Deadline | None:
+    """The deadline armed around the running call on this thread, if any."""
+    return getattr(_local, "entry", None)
+
+
+def expired() -> bool:
+    entry = current()
+    return entry is not None and entry.expired
+
+# SQLite's lock wait for unguarded calls (settings: PRAGMA busy_timeout).
+_SQLITE_BUSY_MS = 20_000
+
+
+@contextmanager
+def deadline(timeout: float | None = None, *, started: float | None = None) -> Iterator[Deadline]:
+    """On the database thread: abort the database work of this block ``timeout``
+    seconds after ``started`` (monotonic; default now)."""
+    if timeout is None:
+        timeout = float(dorm_settings.DB_TIMEOUT_SECONDS)
+    if started is not None:
+        timeout = started + timeout - time.monotonic()
+        if timeout <= 0:
+            # Waited its whole deadline for the thread: do not start now.
+            raise DatabaseTimeout("database call over its deadline before it started")
+    wrapper = connections[DEFAULT_DB_ALIAS]
+    entry = watchdog.arm(timeout, wrapper)
+    outer, _local.entry = current(), entry
+    sqlite = wrapper.vendor == "sqlite"
+    try:
+        if sqlite:
+            wrapper.ensure_connection()
+            _busy_timeout(wrapper, max(1, int(timeout * 1000)))
+        yield entry
+    except Exception as exc:
+        if entry.expired:
+            _drop(wrapper)
+            raise DatabaseTimeout(f"database call over its deadline ({type(exc).__name__})") from exc
+        raise
+    finally:
+        watchdog.disarm(entry)
+        _local.entry = outer
+        if sqlite and wrapper.connection is not None:
+            try:
+                _busy_timeout(wrapper, _SQLITE_BUSY_MS)
+            except Exception:
+                _drop(wrapper)
+        elif entry.fired:
+            _drop(wrapper)
+
+
+def _busy_timeout(wrapper: Any, ms: int) -> None:
+    wrapper.connection.execute(f"PRAGMA busy_timeout={int(ms)}")
+
+
+def _drop(wrapper: Any) -> None:
+    """Close a connection the watchdog broke: the next call opens a new one."""
+    try:
+        if wrapper.in_atomic_block:
+            return  # atomic's exit closes it
+        wrapper.close()
+    except Exception:
+        try:
+            wrapper.connection = None
+        except Exception:  # pragma: no cover
+            pass
+
+
+def guarded(func: Callable[..., Any], timeout: float | None = None) -> Callable[..., Awaitable[Any]]:
+    """``database_sync_to_async(func)`` under a deadline counted from the call.
+
+    The deadline starts when the call is made, not when Django's database
+    thread gets to it: a call queued behind others that hung fails when its
+    own time is up (at once if it already is), so a room's commit is
+    answered within its deadline even if the thread was busy.
+    """
+
+    async def call(*args: Any, **kwargs: Any) -> Any:
+        submitted = time.monotonic()
+
+        def run() -> Any:
+            with deadline(timeout, started=submitted):
+                close_old_connections()
+                try:
+                    return func(*args, **kwargs)
+                finally:
+                    close_old_connections()
+
+        return await sync_to_async(run, thread_sensitive=True)()
+
+    call.__name__ = getattr(func, "__name__", "guarded")
+    call.__wrapped__ = func  # type: ignore[attr-defined]
+    return call
+
+
+_installed = False
+# The settings' connect_timeout per alias (install() lowers it per connect).
+_configured_connect_timeout: dict[str, int] = {}
+
+
+def install() -> None:
+    """Put every ``database_sync_to_async`` call of the process under the deadline.
+
+    The rooms' database thread is shared with presence's ledger, the alarm
+    claims, billing's flush and the connection-time access lookup: one of
+    them blocked on a frozen database would hold every room's commit behind
+    it, so all of them get the same deadline (called from the app's ready()).
+    """
+    global _installed
+    if _installed:
+        return
+    original = DatabaseSyncToAsync.thread_handler
+
+    def thread_handler(self: Any, loop: Any, *args: Any, **kwargs: Any) -> Any:
+        if current() is not None:
+            return original(self, loop, *args, **kwargs)
+        with deadline():
+            return original(self, loop, *args, **kwargs)
+
+    DatabaseSyncToAsync.thread_handler = thread_handler  # type: ignore[method-assign]
+
+    # A call whose deadline passed must not open a new connection: Django's
+    # health check swallows the aborted ``SELECT 1`` and reconnects, and a
+    # connect to a frozen server cannot be aborted (libpq waits its
+    # connect_timeout). A connect that starts in time gets at most the time left.
+    from django.db.backends.base.base import BaseDatabaseWrapper
+
+    original_connect = BaseDatabaseWrapper.connect
+
+    def connect(self: Any) -> None:
+        entry = current()
+        if entry is not None:
+            left = entry.expires - time.monotonic()
+            if entry.fired or left <= 0:
+                raise DatabaseTimeout("database call over its deadline: not connecting")
+            if self.vendor == "postgresql":
+                options = self.settings_dict.setdefault("OPTIONS", {})
+                configured = _configured_connect_timeout.setdefault(
+                    self.alias, int(options.get("connect_timeout") or max(2, int(dorm_settings.DB_TIMEOUT_SECONDS + 0.999)))
+                )
+                options["connect_timeout"] = max(2, min(configured, int(left + 0.999)))
+        return original_connect(self)
+
+    BaseDatabaseWrapper.connect = connect  # type: ignore[method-assign]
+    _installed = True
+
