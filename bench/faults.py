@@ -22,8 +22,9 @@ Faults, in order, with quiet gaps between them:
 
 - ``kill``: SIGKILL one server process, then start a new one in its place;
 - ``redis``: kill the private redis-server and start it again (empty);
-- ``pg-pause``: the database proxy stops moving bytes for a few seconds
-  (queries hang; nothing fails until it flows again);
+- ``pg-pause``: the database proxy stops moving bytes for longer than the
+  servers' database deadline (queries hang, rooms degrade: durable messages
+  get ``internal`` until the database answers again);
 - ``pg-cut``: the proxy resets every database connection at once;
 - ``client-cut``: every client's TCP connection is aborted (RST, no close);
 - ``slow``: a client per affected room stops reading while its room gets
@@ -96,7 +97,9 @@ class Config:
     cursor_rate: float = 1.0  # cursors/s per client
     warmup: float = 10.0  # seconds of load before the first fault
     gap: float = 10.0  # quiet seconds after a fault recovered
-    pg_pause: float = 4.0
+    # Longer than the servers' database deadline (DORM_DB_TIMEOUT_SECONDS, 5 s):
+    # rooms degrade (durable messages get `internal`) and recover.
+    pg_pause: float = 7.0
     slow_rooms: int = 2  # rooms that get a slow client
     recover_timeout: float = 90.0
     settle_timeout: float = 90.0
@@ -106,7 +109,7 @@ class Config:
     @classmethod
     def short(cls) -> Config:
         return cls(rooms=4, clients_per_room=3, senders_per_room=2, rate=3.0, cursor_rate=1.0, warmup=2.0,
-                   gap=1.5, pg_pause=2.0, slow_rooms=1, recover_timeout=40.0, settle_timeout=40.0)
+                   gap=1.5, pg_pause=6.0, slow_rooms=1, recover_timeout=40.0, settle_timeout=40.0)
 
 
 def progress(message: str) -> None:
