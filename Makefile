@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 HOST ?= 127.0.0.1
 PORT ?= 8000
 
-.PHONY: run run-uvicorn cluster worker beat test bench bench-history bench-presence bench-cluster bench-suite clean
+.PHONY: run run-uvicorn cluster worker beat test bench bench-history bench-presence bench-cluster bench-suite bench-faults clean
 
 $(STAMP): requirements.txt requirements-dev.txt
 	$(PYTHON) -m venv $(VENV)
@@ -68,6 +68,13 @@ bench-cluster: $(STAMP)
 # Issue 12's workloads against Node ws and Durable Objects (Miniflare), one table.
 bench-suite: $(STAMP)
 	$(PY) bench/suite.py $(BENCH_ARGS)
+
+# Issue 11's fault campaign (docs/reliability.md): two processes, many rooms,
+# SIGKILL / Redis restart / PostgreSQL pause and cut / client cuts / slow
+# clients, then every acknowledged event checked against the log. Not in
+# `make test`; its short version is (tests/e2e/test_fault_campaign.py).
+bench-faults: $(STAMP)
+	$(PY) bench/faults.py $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .hypothesis

@@ -1,7 +1,9 @@
 """Prometheus exposition of the flushed counters and histograms.
 
 Cluster-wide totals read from the database (every process's flushes), so a
-scrape of any process gives the same numbers. Labels are bounded: close codes
+scrape of any process gives the same numbers; the ``dorm_process_*`` gauges
+alone describe the process that answers (its event loop's tasks, live actors
+and sockets: what the leak tests watch). Labels are bounded: close codes
 (the protocol's list plus ``other``), error reasons (the protocol's list),
 cost providers (three); never a room or user id.
 """
@@ -35,6 +37,16 @@ HELP = {
     "actor_awake_ms": "Milliseconds room actors were awake",
     "alarms_fired": "Alarms delivered to rooms",
     "cpu_us": "Process CPU microseconds attributed to rooms",
+}
+
+
+# This process only (rooms/runtime/registry.py: process_gauges).
+PROCESS_GAUGES = {
+    "asyncio_tasks": "asyncio tasks on this process's event loop",
+    "live_actors": "Room actors awake in this process",
+    "connections": "WebSockets open on this process",
+    "rooms_with_connections": "Rooms with at least one socket on this process",
+    "slow_clients_closed": "Sockets this process closed with 4408 (too slow) since it started",
 }
 
 
@@ -96,6 +108,12 @@ class DormCollector(Collector):
             value=float("nan") if alert["median_ms"] is None else alert["median_ms"],
         )
         yield GaugeMetricFamily("dorm_latency_alert_threshold_ms", "The alert's threshold", value=alert["threshold_ms"])
+        from rooms.runtime.registry import process_gauges
+
+        gauges = process_gauges()
+        if gauges is not None:
+            for key, doc in PROCESS_GAUGES.items():
+                yield GaugeMetricFamily(f"dorm_process_{key}", doc, value=gauges[key])
 
 
 def exposition() -> bytes:

@@ -26,10 +26,22 @@ _executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="dorm-webhooks"
 _durable_windows: dict[str, list[int]] = {}
 
 
-def _submit(event: str, room: str, data: dict[str, Any]) -> None:
+def _enqueue(event: str, room: str, data: dict[str, Any]) -> list[int]:
+    from django.db import close_old_connections
+
     from webhooks import dispatch
 
-    future = _executor.submit(dispatch.enqueue, event, room, data)
+    # This thread's connection outlives any request: one the database dropped
+    # (a restart, a failover, a reset) must be replaced, not reused forever.
+    close_old_connections()
+    try:
+        return dispatch.enqueue(event, room, data)
+    finally:
+        close_old_connections()
+
+
+def _submit(event: str, room: str, data: dict[str, Any]) -> None:
+    future = _executor.submit(_enqueue, event, room, data)
     future.add_done_callback(_log_failure)
 
 

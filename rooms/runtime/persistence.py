@@ -201,7 +201,29 @@ def log_after(room_id: int, since: int, upto: int) -> list[LogRow]:
 
 
 def save_snapshot(room_id: int, seq: int, state: str) -> None:
-    Snapshot.objects.get_or_create(room_id=room_id, seq=seq, defaults={"state": state})
+    """Store the state at ``seq``; thin out the room's older snapshots.
+
+    The newest snapshot is what a waking actor loads; older ones are
+    checkpoints for reading the state at a past seq (``api/timetravel.py``).
+    A room snapshots on every hibernation with new events, so without
+    thinning its rows would grow with every wake/hibernate cycle. The
+    previous newest is dropped when it lies closer than
+    ``SNAPSHOT_EVERY_EVENTS`` to the checkpoint before it: checkpoints stay
+    about that many events apart, and the rows grow with the log, not with
+    wake-ups.
+    """
+    from rooms.conf import dorm_settings
+
+    with transaction.atomic():
+        Snapshot.objects.get_or_create(room_id=room_id, seq=seq, defaults={"state": state})
+        older = list(
+            Snapshot.objects.filter(room_id=room_id, seq__lt=seq).order_by("-seq").values_list("id", "seq")[:2]
+        )
+        if older:
+            previous_id, previous_seq = older[0]
+            checkpoint_seq = older[1][1] if len(older) > 1 else 0
+            if previous_seq - checkpoint_seq < int(dorm_settings.SNAPSHOT_EVERY_EVENTS):
+                Snapshot.objects.filter(id=previous_id).delete()
 
 
 def stored_value(room_id: int, key: str) -> str | None:

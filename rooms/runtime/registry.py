@@ -8,6 +8,7 @@ never lands in an actor that is going away.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import logging
 import time
 from collections.abc import Callable
@@ -122,6 +123,12 @@ class Runtime:
         # Distributed mode: dispatch when an actor here sets an alarm.
         self.on_demand: OnDemandDispatch | None = None
         self.alarm_nudge: Callable[[], None] | None = None
+        # The event loop the runtime serves (None when made outside one):
+        # /metrics counts its tasks from a request thread.
+        try:
+            self.loop: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
+        except RuntimeError:
+            self.loop = None
         self.transport: Transport
         if distributed:
             self.cluster = Cluster(self)
@@ -188,6 +195,51 @@ class Runtime:
         # Billing: write this process's last counters before it exits.
         await stop_flusher()
         log.info("shutdown done ms=%d", int((time.monotonic() - started) * 1000))
+
+
+def process_gauges(timeout: float = 2.0) -> dict[str, int] | None:
+    """This process's live runtime, read on its event loop (callable from any
+    thread): asyncio tasks, live actors, open sockets and rooms with sockets
+    here, slow sockets closed with 4408 so far. None without a running runtime.
+
+    The leak tests read these through /metrics: after connect/disconnect and
+    wake/hibernate cycles they must come back to their baseline.
+    """
+    runtime = _runtime
+    loop = runtime.loop if runtime is not None else None
+    if runtime is None or loop is None or loop.is_closed() or not loop.is_running():
+        return None
+
+    def read() -> dict[str, int]:
+        hub = runtime.hub
+        rooms = hub.rooms()
+        return {
+            "asyncio_tasks": len(asyncio.all_tasks(loop)),
+            "live_actors": len(runtime.registry.actors),
+            "connections": sum(hub.count(r) for r in rooms),
+            "rooms_with_connections": len(rooms),
+            "slow_clients_closed": runtime.outbound_watch.closed_for_lag,
+        }
+
+    try:
+        on_loop = asyncio.get_running_loop() is loop
+    except RuntimeError:
+        on_loop = False
+    if on_loop:
+        return read()
+    result: concurrent.futures.Future[dict[str, int]] = concurrent.futures.Future()
+
+    def run() -> None:
+        try:
+            result.set_result(read())
+        except BaseException as exc:  # noqa: BLE001 - handed to the caller
+            result.set_exception(exc)
+
+    try:
+        loop.call_soon_threadsafe(run)
+        return result.result(timeout)
+    except (concurrent.futures.TimeoutError, RuntimeError):
+        return None
 
 
 def _presence_backend() -> PresenceBackend:

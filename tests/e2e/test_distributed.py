@@ -15,76 +15,27 @@ from pathlib import Path
 from typing import Any
 
 import orjson
-import psycopg
 import pytest
-import redis
 
 from tests.e2e.conftest import STARTED
 from tests.e2e.client import WsClient, event, of_type, room_name
+from tests.e2e.distributed import LEASE_TTL, Cluster, start_cluster
 from tests.e2e.server import DormServer, free_port, start_server
 from tests.e2e.services import REDIS_TEST_URL, PrivateRedis, check_redis, fresh_postgres_database
 
 pytestmark = [pytest.mark.e2e, pytest.mark.distributed]
 
-LEASE_TTL = 2.0
-
-
-class Cluster:
-    def __init__(self, servers: list[DormServer], database_url: str, redis_url: str) -> None:
-        self.servers = servers
-        self.database_url = database_url
-        self.redis_url = redis_url
-
-    def log(self, room: str) -> list[tuple[int, str, str, str, Any]]:
-        """``(seq, type, user, client id, payload)`` of the room's log, by seq."""
-        with psycopg.connect(self.database_url) as conn:
-            rows = conn.execute(
-                "SELECT e.seq, e.type, e.user_id, e.client_id, e.payload FROM rooms_event e "
-                "JOIN rooms_room r ON r.id = e.room_id WHERE r.slug = %s ORDER BY e.seq",
-                (room,),
-            ).fetchall()
-        return [(r[0], r[1], r[2], r[3], orjson.loads(r[4])) for r in rows]
-
-    def runs(self, room: str) -> list[tuple[str, Any, Any]]:
-        with psycopg.connect(self.database_url) as conn:
-            return conn.execute(
-                "SELECT a.process, a.woke_at, a.slept_at FROM rooms_actorrun a JOIN rooms_room r ON r.id = a.room_id "
-                "WHERE r.slug = %s ORDER BY a.id",
-                (room,),
-            ).fetchall()
-
-    def owner_index(self, room: str) -> int:
-        """Which server holds the room's lease (by the inbox in its log)."""
-        value = redis.Redis.from_url(self.redis_url).get(f"dorm:lease:{room}")
-        assert value is not None, f"nobody owns {room}"
-        inbox = value.decode()
-        for i, server in enumerate(self.servers):
-            if f"inbox={inbox}" in server.log_text():
-                return i
-        raise AssertionError(f"no server announced inbox {inbox}")
-
 
 def _start_cluster(
     directory: Path, database_url: str, redis_url: str, n: int = 2, extra: dict[str, str] | None = None
 ) -> Cluster:
-    env = {"DATABASE_URL": database_url, "REDIS_URL": redis_url, "DORM_LEASE_TTL_SECONDS": str(LEASE_TTL), **(extra or {})}
-    servers: list[DormServer] = []
-    try:
-        for i in range(n):
-            servers.append(
-                start_server("daphne", directory, extra_env=env, migrate=(i == 0), name=f"daphne-{i}")
-            )
-    except Exception:
-        for s in servers:
-            s.stop()
-        raise
-    STARTED.extend(servers)  # the per-test log check covers them
-    return Cluster(servers, database_url, redis_url)
+    c = start_cluster(directory, database_url, redis_url, n, extra)
+    STARTED.extend(c.servers)  # the per-test log check covers them
+    return c
 
 
 def _stop_cluster(c: Cluster) -> None:
-    for s in c.servers:
-        s.stop()  # the per-test log check reads and then forgets them
+    c.stop()  # the per-test log check reads and then forgets them
 
 
 @pytest.fixture(scope="module")
