@@ -240,7 +240,14 @@ class RoomConsumer(AsyncConsumer):
         # Any frame says the socket is alive; the backend's last-seen is
         # refreshed on heartbeats and at most every quarter TTL otherwise.
         if runtime.presence_service.heard(conn, type_ == "heartbeat"):
-            await runtime.presence.touch(self.room, conn.id, conn.user_id)
+            try:
+                await runtime.presence.touch(self.room, conn.id, conn.user_id)
+            except Exception as exc:
+                # The presence backend (Redis) is down or restarting: the
+                # socket and its room are fine, so keep them; the next
+                # heartbeat refreshes last-seen (a restarted Redis lost the
+                # entries anyway, and the cluster resets its sockets).
+                log.warning("presence touch failed room=%s user=%s error=%s", self.room, conn.user_id, type(exc).__name__)
         if type_ == "ping":
             t = payload.get("t") if type(payload) is dict else None
             pong: dict[str, Any] = {"type": "pong", "payload": {"t": t} if t is not None and _small_scalar(t) else {}, "ts": now_ms()}

@@ -288,3 +288,23 @@ def test_the_sweep_deletes_closed_sessions_past_the_retention() -> None:
         assert sweep_stale()["sessions_deleted"] == 1
     kept = set(PresenceSession.objects.values_list("connection_id", flat=True))
     assert kept == {"old-open", "recent"}  # an open session is never deleted
+
+
+async def test_a_failing_presence_backend_on_heartbeat_keeps_the_socket(runtime: Any, connect: Any, monkeypatch: Any) -> None:
+    """Redis restarting under a heartbeat: the socket and its room go on
+    (seen by the fault campaign as 1013 closes and ERROR lines)."""
+    a = await connect("touchfail", userId="a")
+    b = await connect("touchfail", userId="b")
+    assert (await a.recv_type("user_joined"))["userId"] == "b"
+
+    async def down(*args: Any, **kwargs: Any) -> bool:
+        raise ConnectionError("presence backend down")
+
+    monkeypatch.setattr(runtime.presence, "touch", down)
+    await b.send("heartbeat")
+    await b.send("cursor", {"x": 1, "y": 2})
+    cursor = await a.recv_type("cursor")
+    assert cursor["userId"] == "b"
+    await b.send("draw", {"points": [[0, 0], [1, 1]]}, id="d1")
+    ack = await b.recv_type("ack")
+    assert ack["id"] == "d1" and ack["seq"] >= 1
