@@ -167,7 +167,7 @@ def w_rooms(v: Variant, args: argparse.Namespace, rnd: int) -> dict[str, Any]:
     return step_row(v, "rooms", asyncio.run(run_rooms_step(cfg, measure(v, args, "rooms", rnd))), rnd)
 
 
-async def _idle(v: Variant, n: int, seconds: float, py_spy: Path | None) -> dict[str, Any]:
+async def _idle(v: Variant, n: int, seconds: float, settle: float, py_spy: Path | None) -> dict[str, Any]:
     loop = asyncio.get_running_loop()
     rec = Recorder()
     prefix = f"h{secrets.token_hex(3)}"
@@ -189,7 +189,7 @@ async def _idle(v: Variant, n: int, seconds: float, py_spy: Path | None) -> dict
     t0 = time.perf_counter()
     clients = await asyncio.gather(*(one(i) for i in range(n)))
     open_s = time.perf_counter() - t0
-    await asyncio.sleep(3.0 + 5.0)  # hibernate after 3 s without items, then the sleep snapshots
+    await asyncio.sleep(settle)  # hibernate after 3 s without items, the sleep snapshots, the billing flush
     spy = None
     if py_spy is not None:
         py_spy.mkdir(parents=True, exist_ok=True)
@@ -217,7 +217,7 @@ async def _idle(v: Variant, n: int, seconds: float, py_spy: Path | None) -> dict
 
 
 def w_idle(v: Variant, args: argparse.Namespace, rnd: int) -> dict[str, Any]:
-    d = asyncio.run(_idle(v, args.idle_rooms, args.idle_seconds, args.py_spy))
+    d = asyncio.run(_idle(v, args.idle_rooms, args.idle_seconds, args.idle_settle, args.py_spy))
     row = {"variant": v.name, "workload": "idle", "round": rnd, **d, "load": os.getloadavg()[0]}
     log(f"  round {rnd} idle    {v.name:12} {d['held']:,} rooms held (opened in {d['open_s']:.0f} s): idle CPU"
         f" {d['idle_cpu_pct']:.3f}% of a core over {args.idle_seconds:.0f} s; CPU ms per 10 s {d['cpu_ms_per_10s']};"
@@ -261,6 +261,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--fanout-rate", type=float, default=200.0, help="draws/s in the one room (default: 200 = 9,800 deliveries/s)")
     p.add_argument("--idle-rooms", type=int, default=10_000)
     p.add_argument("--idle-seconds", type=float, default=60.0)
+    p.add_argument("--idle-settle", type=float, default=8.0,
+                   help="seconds between the last room opened and the idle window (default: %(default)s; past 60 the"
+                   " billing flush of the rooms' last minute is out of the window)")
     p.add_argument("--py-spy", type=Path, help="record each idle window with py-spy (raw collapsed stacks) into DIR")
     p.add_argument("--json", type=Path)
     args = p.parse_args(argv)
