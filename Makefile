@@ -16,16 +16,28 @@ $(STAMP): requirements.txt requirements-dev.txt
 	$(PY) -m pip install --quiet -r requirements-dev.txt
 	touch $(STAMP)
 
+# Server WebSocket pings: every WS_PING_INTERVAL seconds per socket, and a
+# socket whose pong is WS_PING_TIMEOUT seconds late is closed, so a client
+# that vanished (no FIN) is cut within INTERVAL + TIMEOUT + 2 s (daphne checks
+# every 2 s). The servers' default, 20 s, costs 500 pings/s at 10,000 idle
+# sockets (docs/performance.md, "Idle CPU"); clients already prove they are
+# alive with `heartbeat` (presence marks a silent socket offline after
+# DORM_PRESENCE_TTL_SECONDS, 60 s), so the server pings only to reap dead
+# sockets. Keep INTERVAL below any proxy's idle timeout (deploy/nginx.conf: 1 h).
+WS_PING_INTERVAL ?= 300
+WS_PING_TIMEOUT ?= 30
+
 # The embedded mode: one process, SQLite (WAL) in ./db.sqlite3, nothing else.
 # --websocket_timeout -1: daphne would otherwise cut every socket after 24 h.
 run: $(STAMP)
 	$(PY) manage.py migrate --noinput
-	$(PY) -m daphne -b $(HOST) -p $(PORT) --websocket_timeout -1 config.asgi:application
+	$(PY) -m daphne -b $(HOST) -p $(PORT) --websocket_timeout -1 --ping-interval $(WS_PING_INTERVAL) --ping-timeout $(WS_PING_TIMEOUT) config.asgi:application
 
-# The same application under uvicorn (faster fan-out); 1 MiB frame limit as daphne's.
+# The same application under uvicorn (lower latency, less CPU per message:
+# docs/performance.md); 1 MiB frame limit as daphne's.
 run-uvicorn: $(STAMP)
 	$(PY) manage.py migrate --noinput
-	$(PY) -m uvicorn config.asgi:application --host $(HOST) --port $(PORT) --ws websockets --ws-max-size 1048576
+	$(PY) -m uvicorn config.asgi:application --host $(HOST) --port $(PORT) --ws websockets --ws-max-size 1048576 --ws-ping-interval $(WS_PING_INTERVAL) --ws-ping-timeout $(WS_PING_TIMEOUT)
 
 # A local distributed-mode cluster (Procfile: two daphne processes on 8001 and
 # 8002) on the machine's PostgreSQL and Redis; deploy/nginx.conf serves both

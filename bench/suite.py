@@ -144,7 +144,9 @@ def start_server(name: str, log_dir: Path, db_dir: Path, pg_url: str | None, ext
     port = fanout.free_port()
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "PORT": str(port), "BENCH_TOKEN_SECRET": fanout.BENCH_TOKEN_SECRET}
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH", "")]))
-    daphne = [sys.executable, "-m", "daphne", "-b", HOST, "-p", str(port), "--websocket_timeout", "-1"]
+    # As `make run` (its WS_PING_INTERVAL / WS_PING_TIMEOUT defaults).
+    daphne = [sys.executable, "-m", "daphne", "-b", HOST, "-p", str(port), "--websocket_timeout", "-1",
+              "--ping-interval", "300", "--ping-timeout", "30"]
     tokens = True
     if name in ("dorm", "dorm-pg", "dorm-hibernate", "dorm-uvicorn"):
         env.update(fanout.DORM_ENV, DJANGO_SETTINGS_MODULE="config.settings", SQLITE_PATH=str(db_dir / f"{name}.sqlite3"))

@@ -120,6 +120,12 @@ DEFAULTS: dict[str, Any] = {
     "ALARM_SCHEDULER": "auto",
     # The embedded scheduler's poll period (it also looks 1.5 polls ahead).
     "ALARM_POLL_SECONDS": 0.25,
+    # With no alarm due within this long, the embedded scheduler sleeps
+    # until shortly before the next one (at most this long) instead of
+    # polling: an idle process costs no database query four times a second.
+    # Alarms set by this process's rooms wake it at once; this bounds how
+    # late it sees one written by another process (None: always poll).
+    "ALARM_IDLE_POLL_SECONDS": 30.0,
     # A claimed alarm is not delivered again before this many seconds after
     # its due time: how long a delivery lost with its process takes to retry.
     "ALARM_CLAIM_SECONDS": 10.0,

@@ -12,8 +12,16 @@ this watch reads each socket's queued bytes (``direct_write.outbound_meter``):
   ``since``; a client that does not read even its close frame is dropped.
 
 The watch is off the hot path: fan-out costs nothing more per socket than
-one attribute read for ephemeral events. Memory per socket is bounded by the
-hard limit plus what one interval can add.
+one attribute read for ephemeral events, and one set insertion per event.
+Memory per socket is bounded by the hard limit plus what one interval can add.
+
+It looks only where bytes can have piled up: the rooms written to since the
+last look (the hub and each connection record them in ``hub.written``) and
+the sockets still lagging (to clear the flag once they drain). A queue only
+grows when something is written to it, so nothing is missed; and a process
+whose rooms are quiet (10,000 hibernated rooms with open sockets) costs
+nothing: the watch sleeps until the next write instead of reading every
+socket ten times a second (measured: see docs/performance.md, "Idle CPU").
 """
 
 from __future__ import annotations
@@ -42,13 +50,23 @@ class OutboundWatch:
         self.hub = hub
         self.task: asyncio.Task[None] | None = None
         self.closed_for_lag = 0
+        # Lagging sockets: looked at until they drain, written to or not.
+        self._lagging: set[Connection] = set()
+        self._wake: asyncio.Event | None = None
 
     def start(self) -> None:
         if self.task is None or self.task.done():
+            self._wake = asyncio.Event()
+            self.hub.on_write = self._wake.set
             self.task = asyncio.get_running_loop().create_task(self._run(), name="dorm-backpressure")
 
     async def _run(self) -> None:
+        wake = self._wake
+        assert wake is not None
         while True:
+            if not self.hub.written and not self._lagging:
+                wake.clear()
+                await wake.wait()  # until the next write to any room
             await asyncio.sleep(dorm_settings.BACKPRESSURE_INTERVAL_SECONDS)
             try:
                 self.check()
@@ -56,16 +74,32 @@ class OutboundWatch:
                 log.exception("backpressure check failed")
 
     def check(self) -> None:
-        soft = dorm_settings.OUTBOUND_SOFT_BYTES
-        hard = dorm_settings.OUTBOUND_MAX_BYTES
-        for room in self.hub.rooms():
+        """Look at the sockets of the rooms written to since the last check, and the lagging ones."""
+        written = self.hub.written
+        rooms = list(written)
+        written.clear()
+        seen: set[Connection] = set()
+        for room in rooms:
             for conn in self.hub.connections(room):
-                if conn.closed:
-                    continue
-                queued = conn.outbound_bytes()
-                conn.lagging = queued > soft
-                if queued > hard or conn.overflowed:
-                    self.close_laggard(conn, queued)
+                seen.add(conn)
+                self._look(conn)
+        for conn in list(self._lagging):
+            if conn not in seen:
+                self._look(conn)
+
+    def _look(self, conn: Connection) -> None:
+        if conn.closed:
+            self._lagging.discard(conn)
+            return
+        queued = conn.outbound_bytes()
+        lagging = conn.lagging = queued > dorm_settings.OUTBOUND_SOFT_BYTES
+        if lagging:
+            self._lagging.add(conn)
+        else:
+            self._lagging.discard(conn)
+        if queued > dorm_settings.OUTBOUND_MAX_BYTES or conn.overflowed:
+            self._lagging.discard(conn)
+            self.close_laggard(conn, queued)
 
     def close_laggard(self, conn: Connection, queued: int) -> None:
         self.closed_for_lag += 1

@@ -15,12 +15,15 @@ import time
 from collections import deque
 from collections.abc import Awaitable, Callable
 from enum import Enum
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from billing.meter import meter
 from rooms.conf import dorm_settings
 from rooms.runtime.direct_write import FrameWriter, close_socket, direct_writer, outbound_meter
 from rooms.protocol import CloseCode, ErrorReason, close_frame, error_frame
+
+if TYPE_CHECKING:
+    from rooms.runtime.hub import LocalHub
 
 log = logging.getLogger("dorm.rooms")
 
@@ -68,6 +71,7 @@ class Connection:
         "_outbound",
         "lagging",
         "overflowed",
+        "hub",
     )
 
     def __init__(self, room: str, user_id: str, scope: str, send: ASGISend) -> None:
@@ -94,6 +98,14 @@ class Connection:
         # A socket of a binary kind (Yjs): it gets binary frames only, never
         # Dorm's JSON frames, which its client could not parse.
         self.binary = False
+        # The hub this socket is in (set by LocalHub.add): writes mark the room
+        # for the backpressure watch.
+        self.hub: LocalHub | None = None
+
+    def _written(self) -> None:
+        hub = self.hub
+        if hub is not None:
+            hub.mark(self.room)
 
     @property
     def closed(self) -> bool:
@@ -136,6 +148,7 @@ class Connection:
         except Exception:
             self.lost()
             return
+        self._written()
         if self.state is ConnectionState.PENDING:
             self.state = ConnectionState.OPEN
 
@@ -149,6 +162,8 @@ class Connection:
                 await self.send(message)
             except Exception:
                 self.lost()
+                return
+            self._written()
 
     async def reply(self, text: str) -> None:
         if self.binary:
@@ -158,6 +173,8 @@ class Connection:
                 await self.send({"type": "websocket.send", "text": text})
             except Exception:
                 self.lost()
+                return
+            self._written()
 
     def lost(self) -> None:
         """The socket went away under a send; its disconnect event follows."""

@@ -35,7 +35,7 @@ from typing import TYPE_CHECKING, Any
 
 from channels.db import database_sync_to_async
 from django.db import transaction
-from django.db.models import Q
+from django.db.models import Min, Q
 from django.utils import timezone
 
 from rooms.conf import dorm_settings
@@ -143,7 +143,16 @@ def release_claims(claims: list[Claimed]) -> int:
     return released
 
 
+def next_due_at() -> datetime | None:
+    """When the earliest scheduled alarm becomes claimable (due, or its claim runs out)."""
+    scheduled = Alarm.objects.filter(status=Alarm.SCHEDULED)
+    due = scheduled.filter(claimed_until__isnull=True).aggregate(m=Min("next_attempt_at"))["m"]
+    held = scheduled.filter(claimed_until__isnull=False).aggregate(m=Min("claimed_until"))["m"]
+    return min((t for t in (due, held) if t is not None), default=None)
+
+
 db_claim_due = database_sync_to_async(claim_due)
+db_next_due_at = database_sync_to_async(next_due_at)
 db_release_claims = database_sync_to_async(release_claims)
 
 
@@ -249,9 +258,27 @@ class EmbeddedScheduler:
                 if failures in (1, 10) or failures % 100 == 0:
                     log.warning("alarm dispatch failed failures=%d error=%s", failures, type(exc).__name__)
             try:
-                await asyncio.wait_for(self._nudge.wait(), self.poll_seconds)
+                await asyncio.wait_for(self._nudge.wait(), await self._wait_seconds())
             except TimeoutError:
                 pass
+
+    async def _wait_seconds(self) -> float:
+        """The poll period, or longer while no alarm is due soon (ALARM_IDLE_POLL_SECONDS)."""
+        poll = self.poll_seconds
+        idle = dorm_settings.ALARM_IDLE_POLL_SECONDS
+        if idle is None or idle <= poll or self._nudge.is_set():
+            return poll
+        try:
+            at = await db_next_due_at()
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            return poll
+        if at is None:
+            return float(idle)
+        # Wake so that the dispatch claims it with its usual look-ahead.
+        until = (at - timezone.now()).total_seconds() - LOOKAHEAD_SECONDS + poll
+        return min(float(idle), max(poll, until))
 
     async def stop(self) -> None:
         if self._task is not None:

@@ -8,6 +8,7 @@ channel-layer hop, no task and no allocation per recipient (see
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from billing.meter import meter
@@ -24,8 +25,20 @@ class LocalHub:
         # A tuple per room, rebuilt on join/leave, so that fan-out iterates a
         # stable sequence even if a send yields and the set changes meanwhile.
         self._members: dict[str, tuple[Connection, ...]] = {}
+        # Rooms with bytes written to a local socket since the backpressure
+        # watch last looked, and how to wake it (backpressure.py).
+        self.written: set[str] = set()
+        self.on_write: Callable[[], None] = _nothing
+
+    def mark(self, room: str) -> None:
+        """Something was written to a socket of ``room``: the watch looks at it next."""
+        written = self.written
+        if room not in written:
+            written.add(room)
+            self.on_write()
 
     def add(self, conn: Connection) -> None:
+        conn.hub = self
         conns = self._rooms.setdefault(conn.room, {})
         conns[conn.id] = conn
         self._members[conn.room] = tuple(conns.values())
@@ -59,6 +72,8 @@ class LocalHub:
             if conn.binary and conn.id != exclude and conn.state is not ConnectionState.CLOSED:
                 await conn.send_bytes(data)
                 delivered += 1
+        if delivered:
+            self.mark(room)
         return delivered
 
     async def deliver(self, room: str, text: str, seq: int | None, exclude: str | None) -> int:
@@ -103,6 +118,7 @@ class LocalHub:
         if delivered:
             # Metered once per event, not per socket.
             meter.delivered(room, delivered, _size(text))
+        self.mark(room)
         return delivered, slow
 
     async def deliver_slow(self, room: str, conns: list[Connection], text: str) -> int:
@@ -119,7 +135,12 @@ class LocalHub:
             delivered += 1
         if delivered:
             meter.delivered(room, delivered, _size(text))
+            self.mark(room)
         return delivered
+
+
+def _nothing() -> None:
+    pass
 
 
 def _size(text: str) -> int:

@@ -1,0 +1,301 @@
+"""Low-rate latency and idle CPU, several server variants in the same run.
+
+    .venv/bin/python bench/latency.py --rounds 3 \\
+        --variant full='daphne' --variant normal='daphne SQLITE_SYNCHRONOUS=NORMAL' \\
+        --variant uvi='uvicorn'
+    .venv/bin/python bench/latency.py --workloads idle --variant before='daphne @HEAD~3' --variant after='daphne'
+
+A variant is ``NAME='SERVER [KEY=VALUE ...] [--server-flag ...] [@REV]'``:
+``daphne`` or ``uvicorn``; ``KEY=VALUE`` go to the server's environment;
+words starting with ``--`` are passed to the server's command line (daphne's
+``--ping-interval 600``); ``@REV`` runs the code of that revision (``git
+archive`` into a temporary directory). Every variant is started once, on its
+own fresh SQLite file, pinned to core 0 (the generator to core 1), and the
+steps then alternate between the variants round after round, so that each
+variant meets the same machine load on average. Nothing is rate-limited
+(the generator is one address).
+
+Workloads (issue 12's latency targets and idle CPU):
+
+- ``fanout``: one room, 50 clients, 5 senders, 200 draws/s (9,800
+  deliveries/s offered): p50 / p99 of the deliveries.
+- ``rooms``: 100 rooms x 10 clients, one sender per room at 2 msg/s: p99.
+- ``idle``: N rooms with one open connection each, hibernated
+  (DORM_HIBERNATE_AFTER_SECONDS=3), then the server's CPU (utime + stime of
+  the whole process, /proc/<pid>/stat) over ``--idle-seconds``; the idle
+  variants run one after the other (each holds N sockets), in each round.
+
+Besides wall-clock latency, every row has the server's CPU time per message
+(us/msg), which the other load on a shared machine distorts least.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import secrets
+import shlex
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import fanout
+from _loadgen import Client, Recorder
+from _rooms import Measure, RoomsConfig, anonymous_path, run_rooms_step
+from cluster import source_tree
+from suite import raise_nofile, tree, tree_cpu
+
+HOST = fanout.HOST
+
+
+def log(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+@dataclass
+class Variant:
+    name: str
+    server: str
+    env: dict[str, str]
+    flags: list[str]
+    rev: str | None
+    port: int = 0
+    pid: int = 0
+    rows: list[dict[str, Any]] = field(default_factory=list)
+
+
+def parse_variant(spec: str) -> Variant:
+    name, _, rest = spec.partition("=")
+    words = shlex.split(rest)
+    if not name or not words or words[0] not in ("daphne", "uvicorn"):
+        raise SystemExit(f"bad --variant {spec!r}: NAME='daphne|uvicorn [K=V ...] [--flag ...] [@REV]'")
+    env, flags, rev = {}, [], None
+    for w in words[1:]:
+        if w.startswith("@"):
+            rev = w[1:]
+        elif w.startswith("--") or "=" not in w:
+            flags.append(w)  # a server flag or its value
+        else:
+            k, v = w.split("=", 1)
+            env[k] = v
+    return Variant(name, words[0], env, flags, rev)
+
+
+@contextmanager
+def start(v: Variant, log_dir: Path, db_dir: Path, extra_env: dict[str, str]) -> Iterator[Variant]:
+    with ExitStack() as stack:
+        root = fanout.REPO if v.rev is None else stack.enter_context(source_tree(v.rev))
+        env = {**os.environ, "PYTHONUNBUFFERED": "1", "DJANGO_SETTINGS_MODULE": "config.settings"}
+        env["PYTHONPATH"] = str(root)
+        env.update(fanout.DORM_ENV, SQLITE_PATH=str(db_dir / f"{v.name}.sqlite3"), **extra_env, **v.env)
+        subprocess.run([sys.executable, "manage.py", "migrate", "--noinput"], cwd=root, env=env, check=True,
+                       stdout=subprocess.DEVNULL, timeout=300)
+        port = fanout.free_port()
+        if v.server == "daphne":
+            cmd = [sys.executable, "-m", "daphne", "-b", HOST, "-p", str(port), "--websocket_timeout", "-1", *v.flags,
+                   "config.asgi:application"]
+        else:
+            cmd = [sys.executable, "-m", "uvicorn", "config.asgi:application", "--host", HOST, "--port", str(port),
+                   "--ws", "websockets", "--ws-max-size", "1048576", "--log-level", "warning", "--no-access-log", *v.flags]
+        taskset = ["taskset", "-c", str(fanout.SERVER_CORE)] if fanout.PINNED else []
+        log_path = log_dir / f"{v.name}.log"
+        with open(log_path, "wb") as out:
+            proc = subprocess.Popen(taskset + cmd, cwd=root, env=env, stdout=out, stderr=subprocess.STDOUT)
+        try:
+            fanout.wait_listening(port, proc, log_path)
+            v.port, v.pid = port, proc.pid
+            yield v
+        finally:
+            proc.send_signal(signal.SIGINT)
+            try:
+                proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(timeout=10)
+
+
+SPIES: list[subprocess.Popen[bytes]] = []
+
+
+def measure(v: Variant, args: argparse.Namespace, workload: str, rnd: int) -> Measure:
+    m = Measure(server_pids=tuple(tree(v.pid)), cores=(fanout.SERVER_CORE, fanout.GENERATOR_CORE) if fanout.PINNED else ())
+    if args.py_spy is not None and workload != "idle":
+        out = args.py_spy / f"{workload}-{v.name}-r{rnd}.txt"
+
+        def spy() -> None:
+            args.py_spy.mkdir(parents=True, exist_ok=True)
+            SPIES.append(subprocess.Popen(
+                [str(Path(sys.executable).parent / "py-spy"), "record", "--nonblocking", "-r", "200", "-d",
+                 str(int(args.window)), "--format", "raw", "--pid", str(v.pid), "--output", str(out)],
+                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+
+        m.at_window = spy
+    return m
+
+
+def step_row(v: Variant, workload: str, r: Any, rnd: int) -> dict[str, Any]:
+    msgs = r.sent_messages_per_s
+    us_per_msg = (r.server_cpu_pct or 0) / 100 * 1e6 / msgs if msgs else None
+    row = {"variant": v.name, "workload": workload, "round": rnd, "p50_ms": r.p50_ms, "p99_ms": r.p99_ms,
+           "ack_p50_ms": r.ack_p50_ms, "lost_pct": r.lost_pct, "server_cpu_pct": r.server_cpu_pct, "us_per_msg": us_per_msg,
+           "other_pct": r.other_server_core_pct, "load": os.getloadavg()[0]}
+    log(f"  round {rnd} {workload:7} {v.name:12} p50 {fanout.fmt(r.p50_ms, 2)} p99 {fanout.fmt(r.p99_ms, 2)} ms,"
+        f" lost {r.lost_pct:.2f}%, server CPU {fanout.fmt(r.server_cpu_pct, 1)}% ({fanout.fmt(us_per_msg, 0)} us/msg),"
+        f" other {fanout.fmt(r.other_server_core_pct, 0)}%, load {row['load']:.2f}")
+    return row
+
+
+def w_fanout(v: Variant, args: argparse.Namespace, rnd: int) -> dict[str, Any]:
+    cfg = RoomsConfig(host=HOST, ports=(v.port,), rooms=(f"f{secrets.token_hex(4)}",), message_rate=args.fanout_rate,
+                      clients=50, senders=5, window_s=args.window)
+    return step_row(v, "fanout", asyncio.run(run_rooms_step(cfg, measure(v, args, "fanout", rnd))), rnd)
+
+
+def w_rooms(v: Variant, args: argparse.Namespace, rnd: int) -> dict[str, Any]:
+    cfg = RoomsConfig(host=HOST, ports=(v.port,), rooms=tuple(f"m{secrets.token_hex(3)}-{i}" for i in range(100)),
+                      message_rate=200.0, clients=10, senders=1, window_s=args.window)
+    return step_row(v, "rooms", asyncio.run(run_rooms_step(cfg, measure(v, args, "rooms", rnd))), rnd)
+
+
+async def _idle(v: Variant, n: int, seconds: float, settle: float, py_spy: Path | None) -> dict[str, Any]:
+    loop = asyncio.get_running_loop()
+    rec = Recorder()
+    prefix = f"h{secrets.token_hex(3)}"
+    gate = asyncio.Semaphore(200)
+    failed = 0
+
+    async def one(i: int) -> Client | None:
+        nonlocal failed
+        async with gate:
+            path = anonymous_path(f"{prefix}-{i}", "a")
+            try:
+                _, c = await loop.create_connection(lambda: Client(rec, HOST, v.port, path), HOST, v.port)
+                await asyncio.wait_for(c.welcome, 60)
+                return c
+            except Exception:
+                failed += 1
+                return None
+
+    t0 = time.perf_counter()
+    clients = await asyncio.gather(*(one(i) for i in range(n)))
+    open_s = time.perf_counter() - t0
+    await asyncio.sleep(settle)  # hibernate after 3 s without items, the sleep snapshots, the billing flush
+    spy = None
+    if py_spy is not None:
+        py_spy.mkdir(parents=True, exist_ok=True)
+        spy = subprocess.Popen([str(Path(sys.executable).parent / "py-spy"), "record", "--pid", str(v.pid), "--idle",
+                                "--rate", "100", "--duration", str(int(seconds)), "--format", "raw",
+                                "--output", str(py_spy / f"idle-{v.name}.txt")],
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    cpu0, w0 = tree_cpu(v.pid), time.perf_counter()
+    per_10s = []
+    last = cpu0
+    while time.perf_counter() - w0 < seconds:
+        await asyncio.sleep(min(10.0, seconds - (time.perf_counter() - w0)))
+        now = tree_cpu(v.pid)
+        per_10s.append(round((now - last) * 1000))
+        last = now
+    wall = time.perf_counter() - w0
+    idle_pct = (last - cpu0) / wall * 100
+    if spy is not None:
+        spy.wait(timeout=seconds + 30)
+    for c in clients:
+        if c is not None and c.transport is not None:
+            c.transport.close()
+    await asyncio.sleep(3.0)
+    return {"held": n - failed, "open_s": open_s, "idle_cpu_pct": idle_pct, "cpu_ms_per_10s": per_10s}
+
+
+def w_idle(v: Variant, args: argparse.Namespace, rnd: int) -> dict[str, Any]:
+    d = asyncio.run(_idle(v, args.idle_rooms, args.idle_seconds, args.idle_settle, args.py_spy))
+    row = {"variant": v.name, "workload": "idle", "round": rnd, **d, "load": os.getloadavg()[0]}
+    log(f"  round {rnd} idle    {v.name:12} {d['held']:,} rooms held (opened in {d['open_s']:.0f} s): idle CPU"
+        f" {d['idle_cpu_pct']:.3f}% of a core over {args.idle_seconds:.0f} s; CPU ms per 10 s {d['cpu_ms_per_10s']};"
+        f" load {row['load']:.2f}")
+    return row
+
+
+WORKLOADS = {"fanout": w_fanout, "rooms": w_rooms, "idle": w_idle}
+
+
+def summary(variants: list[Variant]) -> str:
+    lines = ["| workload | variant | runs | p50 ms (median) | p99 ms (median) | p99 ms (each run) | server CPU us/msg (median) | other load % (each run) |",
+             "|---|---|---|---|---|---|---|---|"]
+    idle = ["| variant | runs | idle CPU % of a core (each run) | CPU ms per 10 s |", "|---|---|---|---|"]
+    for w in ("fanout", "rooms"):
+        for v in variants:
+            rows = [r for r in v.rows if r["workload"] == w]
+            if not rows:
+                continue
+            med = lambda k: statistics.median([r[k] for r in rows if r[k] is not None])  # noqa: E731
+            lines.append(f"| {w} | {v.name} | {len(rows)} | {med('p50_ms'):.2f} | {med('p99_ms'):.2f}"
+                         f" | {', '.join(fanout.fmt(r['p99_ms'], 1) for r in rows)} | {med('us_per_msg'):.0f}"
+                         f" | {', '.join(fanout.fmt(r['other_pct'], 0) for r in rows)} |")
+    for v in variants:
+        rows = [r for r in v.rows if r["workload"] == "idle"]
+        if rows:
+            idle.append(f"| {v.name} | {len(rows)} | {', '.join(format(r['idle_cpu_pct'], '.3f') for r in rows)}"
+                        f" | {'; '.join(str(r['cpu_ms_per_10s']) for r in rows)} |")
+    out = "\n".join(lines)
+    if len(idle) > 2:
+        out += "\n\n" + "\n".join(idle)
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--variant", action="append", default=[], help="NAME='daphne|uvicorn [K=V ...] [--flag v] [@REV]'")
+    p.add_argument("--workloads", default="fanout,rooms")
+    p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--window", type=float, default=5.0)
+    p.add_argument("--fanout-rate", type=float, default=200.0, help="draws/s in the one room (default: 200 = 9,800 deliveries/s)")
+    p.add_argument("--idle-rooms", type=int, default=10_000)
+    p.add_argument("--idle-seconds", type=float, default=60.0)
+    p.add_argument("--idle-settle", type=float, default=8.0,
+                   help="seconds between the last room opened and the idle window (default: %(default)s; past 60 the"
+                   " billing flush of the rooms' last minute is out of the window)")
+    p.add_argument("--py-spy", type=Path, help="record each idle window with py-spy (raw collapsed stacks) into DIR")
+    p.add_argument("--json", type=Path)
+    args = p.parse_args(argv)
+    variants = [parse_variant(s) for s in (args.variant or ["default=daphne"])]
+    workloads = [w for w in args.workloads.split(",") if w]
+    nofile = raise_nofile()
+    _, pinning = fanout.pin_generator()
+    log(f"latency: {pinning}; open files {nofile}; load average {os.getloadavg()}; {time.strftime('%Y-%m-%d %H:%M:%S UTC', time.gmtime())}")
+    extra = {"DORM_HIBERNATE_AFTER_SECONDS": "3"} if "idle" in workloads else {}
+    started = time.time()
+    with tempfile.TemporaryDirectory(prefix="dorm-latency-") as tmp, ExitStack() as stack:
+        for v in variants:
+            stack.enter_context(start(v, Path(tmp), Path(tmp), extra))
+            log(f"{v.name}: {v.server} {v.env} {v.flags} rev {v.rev or 'worktree'}, port {v.port}, pid {v.pid}")
+        for rnd in range(1, args.rounds + 1):
+            order = variants if rnd % 2 else list(reversed(variants))
+            for w in workloads:
+                for v in order:
+                    try:
+                        v.rows.append(WORKLOADS[w](v, args, rnd))
+                    except Exception as exc:  # noqa: BLE001
+                        log(f"  round {rnd} {w} {v.name}: failed: {exc!r}")
+    for spy in SPIES:
+        spy.wait(timeout=60)
+    print(summary(variants))
+    print(f"\n{time.strftime('%Y-%m-%d %H:%M', time.gmtime(started))}-{time.strftime('%H:%M UTC', time.gmtime())};"
+          f" load average {os.getloadavg()[0]:.2f} at the end; revision {fanout.git_revision()}")
+    if args.json is not None:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps({"argv": sys.argv, "started": started, "rows": [r for v in variants for r in v.rows]}, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
