@@ -77,6 +77,30 @@ async def _open(cfg: RoomsConfig, rec: Recorder, room: str, user: str, port: int
     return client
 
 
+async def open_welcomed(
+    rec: Recorder, host: str, port: int, paths: list[str], *, concurrency: int = 200, timeout: float = 60
+) -> list[Client | None]:
+    """Open one client per path, at most ``concurrency`` handshakes at once,
+    each waited until its welcome; None where that failed (counted by the
+    caller: the idle and hibernation workloads report how many were held)."""
+    loop = asyncio.get_running_loop()
+    gate = asyncio.Semaphore(concurrency)
+
+    async def one(path: str) -> Client | None:
+        async with gate:
+            client: Client | None = None
+            try:
+                _, client = await loop.create_connection(lambda: Client(rec, host, port, path), host, port)
+                await asyncio.wait_for(client.welcome, timeout)
+                return client
+            except Exception:
+                if client is not None and client.transport is not None:
+                    client.transport.close()
+                return None
+
+    return list(await asyncio.gather(*(one(p) for p in paths)))
+
+
 def _cpu(pids: tuple[int, ...]) -> float:
     return sum(cpu_seconds(p) or 0.0 for p in pids)
 

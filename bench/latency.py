@@ -50,8 +50,8 @@ from pathlib import Path
 from typing import Any
 
 import fanout
-from _loadgen import Client, Recorder
-from _rooms import Measure, RoomsConfig, anonymous_path, run_rooms_step
+from _loadgen import Recorder
+from _rooms import Measure, RoomsConfig, anonymous_path, open_welcomed, run_rooms_step
 from cluster import source_tree
 from suite import raise_nofile, tree, tree_cpu
 
@@ -168,26 +168,11 @@ def w_rooms(v: Variant, args: argparse.Namespace, rnd: int) -> dict[str, Any]:
 
 
 async def _idle(v: Variant, n: int, seconds: float, settle: float, py_spy: Path | None) -> dict[str, Any]:
-    loop = asyncio.get_running_loop()
     rec = Recorder()
     prefix = f"h{secrets.token_hex(3)}"
-    gate = asyncio.Semaphore(200)
-    failed = 0
-
-    async def one(i: int) -> Client | None:
-        nonlocal failed
-        async with gate:
-            path = anonymous_path(f"{prefix}-{i}", "a")
-            try:
-                _, c = await loop.create_connection(lambda: Client(rec, HOST, v.port, path), HOST, v.port)
-                await asyncio.wait_for(c.welcome, 60)
-                return c
-            except Exception:
-                failed += 1
-                return None
-
     t0 = time.perf_counter()
-    clients = await asyncio.gather(*(one(i) for i in range(n)))
+    clients = await open_welcomed(rec, HOST, v.port, [anonymous_path(f"{prefix}-{i}", "a") for i in range(n)])
+    failed = clients.count(None)
     open_s = time.perf_counter() - t0
     await asyncio.sleep(settle)  # hibernate after 3 s without items, the sleep snapshots, the billing flush
     spy = None

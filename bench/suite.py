@@ -59,7 +59,7 @@ from typing import Any
 
 import fanout
 from _loadgen import Client, Recorder, cpu_seconds
-from _rooms import Measure, RoomsConfig, anonymous_path, run_rooms_step
+from _rooms import Measure, RoomsConfig, anonymous_path, open_welcomed, run_rooms_step
 
 REPO = fanout.REPO
 HOST = fanout.HOST
@@ -424,30 +424,15 @@ def w_connect(args: argparse.Namespace, server: Server) -> list[Result]:
 
 
 async def _idle(server: Server, n: int) -> tuple[float, int, int]:
-    loop = asyncio.get_running_loop()
     rec = Recorder()
     rooms = [f"i{secrets.token_hex(3)}-{i}" for i in range(max(1, n // 100))]
-    gate = asyncio.Semaphore(200)
-    clients: list[Client] = []
-    failed = 0
     pids = tree(server.pid)
     before = rss_kib(pids)
-
-    async def one(i: int) -> None:
-        nonlocal failed
-        async with gate:
-            path = anonymous_path(rooms[i % len(rooms)], f"u{i}")
-            try:
-                _, c = await loop.create_connection(lambda: Client(rec, HOST, server.port, path), HOST, server.port)
-                clients.append(c)
-                await asyncio.wait_for(c.welcome, 60)
-            except Exception:
-                failed += 1
-
-    await asyncio.gather(*(one(i) for i in range(n)))
+    opened = await open_welcomed(rec, HOST, server.port, [anonymous_path(rooms[i % len(rooms)], f"u{i}") for i in range(n)])
+    clients = [c for c in opened if c is not None]
     await asyncio.sleep(3.0)  # join announcements, settle
     after = rss_kib(tree(server.pid))
-    held = n - failed
+    held = len(clients)
     for c in clients:
         if c.transport is not None:
             c.transport.close()
@@ -463,29 +448,13 @@ def w_idle(args: argparse.Namespace, server: Server) -> list[Result]:
 
 
 async def _hibernation(server: Server, rooms_n: int, wakes: int) -> dict[str, Any]:
-    loop = asyncio.get_running_loop()
     rec = Recorder()
     rec.first_measured = 0
     prefix = f"h{secrets.token_hex(3)}"
-    gate = asyncio.Semaphore(200)
-    clients: dict[int, Client] = {}
-    failed = 0
-
-    async def one(i: int, user: str) -> Client | None:
-        nonlocal failed
-        async with gate:
-            path = anonymous_path(f"{prefix}-{i}", user)
-            try:
-                _, c = await loop.create_connection(lambda: Client(rec, HOST, server.port, path), HOST, server.port)
-                await asyncio.wait_for(c.welcome, 60)
-                return c
-            except Exception:
-                failed += 1
-                return None
-
     t0 = time.perf_counter()
-    opened = await asyncio.gather(*(one(i, "a") for i in range(rooms_n)))
-    receivers = await asyncio.gather(*(one(i, "b") for i in range(wakes)))
+    opened = await open_welcomed(rec, HOST, server.port, [anonymous_path(f"{prefix}-{i}", "a") for i in range(rooms_n)])
+    receivers = await open_welcomed(rec, HOST, server.port, [anonymous_path(f"{prefix}-{i}", "b") for i in range(wakes)])
+    failed = opened.count(None) + receivers.count(None)
     open_s = time.perf_counter() - t0
     await asyncio.sleep(3.0 + 4.0)  # hibernate after 3 s of no items, plus the snapshots
     cpu0, w0 = tree_cpu(server.pid), time.perf_counter()

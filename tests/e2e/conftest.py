@@ -37,8 +37,9 @@ def pytest_configure(config: pytest.Config) -> None:
     )
 
 
-def _start(flavor: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[DormServer]:
-    server = start_server(flavor, tmp_path_factory.mktemp(f"dorm-{flavor}"))
+def tracked(server: DormServer) -> Iterator[DormServer]:
+    """Yield a started server under the per-test log check, stop it after
+    (the body of a module- or session-scoped server fixture)."""
     STARTED.append(server)
     try:
         yield server
@@ -46,6 +47,10 @@ def _start(flavor: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Do
         server.stop()
         if server in STARTED:
             STARTED.remove(server)
+
+
+def _start(flavor: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[DormServer]:
+    yield from tracked(start_server(flavor, tmp_path_factory.mktemp(f"dorm-{flavor}")))
 
 
 @pytest.fixture(scope="session")

@@ -21,13 +21,12 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import pytest
 
-from tests.e2e.client import Connect, WsClient, of_type, room_name
-from tests.e2e.conftest import STARTED
+from tests.e2e.client import Connect, of_type, room_name
+from tests.e2e.conftest import STARTED, tracked
 from tests.e2e.server import DormServer, start_server
 from tests.e2e.services import REDIS_TEST_URL, check_redis, fresh_postgres_database
 from tests.e2e.tcp_proxy import TcpProxy
@@ -216,16 +215,14 @@ def check(out: Outcome, numbers: dict[str, float], error_within: float, p99_max:
 
 @pytest.fixture(scope="module")
 def sqlite_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DormServer]:
-    server = start_server(
-        "daphne", tmp_path_factory.mktemp("db-outage"), extra_env={"DORM_DB_TIMEOUT_SECONDS": str(DB_TIMEOUT)}, name="daphne-outage"
+    yield from tracked(
+        start_server(
+            "daphne",
+            tmp_path_factory.mktemp("db-outage"),
+            extra_env={"DORM_DB_TIMEOUT_SECONDS": str(DB_TIMEOUT)},
+            name="daphne-outage",
+        )
     )
-    STARTED.append(server)
-    try:
-        yield server
-    finally:
-        server.stop()
-        if server in STARTED:
-            STARTED.remove(server)
 
 
 class SqliteLock:
