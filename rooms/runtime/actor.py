@@ -40,6 +40,7 @@ from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 import orjson
+from redis.exceptions import ConnectionError as RedisConnectionError, TimeoutError as RedisTimeoutError
 from django.utils import timezone
 
 from presence.backends.base import DEFAULT_STATUS
@@ -475,8 +476,8 @@ class RoomActor:
 
     async def _refuse_queued(self, exc: BaseException | None) -> None:
         not_found = isinstance(exc, RoomNotFound)
-        if exc is not None and is_unavailable(exc):
-            log.warning("actor start failed room=%s error=%s (storage unavailable)", self.slug, type(exc).__name__)
+        if exc is not None and _unreachable(exc):
+            log.warning("actor start failed room=%s error=%s (service unreachable)", self.slug, type(exc).__name__)
         elif exc is not None and not not_found:
             log.error("actor start failed room=%s error=%s", self.slug, type(exc).__name__, exc_info=exc)
         items, self._items = list(self._items), deque()
@@ -521,7 +522,7 @@ class RoomActor:
             except Exception as exc:
                 if self._broken:
                     raise
-                if is_unavailable(exc):
+                if _unreachable(exc):
                     log.warning("item failed room=%s item=%s error=%s", self.slug, type(item).__name__, type(exc).__name__)
                 else:
                     log.exception("item failed room=%s item=%s", self.slug, type(item).__name__)
@@ -862,10 +863,13 @@ class RoomActor:
                 await self._handle_degraded(item)
             else:
                 await self._on_frame(item)  # type: ignore[arg-type]
-        except Exception:
+        except Exception as exc:
             if self._broken:
                 raise
-            log.exception("item failed room=%s item=%s", self.slug, type(item).__name__)
+            if _unreachable(exc):
+                log.warning("item failed room=%s item=%s error=%s", self.slug, type(item).__name__, type(exc).__name__)
+            else:
+                log.exception("item failed room=%s item=%s", self.slug, type(item).__name__)
             if type(item) is Frame:
                 await item.peer.error(ErrorReason.INTERNAL, item.client_id)  # type: ignore[union-attr]
 
@@ -1151,6 +1155,16 @@ class RoomActor:
 def _frame_of(row: LogRow) -> str:
     seq, type_, user_id, _client_id, payload, ts = row
     return event_frame(type_, seq, user_id, payload, ts)
+
+
+# Redis (leases, presence, the room bus) or a peer that cannot be reached:
+# an outage the runtime rides out (clients are refused or reset and retry),
+# logged as a WARNING without a traceback, like an unreachable database.
+_NETWORK_ERRORS = (ConnectionError, TimeoutError, RedisConnectionError, RedisTimeoutError)
+
+
+def _unreachable(exc: BaseException) -> bool:
+    return is_unavailable(exc) or isinstance(exc, _NETWORK_ERRORS)
 
 
 def _resolve(waiter: asyncio.Future[None]) -> None:

@@ -249,3 +249,23 @@ async def test_a_failed_access_lookup_closes_with_1013_not_1011(connect: Any, mo
     monkeypatch.setattr(consumer, "db_load_access", unreachable)
     client = await connect("no-db", userId="a", expect_welcome=False)
     assert await client.closed_with() == (1013, "storage unavailable, retry later")
+
+
+async def test_a_room_that_cannot_reach_redis_at_wake_refuses_with_1013_and_logs_a_warning(
+    runtime: Any, connect: Any, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A Redis restart while rooms wake (seen by the fault campaign): the
+    joiners are told to retry (1013), and the log says WARNING, not ERROR
+    with a traceback, as for an unreachable database."""
+    from redis.exceptions import ConnectionError as RedisConnectionError
+
+    async def unreachable(room: str) -> Any:
+        raise RedisConnectionError("Connection closed by server.")
+
+    caplog.set_level("INFO", logger="dorm.rooms")
+    monkeypatch.setattr(runtime.presence, "members", unreachable)
+    client = await connect("no-redis", userId="a", expect_welcome=False)
+    code, _reason = await client.closed_with()
+    assert code == 1013
+    assert any("actor start failed room=no-redis" in r.getMessage() and r.levelname == "WARNING" for r in caplog.records)
+    assert not [r for r in caplog.records if r.levelname == "ERROR"]
