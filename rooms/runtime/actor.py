@@ -267,7 +267,7 @@ class RoomActor:
 
     def submit(self, item: Item) -> None:
         self._items.append(item)
-        if self._in_db and self._side is None:
+        if self._in_db and self._side is None and self._may_go_ahead(item):
             self._start_side()  # serve it while the database works
         waiter = self._waiter
         if waiter is not None and not waiter.done():
@@ -821,6 +821,22 @@ class RoomActor:
 
     # -- pipelining: serve independent items while the database works ---------------
 
+    def _may_go_ahead(self, item: Item) -> bool:
+        """A cheap first look: could ``item`` be independent (see below)?
+
+        Only such an item starts the side task: under a stream of durable
+        frames every commit finds hundreds queued, and a side task would take
+        each of them out of the inbox and put it back for nothing."""
+        if self.degraded:
+            return True
+        if type(item) is not Frame:
+            return False
+        type_ = item.type
+        if type_[0] == "$":
+            return True
+        mtype = self.kind.message_type(type_)
+        return mtype is None or not (mtype.durable or _overrides(self.kind, "on_message"))
+
     def _independent(self, item: Item, blocked: set[str]) -> bool:
         """May ``item`` be handled before the database work in flight is done?
 
@@ -887,7 +903,7 @@ class RoomActor:
         if not self._pipelining:
             return await aw
         self._in_db = True
-        if self._items or self._pending:
+        if any(map(self._may_go_ahead, self._items)) or any(map(self._may_go_ahead, self._pending)):
             self._start_side()
         try:
             result = await aw
