@@ -5,6 +5,20 @@ Runs under daphne (the default) and uvicorn alike.
 
 import os
 
+if os.environ.get("DORM_TRACEMALLOC"):
+    # Memory debugging (bench/idle_memory.py): trace allocations from here on,
+    # SIGUSR1 writes a snapshot to $DORM_TRACEMALLOC/<n>.snap.
+    import signal
+    import tracemalloc
+
+    tracemalloc.start(int(os.environ.get("DORM_TRACEMALLOC_FRAMES", "8")))
+    _snaps = iter(range(1_000_000))
+
+    def _dump(signum: int, frame: object) -> None:
+        tracemalloc.take_snapshot().dump(os.path.join(os.environ["DORM_TRACEMALLOC"], f"{next(_snaps)}.snap"))
+
+    signal.signal(signal.SIGUSR1, _dump)
+
 from django.core.asgi import get_asgi_application
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings")

@@ -88,8 +88,11 @@ class Connection:
         self._outbound = outbound_meter(send)
         self.lagging = False
         self.overflowed = False
-        self._pending: deque[tuple[int | None, dict[str, Any]]] = deque()
-        self._invalid_at: deque[float] = deque()
+        # Events held until the welcome, and times of recent invalid frames:
+        # made on first use and dropped when empty (an idle socket holds
+        # neither; two deques were ~1.5 KiB of every connection).
+        self._pending: deque[tuple[int | None, dict[str, Any]]] | None = None
+        self._invalid_at: deque[float] | None = None
         # Set when the room refused the join (no leave is owed to the actor).
         self.refused = False
         # Set when the server closed the socket (the ledger records why).
@@ -113,13 +116,17 @@ class Connection:
 
     def buffer(self, seq: int | None, message: dict[str, Any]) -> None:
         """Hold an event that arrived before the welcome (bounded)."""
-        if len(self._pending) >= dorm_settings.PENDING_MAX_FRAMES:
+        pending = self._pending
+        if pending is None:
+            pending = self._pending = deque()
+        elif len(pending) >= dorm_settings.PENDING_MAX_FRAMES:
             self.overflowed = True  # the backpressure watch closes it
             return
-        self._pending.append((seq, message))
+        pending.append((seq, message))
 
     def pending_count(self) -> int:
-        return len(self._pending)
+        pending = self._pending
+        return 0 if pending is None else len(pending)
 
     def outbound_bytes(self) -> int:
         outbound = self._outbound
@@ -145,6 +152,7 @@ class Connection:
                 event_seq, message = pending.popleft()
                 if event_seq is None or event_seq > seq:
                     await send(message)
+            self._pending = None
         except Exception:
             self.lost()
             return
@@ -156,6 +164,8 @@ class Connection:
         """A binary frame (binary kinds); held like events until the welcome."""
         message = {"type": "websocket.send", "bytes": data}
         if self.state is ConnectionState.PENDING:
+            if self._pending is None:
+                self._pending = deque()
             self._pending.append((None, message))
         elif self.state is ConnectionState.OPEN:
             try:
@@ -179,7 +189,7 @@ class Connection:
     def lost(self) -> None:
         """The socket went away under a send; its disconnect event follows."""
         self.state = ConnectionState.CLOSED
-        self._pending.clear()
+        self._pending = None
 
     async def error(
         self, reason: str, client_id: str | None = None, detail: str | None = None, code: str | None = None
@@ -191,6 +201,8 @@ class Connection:
         if reason in ABUSE_REASONS and code is None:
             now = time.monotonic()
             marks = self._invalid_at
+            if marks is None:
+                marks = self._invalid_at = deque()
             marks.append(now)
             window = dorm_settings.ABUSE_WINDOW_SECONDS
             while marks and now - marks[0] > window:
@@ -205,7 +217,7 @@ class Connection:
         self.state = ConnectionState.CLOSED
         self.close_code = int(code)
         self.close_reason = reason
-        self._pending.clear()
+        self._pending = None
         log.info("close room=%s user=%s conn=%s code=%d reason=%s", self.room, self.user_id, self.id, code, reason)
         try:
             if not self.binary:
