@@ -522,12 +522,7 @@ class RoomActor:
             except Exception as exc:
                 if self._broken:
                     raise
-                if _unreachable(exc):
-                    log.warning("item failed room=%s item=%s error=%s", self.slug, type(item).__name__, type(exc).__name__)
-                else:
-                    log.exception("item failed room=%s item=%s", self.slug, type(item).__name__)
-                if type(item) is Frame:
-                    await item.peer.error(ErrorReason.INTERNAL, item.client_id)
+                await self._item_failed(item, exc)
         await self._flush()
         if self._staged or self.storage.has_writes() or self.alarms.has_writes():
             # Written by on_message hooks after the commit: commit them now,
@@ -882,12 +877,16 @@ class RoomActor:
         except Exception as exc:
             if self._broken:
                 raise
-            if _unreachable(exc):
-                log.warning("item failed room=%s item=%s error=%s", self.slug, type(item).__name__, type(exc).__name__)
-            else:
-                log.exception("item failed room=%s item=%s", self.slug, type(item).__name__)
-            if type(item) is Frame:
-                await item.peer.error(ErrorReason.INTERNAL, item.client_id)  # type: ignore[union-attr]
+            await self._item_failed(item, exc)
+
+    async def _item_failed(self, item: Item, exc: Exception) -> None:
+        """One item failed; the room goes on. A frame's sender gets `internal`."""
+        if _unreachable(exc):
+            log.warning("item failed room=%s item=%s error=%s", self.slug, type(item).__name__, type(exc).__name__)
+        else:
+            log.exception("item failed room=%s item=%s", self.slug, type(item).__name__, exc_info=exc)
+        if type(item) is Frame:
+            await item.peer.error(ErrorReason.INTERNAL, item.client_id)
 
     async def _serve_while(self, aw: Any) -> Any:
         """Await ``aw`` (database work) while handling the independent items queued.
