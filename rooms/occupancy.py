@@ -134,4 +134,7 @@ class RedisOccupancy:
             self._renewer.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._renewer
-        await self._redis.aclose()
+        # Bounded: closing must not hang a shutdown on a Redis that stopped
+        # answering (the sockets have 0.5 s timeouts; the pool's lock not).
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._redis.aclose(), 2.0)

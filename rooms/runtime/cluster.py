@@ -255,10 +255,12 @@ class RoomBus:
             self._outbox.clear()
             if batch:
                 try:
-                    pipe = self.client.pipeline(transaction=False)
-                    for channel, data in batch:
-                        pipe.publish(channel, data)
-                    await pipe.execute()
+                    # `async with`: a pipeline left unreset by a failed
+                    # execute logs "Unclosed Pipeline client" when collected.
+                    async with self.client.pipeline(transaction=False) as pipe:
+                        for channel, data in batch:
+                            pipe.publish(channel, data)
+                        await pipe.execute()
                 except Exception as exc:
                     rooms = {channel[len(BUS_PREFIX) :] for channel, _ in batch}
                     log.warning("bus publish failed rooms=%d messages=%d error=%s", len(rooms), len(batch), type(exc).__name__)
@@ -476,13 +478,13 @@ class Cluster:
             self._renewed_at = time.monotonic()
             return
         try:
-            pipe = self.redis.pipeline(transaction=False)
-            for room in rooms:
-                # The async Script call is a coroutine even on a pipeline (it
-                # queues the EVALSHA there): without the await nothing is
-                # queued, and every lease would expire one TTL after its claim.
-                await self._renew(keys=[lease_key(room)], args=[self.me, self.ttl_ms], client=pipe)
-            results = await pipe.execute()
+            async with self.redis.pipeline(transaction=False) as pipe:  # reset even when execute fails
+                for room in rooms:
+                    # The async Script call is a coroutine even on a pipeline (it
+                    # queues the EVALSHA there): without the await nothing is
+                    # queued, and every lease would expire one TTL after its claim.
+                    await self._renew(keys=[lease_key(room)], args=[self.me, self.ttl_ms], client=pipe)
+                results = await pipe.execute()
         except Exception as exc:
             # Another process may take the rooms once the TTL runs out: stop
             # their actors before that, whatever Redis says later.

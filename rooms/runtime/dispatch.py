@@ -257,8 +257,9 @@ class EmbeddedScheduler:
                 failures += 1
                 if failures in (1, 10) or failures % 100 == 0:
                     log.warning("alarm dispatch failed failures=%d error=%s", failures, type(exc).__name__)
+            wait = await self._wait_seconds()  # before the wait() coroutine exists: a cancel here leaks none
             try:
-                await asyncio.wait_for(self._nudge.wait(), await self._wait_seconds())
+                await asyncio.wait_for(self._nudge.wait(), wait)
             except TimeoutError:
                 pass
 
