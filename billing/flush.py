@@ -54,22 +54,23 @@ def _usage_sql() -> str:
     )
 
 
-def _latency_sql() -> str:
-    qn = connection.ops.quote_name
-    table = qn(LatencyBucket._meta.db_table)
+def _add_count_sql(model: type, key_columns: tuple[str, ...]) -> str:
+    """Upsert one row of ``model``: a new key inserts, an existing one adds its count."""
+    table = connection.ops.quote_name(model._meta.db_table)
+    keys = ", ".join(key_columns)
+    values = ", ".join(["%s"] * (len(key_columns) + 1))
     return (
-        f"INSERT INTO {table} (room_id, minute, metric, bucket, count) VALUES (%s, %s, %s, %s, %s) "
-        f"ON CONFLICT (room_id, minute, metric, bucket) DO UPDATE SET count = {table}.count + excluded.count"
+        f"INSERT INTO {table} ({keys}, count) VALUES ({values}) "
+        f"ON CONFLICT ({keys}) DO UPDATE SET count = {table}.count + excluded.count"
     )
+
+
+def _latency_sql() -> str:
+    return _add_count_sql(LatencyBucket, ("room_id", "minute", "metric", "bucket"))
 
 
 def _ops_sql() -> str:
-    qn = connection.ops.quote_name
-    table = qn(OpsCount._meta.db_table)
-    return (
-        f"INSERT INTO {table} (minute, what, code, count) VALUES (%s, %s, %s, %s) "
-        f"ON CONFLICT (minute, what, code) DO UPDATE SET count = {table}.count + excluded.count"
-    )
+    return _add_count_sql(OpsCount, ("minute", "what", "code"))
 
 
 def apportion_cpu(taken: list[tuple[str, Counters]], cpu_us: int) -> None:

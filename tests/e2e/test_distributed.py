@@ -156,6 +156,16 @@ class ResilientClient:
             await self.ws.close()
 
 
+async def _connect_clients(servers: list[DormServer], room: str, n: int) -> list[ResilientClient]:
+    """``n`` clients u0..u{n-1} of ``room``, alternating between the first two servers."""
+    clients = []
+    for i in range(n):
+        rc = ResilientClient(servers, room, f"u{i}", prefer=i % 2)
+        await rc.connect()
+        clients.append(rc)
+    return clients
+
+
 async def _drive(
     clients: list[ResilientClient],
     senders: list[ResilientClient],
@@ -219,11 +229,7 @@ def _check_against_log(log: list[tuple[int, str, str, str, Any]], clients: list[
 
 async def test_one_room_over_two_processes_one_gapless_order(cluster: Cluster) -> None:
     room = room_name("dist")
-    clients = []
-    for i in range(10):
-        c = ResilientClient(cluster.servers, room, f"u{i}", prefer=i % 2)
-        await c.connect()
-        clients.append(c)
+    clients = await _connect_clients(cluster.servers, room, 10)
     senders = clients[:5]
     await _drive(clients, senders, 30)
     log = cluster.log(room)
@@ -260,11 +266,7 @@ async def test_owner_killed_mid_stream_nothing_acknowledged_is_lost(database_url
     c = _start_cluster(tmp_path, database_url, REDIS_TEST_URL)
     try:
         room = room_name("kill")
-        clients = []
-        for i in range(8):
-            rc = ResilientClient(c.servers, room, f"u{i}", prefer=i % 2)
-            await rc.connect()
-            clients.append(rc)
+        clients = await _connect_clients(c.servers, room, 8)
         owner = c.owner_index(room)
         senders = clients[:5]
 
@@ -290,11 +292,7 @@ async def test_redis_restart_mid_stream(database_url: str, tmp_path: Path) -> No
     c = _start_cluster(tmp_path, database_url, private.url)
     try:
         room = room_name("redis")
-        clients = []
-        for i in range(6):
-            rc = ResilientClient(c.servers, room, f"u{i}", prefer=i % 2)
-            await rc.connect()
-            clients.append(rc)
+        clients = await _connect_clients(c.servers, room, 6)
         senders = clients[:3]
 
         async def restart_redis() -> None:
@@ -417,11 +415,7 @@ async def test_rolling_restart_under_traffic_loses_nothing(database_url: str, tm
     env = dict(c.servers[0].extra_env)
     try:
         room = room_name("deploy")
-        clients = []
-        for i in range(6):
-            rc = ResilientClient(c.servers, room, f"u{i}", prefer=i % 2)
-            await rc.connect()
-            clients.append(rc)
+        clients = await _connect_clients(c.servers, room, 6)
         senders = clients[:3]
         rolled: list[asyncio.Task[None]] = []
 
