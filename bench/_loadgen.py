@@ -382,8 +382,10 @@ async def run_step(
     return summarise(cfg, rec, last_measured, wall, arrived, gen_cpu, srv_cpu, (other_srv, other_gen), drained)
 
 
-async def _drain(rec: Recorder, cfg: StepConfig, last_measured: int) -> float:
-    """Wait until every measured delivery and ack is in, 2 s without progress, or drain_s."""
+async def _drain(rec: Recorder, cfg: Any, last_measured: int) -> float:
+    """Wait until every measured delivery and ack is in, 2 s without progress, or drain_s.
+
+    ``cfg``: anything with ``fanout`` and ``drain_s`` (a StepConfig, _rooms' RoomsConfig)."""
     start = time.perf_counter()
     messages = last_measured - rec.first_measured
     expected = messages * cfg.fanout + messages

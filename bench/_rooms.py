@@ -22,6 +22,7 @@ from _loadgen import (
     Recorder,
     StepResult,
     _busy_pct,
+    _drain,
     _send,
     core_times,
     cpu_seconds,
@@ -162,20 +163,3 @@ async def run_rooms_step(cfg: RoomsConfig, measure: Measure) -> StepResult:
     measure.extra["infra_cpu_pct"] = infra_cpu
     # One summary for every workload (the generator's core is shared here).
     return summarise(cfg, rec, last_measured, wall, arrived, gen_cpu, srv_cpu, (other, None), drained)
-
-
-async def _drain(rec: Recorder, cfg: RoomsConfig, last_measured: int) -> float:
-    start = time.perf_counter()
-    messages = last_measured - rec.first_measured
-    expected = messages * cfg.fanout + messages
-    seen, progress_at = -1, start
-    while (now := time.perf_counter()) - start < cfg.drain_s:
-        got = len(rec.latencies_ms) + rec.acks
-        if got >= expected:
-            break
-        if got != seen:
-            seen, progress_at = got, now
-        elif now - progress_at > 2.0:
-            break
-        await asyncio.sleep(0.05)
-    return time.perf_counter() - start
