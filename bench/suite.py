@@ -343,7 +343,8 @@ async def _durable(server: Server, seconds: float, senders: int, window: int) ->
 
 
 def w_durable(args: argparse.Namespace, server: Server) -> list[Result]:
-    rate, cpu = asyncio.run(_durable(server, args.window, 2, 500))
+    with py_spy(args, server, "durable"):
+        rate, cpu = asyncio.run(_durable(server, args.window, 2, 500))
     db = "PostgreSQL" if server.name == "dorm-pg" else "SQLite (synchronous=FULL)"
     log(f"  {server.name} durable: {rate:,.0f} acked events/s, server CPU {cpu:.0f}%")
     return [Result(server.name, "durable", f"durable events/s into one room, acks received ({db})", rate, "/s",
@@ -550,7 +551,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--hibernated-rooms", type=int, default=10000, help="for 'hibernation' (default: %(default)s)")
     p.add_argument("--json", type=Path)
     p.add_argument("--server-log-dir", type=Path)
-    p.add_argument("--py-spy", type=Path, metavar="DIR", help="profile the server over 'connect' (py-spy raw stacks)")
+    p.add_argument("--py-spy", type=Path, metavar="DIR", help="profile the server over 'connect' and 'durable' (py-spy raw stacks)")
     p.add_argument("--py-spy-flags", default="", help="more py-spy record flags, e.g. '--idle --threads'")
     args = p.parse_args(argv)
     args.servers = [s for s in args.servers.split(",") if s]

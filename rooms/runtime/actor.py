@@ -94,6 +94,16 @@ RECOVERY_BACKOFF_MAX_SECONDS = 1.0
 STORAGE_UNAVAILABLE = "storage unavailable, retry later"
 
 
+# A snapshot costs its whole state (serialized on the event loop, written with
+# an fsync) and the log since the last one grows by one event at a time. Up
+# to this size a room snapshots every SNAPSHOT_EVERY_EVENTS events; a bigger
+# state (a whiteboard with thousands of strokes) also waits until the log
+# since its last snapshot is as large as that snapshot, so snapshots cost at
+# most about what the log costs instead of growing with the state on every
+# SNAPSHOT_EVERY_EVENTS events (docs/runtime.md, "Snapshots").
+SNAPSHOT_ALWAYS_BYTES = 64 * 1024
+
+
 class StorageUnavailable(RuntimeError):
     """The room cannot reach its database right now (a Call refused while degraded)."""
 
@@ -233,6 +243,8 @@ class RoomActor:
         self._dedup_expiry: deque[tuple[float, tuple[str, str]]] = deque()
         self._recent: deque[tuple[int, str]] = deque(maxlen=dorm_settings.RECENT_FRAMES_KEPT)
         self._since_snapshot = 0
+        self._since_snapshot_bytes = 0  # payload bytes of the log after the latest snapshot
+        self._snapshot_bytes = 0  # size of the latest snapshot
         self.storage = RoomStorage(0)
         self.alarms = AlarmBook()
         self.alarm_retry_count = 0
@@ -420,6 +432,8 @@ class RoomActor:
         self.last_seq = loaded.last_seq
         self._next_seq = loaded.last_seq + 1
         self._since_snapshot = len(loaded.tail)
+        self._since_snapshot_bytes = sum(len(row[4] or "") for row in loaded.tail)
+        self._snapshot_bytes = len(loaded.snapshot_state or "")
         self._recent.clear()
         self._recent.extend((row[0], _frame_of(row)) for row in loaded.tail[-self._recent.maxlen :])  # type: ignore[operator]
         self._dedup.clear()
@@ -678,7 +692,10 @@ class RoomActor:
         if staged:
             signals.events_durable.send(None, room=self.slug, first_seq=staged[0].seq, last_seq=staged[-1].seq)
         self._since_snapshot += len(staged)
-        if self._since_snapshot >= dorm_settings.SNAPSHOT_EVERY_EVENTS:
+        self._since_snapshot_bytes += sum(len(s.row[5]) for s in staged)
+        if self._since_snapshot >= dorm_settings.SNAPSHOT_EVERY_EVENTS and (
+            self._snapshot_bytes <= SNAPSHOT_ALWAYS_BYTES or self._since_snapshot_bytes >= self._snapshot_bytes
+        ):
             await self._save_snapshot()
 
     async def _commit_failed(self, staged: list[Staged], late_acks: list[tuple[Peer, str, int]], exc: Exception) -> None:
@@ -980,6 +997,8 @@ class RoomActor:
         state_text = orjson.dumps(self.kind.dump_state(self.state)).decode()
         await db_save_snapshot(self.room_id, self.last_seq, state_text)
         self._since_snapshot = 0
+        self._since_snapshot_bytes = 0
+        self._snapshot_bytes = len(state_text)
 
     # -- joins and leaves -------------------------------------------------------
 
