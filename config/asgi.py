@@ -27,7 +27,7 @@ django_asgi_app = get_asgi_application()
 
 from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
 
-from rooms.asgi import BrowserOriginValidator, Lifespan, NeverCloseWith1011, start_with_daphne  # noqa: E402
+from rooms.asgi import BrowserOriginValidator, Lifespan, NeverCloseWith1011, start_with_daphne, tune_gc  # noqa: E402
 from rooms.checks import warn_at_start  # noqa: E402
 from rooms.routing import websocket_urlpatterns  # noqa: E402
 
@@ -46,3 +46,5 @@ application = Lifespan(
     )
 )
 start_with_daphne()
+tune_gc(os.environ.get("DORM_GC_THRESHOLDS", ""))
+
