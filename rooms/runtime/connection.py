@@ -108,7 +108,7 @@ class Connection:
     def _written(self) -> None:
         hub = self.hub
         if hub is not None:
-            hub.mark(self.room)
+            hub.mark(self)
 
     @property
     def closed(self) -> bool:
@@ -120,7 +120,9 @@ class Connection:
         if pending is None:
             pending = self._pending = deque()
         elif len(pending) >= dorm_settings.PENDING_MAX_FRAMES:
-            self.overflowed = True  # the backpressure watch closes it
+            if not self.overflowed:
+                self.overflowed = True  # the backpressure watch closes it
+                self._written()
             return
         pending.append((seq, message))
 

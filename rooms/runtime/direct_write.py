@@ -22,7 +22,11 @@ import functools
 from collections.abc import Callable
 from typing import Any
 
-FrameWriter = Callable[[bytes], bool]
+# What a frame writer did: NOT_WRITTEN (use the ASGI ``send``), SENT (the
+# socket took every byte) or QUEUED (bytes wait in the server's transport: the
+# backpressure watch must look at this socket).
+NOT_WRITTEN, SENT, QUEUED = 0, 1, 2
+FrameWriter = Callable[[bytes], int]
 
 
 def text_frame(text: str) -> bytes:
@@ -46,16 +50,16 @@ def _daphne_writer(send: Any) -> FrameWriter | None:
         return None
     open_state = proto.STATE_OPEN
 
-    def write(frame: bytes) -> bool:
+    def write(frame: bytes) -> int:
         if proto.state != open_state or proto._perMessageCompress is not None:
-            return False
+            return NOT_WRITTEN
         transport = proto.transport
         if _twisted_idle_tcp(transport):
             frame = _send_now(transport.socket, frame)
             if not frame:
-                return True
+                return SENT
         transport.write(frame)
-        return True
+        return QUEUED
 
     return write
 
@@ -110,11 +114,12 @@ def _uvicorn_websockets_writer(send: Any) -> FrameWriter | None:
         return None
     open_state = State.OPEN
 
-    def write(frame: bytes) -> bool:
+    def write(frame: bytes) -> int:
         if proto.state is not open_state or not proto.handshake_completed_event.is_set():
-            return False
-        proto.transport.write(frame)
-        return True
+            return NOT_WRITTEN
+        transport = proto.transport
+        transport.write(frame)  # asyncio sends at once what the socket takes
+        return QUEUED if transport.get_write_buffer_size() else SENT
 
     return write
 

@@ -13,7 +13,7 @@ from typing import Any
 
 from billing.meter import meter
 from rooms.runtime.connection import Connection, ConnectionState
-from rooms.runtime.direct_write import text_frame
+from rooms.runtime.direct_write import QUEUED, text_frame
 
 _OPEN = ConnectionState.OPEN
 _PENDING = ConnectionState.PENDING
@@ -25,16 +25,17 @@ class LocalHub:
         # A tuple per room, rebuilt on join/leave, so that fan-out iterates a
         # stable sequence even if a send yields and the set changes meanwhile.
         self._members: dict[str, tuple[Connection, ...]] = {}
-        # Rooms with bytes written to a local socket since the backpressure
-        # watch last looked, and how to wake it (backpressure.py).
-        self.written: set[str] = set()
+        # Sockets that may have bytes queued since the backpressure watch last
+        # looked (written through the ASGI send, or a direct write the socket
+        # did not take at once), and how to wake it (backpressure.py).
+        self.written: set[Connection] = set()
         self.on_write: Callable[[], None] = _nothing
 
-    def mark(self, room: str) -> None:
-        """Something was written to a socket of ``room``: the watch looks at it next."""
+    def mark(self, conn: Connection) -> None:
+        """Bytes may wait in ``conn``'s transport: the watch looks at it next."""
         written = self.written
-        if room not in written:
-            written.add(room)
+        if conn not in written:
+            written.add(conn)
             self.on_write()
 
     def add(self, conn: Connection) -> None:
@@ -70,10 +71,8 @@ class LocalHub:
         delivered = 0
         for conn in self._members.get(room, ()):
             if conn.binary and conn.id != exclude and conn.state is not ConnectionState.CLOSED:
-                await conn.send_bytes(data)
+                await conn.send_bytes(data)  # marks it for the watch
                 delivered += 1
-        if delivered:
-            self.mark(room)
         return delivered
 
     async def deliver(self, room: str, text: str, seq: int | None, exclude: str | None) -> int:
@@ -109,8 +108,11 @@ class LocalHub:
                 if write is not None:
                     if frame is None:
                         frame = text_frame(text)
-                    if write(frame):
+                    written = write(frame)
+                    if written:
                         delivered += 1
+                        if written is QUEUED:
+                            self.mark(conn)
                         continue
                 slow.append(conn)
             elif state is _PENDING:
@@ -118,7 +120,6 @@ class LocalHub:
         if delivered:
             # Metered once per event, not per socket.
             meter.delivered(room, delivered, _size(text))
-        self.mark(room)
         return delivered, slow
 
     async def deliver_slow(self, room: str, conns: list[Connection], text: str) -> int:
@@ -133,9 +134,9 @@ class LocalHub:
                 conn.lost()
                 continue
             delivered += 1
+            self.mark(conn)
         if delivered:
             meter.delivered(room, delivered, _size(text))
-            self.mark(room)
         return delivered
 
 

@@ -1,6 +1,6 @@
 """Backpressure: a client that stops reading never slows its room.
 
-A real daphne server, one client that stops reading (its TCP window fills,
+A real server (daphne, and uvicorn for the slow client), one client that stops reading (its TCP window fills,
 then the server's transport buffer grows), fast clients next to it: the slow
 one is closed with 4408 once its queued bytes pass the bound, ephemeral events
 are skipped for it before that, and the fast ones keep their latency.
@@ -94,9 +94,12 @@ class NonReader:
         self.sock.close()
 
 
-async def test_a_client_that_stops_reading_is_closed_and_the_room_keeps_its_pace(tmp_path: Path) -> None:
+# Both servers: each has its own direct writer, which tells the watch when
+# bytes stayed queued (rooms/runtime/direct_write.py).
+@pytest.mark.parametrize("flavor", ["daphne", "uvicorn"])
+async def test_a_client_that_stops_reading_is_closed_and_the_room_keeps_its_pace(tmp_path: Path, flavor: str) -> None:
     server = start_server(
-        "daphne",
+        flavor,
         tmp_path,
         extra_env={"DORM_OUTBOUND_SOFT_BYTES": str(64 * 1024), "DORM_OUTBOUND_MAX_BYTES": str(MAX_BYTES)},
     )
