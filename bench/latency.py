@@ -8,7 +8,8 @@
 A variant is ``NAME='SERVER [KEY=VALUE ...] [--server-flag ...] [@REV]'``:
 ``daphne`` or ``uvicorn``; ``KEY=VALUE`` go to the server's environment;
 words starting with ``--`` are passed to the server's command line (daphne's
-``--ping-interval 600``); ``@REV`` runs the code of that revision (``git
+``--ping-interval 600``; by default both servers ping every 300 s, as
+``make run``); ``@REV`` runs the code of that revision (``git
 archive`` into a temporary directory). Every variant is started once, on its
 own fresh SQLite file, pinned to core 0 (the generator to core 1), and the
 steps then alternate between the variants round after round, so that each
@@ -101,12 +102,16 @@ def start(v: Variant, log_dir: Path, db_dir: Path, extra_env: dict[str, str]) ->
         subprocess.run([sys.executable, "manage.py", "migrate", "--noinput"], cwd=root, env=env, check=True,
                        stdout=subprocess.DEVNULL, timeout=300)
         port = fanout.free_port()
+        # Server pings as `make run` / `make run-uvicorn` (WS_PING_INTERVAL 300 s,
+        # WS_PING_TIMEOUT 30 s); a variant's own flags come after and win. The
+        # servers' own default, 20 s, is 500 pings/s at 10,000 idle sockets.
         if v.server == "daphne":
-            cmd = [sys.executable, "-m", "daphne", "-b", HOST, "-p", str(port), "--websocket_timeout", "-1", *v.flags,
-                   "config.asgi:application"]
+            cmd = [sys.executable, "-m", "daphne", "-b", HOST, "-p", str(port), "--websocket_timeout", "-1",
+                   "--ping-interval", "300", "--ping-timeout", "30", *v.flags, "config.asgi:application"]
         else:
             cmd = [sys.executable, "-m", "uvicorn", "config.asgi:application", "--host", HOST, "--port", str(port),
-                   "--ws", "websockets", "--ws-max-size", "1048576", "--log-level", "warning", "--no-access-log", *v.flags]
+                   "--ws", "websockets", "--ws-max-size", "1048576", "--log-level", "warning", "--no-access-log",
+                   "--ws-ping-interval", "300", "--ws-ping-timeout", "30", *v.flags]
         taskset = ["taskset", "-c", str(fanout.SERVER_CORE)] if fanout.PINNED else []
         log_path = log_dir / f"{v.name}.log"
         with open(log_path, "wb") as out:
@@ -246,9 +251,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--fanout-rate", type=float, default=200.0, help="draws/s in the one room (default: 200 = 9,800 deliveries/s)")
     p.add_argument("--idle-rooms", type=int, default=10_000)
     p.add_argument("--idle-seconds", type=float, default=60.0)
-    p.add_argument("--idle-settle", type=float, default=8.0,
-                   help="seconds between the last room opened and the idle window (default: %(default)s; past 60 the"
-                   " billing flush of the rooms' last minute is out of the window)")
+    # The idle clients never heartbeat, so 60 s (DORM_PRESENCE_TTL_SECONDS)
+    # after its last frame each socket is marked offline, which wakes its
+    # room once to say so. Opening 10,000 rooms takes minutes, so that wave
+    # runs well after the last room opened: the window starts after it.
+    p.add_argument("--idle-settle", type=float, default=80.0,
+                   help="seconds between the last room opened and the idle window (default: %(default)s: past the"
+                   " presence TTL of 60 s, the sweep that follows and the billing flush of the rooms' last minute)")
     p.add_argument("--py-spy", type=Path, help="record each idle window with py-spy (raw collapsed stacks) into DIR")
     p.add_argument("--json", type=Path)
     args = p.parse_args(argv)

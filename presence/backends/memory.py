@@ -27,8 +27,11 @@ class MemoryPresence:
     def __init__(self) -> None:
         # room -> connection id -> entry (insertion order = join order)
         self._rooms: dict[str, dict[str, _Entry]] = {}
-        # The online index: user -> {(room, connection id)}.
-        self._users: dict[str, set[tuple[str, str]]] = {}
+        # The online index: user -> room -> connection ids. By room, not a
+        # flat set of (room, connection): one user id in many rooms (a bot,
+        # a shared anonymous id) made every lookup scan all of them, and the
+        # presence sweep of 10,000 rooms quadratic.
+        self._users: dict[str, dict[str, set[str]]] = {}
 
     @staticmethod
     def _fresh_after() -> float:
@@ -36,7 +39,8 @@ class MemoryPresence:
 
     def _user_conns(self, room: str, user_id: str) -> list[_Entry]:
         conns = self._rooms.get(room, {})
-        return [conns[c] for r, c in self._users.get(user_id, ()) if r == room and c in conns]
+        ids = self._users.get(user_id, {}).get(room, ())
+        return [conns[c] for c in ids if c in conns]
 
     async def join(self, room: str, connection_id: str, user_id: str, process: str) -> JoinEffect:
         fresh_after = self._fresh_after()
@@ -45,7 +49,7 @@ class MemoryPresence:
         entry = conns.get(connection_id)
         if entry is None:
             conns[connection_id] = _Entry(user_id, process, DEFAULT_STATUS, None, _now_ms())
-            self._users.setdefault(user_id, set()).add((room, connection_id))
+            self._users.setdefault(user_id, {}).setdefault(room, set()).add(connection_id)
             was_fresh = False
         else:
             was_fresh = entry.last_seen > fresh_after
@@ -61,11 +65,14 @@ class MemoryPresence:
             return None
         if not conns:
             del self._rooms[room]
-        index = self._users.get(entry.user_id)
-        if index is not None:
-            index.discard((room, connection_id))
-            if not index:
-                del self._users[entry.user_id]
+        rooms = self._users.get(entry.user_id)
+        ids = rooms.get(room) if rooms is not None else None
+        if ids is not None:
+            ids.discard(connection_id)
+            if not ids:
+                del rooms[room]  # type: ignore[union-attr]
+                if not rooms:
+                    del self._users[entry.user_id]
         rest = self._user_conns(room, entry.user_id)
         if not rest:
             return entry.user_id, "left"
@@ -113,8 +120,9 @@ class MemoryPresence:
         found: dict[str, list[str]] = {}
         for user_id in user_ids:
             rooms = sorted(
-                {r for r, c in self._users.get(user_id, ()) if self._rooms.get(r, {}).get(c) is not None
-                 and self._rooms[r][c].last_seen > fresh_after}
+                r
+                for r, ids in self._users.get(user_id, {}).items()
+                if any((e := self._rooms.get(r, {}).get(c)) is not None and e.last_seen > fresh_after for c in ids)
             )
             if rooms:
                 found[user_id] = rooms

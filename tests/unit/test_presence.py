@@ -93,6 +93,22 @@ async def test_online_query_for_users_in_several_rooms(backend: Any) -> None:
     assert await backend.online(["alice"]) == {"alice": ["r2"]}
 
 
+async def test_memory_index_of_one_user_in_many_rooms_is_by_room_and_empties() -> None:
+    """One user id in 2,000 rooms (a bot, a shared anonymous id): a lookup
+    reads that room's entry of the index, not all 2,000 (the presence sweep
+    of 10,000 such rooms was quadratic), and leaving empties it."""
+    backend = MemoryPresence()
+    for i in range(2000):
+        assert await backend.join(f"r{i}", f"c{i}", "bot", PROCESS_ID) == "joined"
+    assert backend._users["bot"]["r7"] == {"c7"}
+    assert len(backend._users["bot"]) == 2000
+    assert await backend.is_online("r7", "bot")
+    assert (await backend.online(["bot"]))["bot"][:2] == ["r0", "r1"]
+    for i in range(2000):
+        assert await backend.leave(f"r{i}", f"c{i}", "bot") == ("bot", "left")
+    assert backend._users == {} and backend._rooms == {}
+
+
 # -- the runtime, in-process ---------------------------------------------------------------
 
 
