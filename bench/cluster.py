@@ -100,8 +100,7 @@ WORKLOADS = {
 }
 
 
-def log(msg: str) -> None:
-    print(msg, file=sys.stderr, flush=True)
+log = fanout.log
 
 
 @dataclass
@@ -262,10 +261,8 @@ def running_servers(
             else:
                 flags = "--ws websockets --ws-max-size 1048576 --log-level warning --no-access-log"
                 cmd = [sys.executable, "-m", "uvicorn", target.app, "--host", HOST, "--port", str(port), *flags.split()]
-            taskset = ["taskset", "-c", str(i)] if fanout.PINNED else []
             log_path = log_dir / f"{target.name}-{i}.log"
-            with open(log_path, "wb") as out:
-                proc = subprocess.Popen(taskset + cmd, cwd=target.repo, env=env, stdout=out, stderr=subprocess.STDOUT)
+            proc = fanout.start_pinned(cmd, target.repo, env, log_path, core=i)
             stack.callback(_stop, proc)
             fanout.wait_listening(port, proc, log_path)
             servers.append((port, proc.pid))

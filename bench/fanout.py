@@ -178,6 +178,13 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def start_pinned(cmd: list[str], cwd: Path, env: dict[str, str], log_path: Path, core: int = SERVER_CORE) -> subprocess.Popen[bytes]:
+    """Start a server process pinned to ``core`` (when pinning is on), its output into ``log_path``."""
+    taskset = ["taskset", "-c", str(core)] if PINNED else []
+    with open(log_path, "wb") as out:
+        return subprocess.Popen(taskset + cmd, cwd=cwd, env=env, stdout=out, stderr=subprocess.STDOUT)
+
+
 def wait_listening(port: int, proc: subprocess.Popen[bytes], log: Path) -> None:
     deadline = time.monotonic() + STARTUP_TIMEOUT_S
     while time.monotonic() < deadline:
@@ -200,15 +207,15 @@ def tail(path: Path, lines: int = 20) -> str:
 
 @contextmanager
 def running_server(
-    target: str, server: str, taskset: list[str], log_dir: Path, user_env: dict[str, str]
+    target: str, server: str, log_dir: Path, user_env: dict[str, str]
 ) -> Iterator[tuple[int, int]]:
     """Start one server on a fresh port (Dorm: on a fresh, migrated SQLite file); yield (port, pid)."""
     with tempfile.TemporaryDirectory(prefix="dorm-bench-db-") as db_dir:
-        yield from _running_server(target, server, taskset, log_dir, Path(db_dir), user_env)
+        yield from _running_server(target, server, log_dir, Path(db_dir), user_env)
 
 
 def _running_server(
-    target: str, server: str, taskset: list[str], log_dir: Path, db_dir: Path, user_env: dict[str, str]
+    target: str, server: str, log_dir: Path, db_dir: Path, user_env: dict[str, str]
 ) -> Iterator[tuple[int, int]]:
     app, settings, extra_env = TARGETS[target]
     env = {**os.environ, "DJANGO_SETTINGS_MODULE": settings, "PYTHONUNBUFFERED": "1"}
@@ -232,8 +239,7 @@ def _running_server(
         flags = "--ws websockets --ws-max-size 1048576 --log-level warning --no-access-log"
         cmd = [sys.executable, "-m", "uvicorn", app, "--host", HOST, "--port", str(port), *flags.split()]
     log = log_dir / f"{target}-{server}.log"
-    with open(log, "wb") as out:
-        proc = subprocess.Popen(taskset + cmd, cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT)
+    proc = start_pinned(cmd, REPO, env, log)
     try:
         wait_listening(port, proc, log)
         yield port, proc.pid
@@ -376,7 +382,7 @@ def run_target(args: argparse.Namespace, target: str, server: str, port: int, pi
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    taskset, pinning = pin_generator()
+    _, pinning = pin_generator()
     servers = ["daphne", "uvicorn"] if args.server == "both" else [args.server]
     log(f"fan-out: {args.clients} clients, {args.senders} senders, one room per step; {pinning}")
     log_dir = Path(tempfile.mkdtemp(prefix="dorm-bench-")) if args.server_log_dir is None else args.server_log_dir
@@ -387,7 +393,7 @@ def main(argv: list[str] | None = None) -> int:
         for server in servers:
             for target in args.targets:
                 try:
-                    with running_server(target, server, taskset, log_dir, args.env) as (port, pid):
+                    with running_server(target, server, log_dir, args.env) as (port, pid):
                         log(f"{target}/{server}: listening on {HOST}:{port}, pid {pid}")
                         rows += run_target(args, target, server, port, pid)
                 except Exception as exc:  # noqa: BLE001 - one broken server must not hide the others' results

@@ -59,8 +59,7 @@ from suite import raise_nofile, tree, tree_cpu
 HOST = fanout.HOST
 
 
-def log(msg: str) -> None:
-    print(msg, file=sys.stderr, flush=True)
+log = fanout.log
 
 
 @dataclass
@@ -112,10 +111,8 @@ def start(v: Variant, log_dir: Path, db_dir: Path, extra_env: dict[str, str]) ->
             cmd = [sys.executable, "-m", "uvicorn", "config.asgi:application", "--host", HOST, "--port", str(port),
                    "--ws", "websockets", "--ws-max-size", "1048576", "--log-level", "warning", "--no-access-log",
                    "--ws-ping-interval", "300", "--ws-ping-timeout", "30", *v.flags]
-        taskset = ["taskset", "-c", str(fanout.SERVER_CORE)] if fanout.PINNED else []
         log_path = log_dir / f"{v.name}.log"
-        with open(log_path, "wb") as out:
-            proc = subprocess.Popen(taskset + cmd, cwd=root, env=env, stdout=out, stderr=subprocess.STDOUT)
+        proc = fanout.start_pinned(cmd, root, env, log_path)
         try:
             fanout.wait_listening(port, proc, log_path)
             v.port, v.pid = port, proc.pid

@@ -172,10 +172,8 @@ def start_server(name: str, log_dir: Path, db_dir: Path, pg_url: str | None, ext
         cmd, cwd, tokens = ["node", "start.mjs"], REFS / "durable-objects", False
     else:
         raise ValueError(name)
-    taskset = ["taskset", "-c", str(fanout.SERVER_CORE)] if fanout.PINNED else []
     log_path = log_dir / f"{name}.log"
-    with open(log_path, "wb") as out:
-        proc = subprocess.Popen(taskset + cmd, cwd=cwd, env=env, stdout=out, stderr=subprocess.STDOUT)
+    proc = fanout.start_pinned(cmd, cwd, env, log_path)
     try:
         fanout.wait_listening(port, proc, log_path)
         if name == "miniflare":
