@@ -101,8 +101,8 @@ class Connection:
         # A socket of a binary kind (Yjs): it gets binary frames only, never
         # Dorm's JSON frames, which its client could not parse.
         self.binary = False
-        # The hub this socket is in (set by LocalHub.add): writes mark the room
-        # for the backpressure watch.
+        # The hub this socket is in (set by LocalHub.add): writes that may
+        # leave bytes queued mark this socket for the backpressure watch.
         self.hub: LocalHub | None = None
 
     def _written(self) -> None:
