@@ -147,6 +147,11 @@ def start_with_daphne() -> None:
     if "daphne.server" not in sys.modules:
         return
     lazy_autobahn_debug_formatting()
+    from rooms import daphne_server
+
+    # daphne's command line imports the application before it builds its
+    # server, so the server it builds is this one.
+    daphne_server.install()
     from twisted.internet import reactor
 
     # callLater, not callWhenRunning: the latter runs before the asyncio

@@ -80,9 +80,11 @@ def server_env(db_path: Path, extra: dict[str, str] | None = None) -> dict[str, 
     return env
 
 
-def server_command(flavor: str, port: int) -> list[str]:
+def server_command(flavor: str, port: int, extra_args: list[str] | None = None) -> list[str]:
+    """``extra_args``: the server's own flags (daphne's ``--ping-interval 1``)."""
+    extra = list(extra_args or [])
     if flavor == "daphne":
-        return [sys.executable, "-m", "daphne", "-b", HOST, "-p", str(port), "config.asgi:application"]
+        return [sys.executable, "-m", "daphne", "-b", HOST, "-p", str(port), *extra, "config.asgi:application"]
     if flavor == "uvicorn":
         return [
             sys.executable,
@@ -95,6 +97,7 @@ def server_command(flavor: str, port: int) -> list[str]:
             str(port),
             "--ws",
             "websockets",
+            *extra,
         ]
     raise ValueError(f"unknown server flavor {flavor!r}")
 
@@ -111,6 +114,7 @@ class DormServer:
     process: subprocess.Popen[bytes] | None = None
     extra_env: dict[str, str] = field(default_factory=dict)
     migrate: bool = True
+    extra_args: list[str] = field(default_factory=list)
     _log_file: Any = field(default=None, repr=False)
 
     # -- addresses ------------------------------------------------------------
@@ -207,7 +211,7 @@ class DormServer:
             self._migrate(env)
         self._log_file = self.log_path.open("ab")
         self.process = subprocess.Popen(
-            server_command(self.flavor, self.port),
+            server_command(self.flavor, self.port, self.extra_args),
             cwd=REPO,
             env=env,
             stdout=self._log_file,
@@ -273,6 +277,7 @@ def start_server(
     extra_env: dict[str, str] | None = None,
     migrate: bool = True,
     name: str | None = None,
+    extra_args: list[str] | None = None,
 ) -> DormServer:
     """Migrate a fresh database and start the server on a free port."""
     for attempt in range(1, attempts + 1):
@@ -284,6 +289,7 @@ def start_server(
             log_path=directory / f"{name or flavor}.log",
             extra_env=dict(extra_env or {}),
             migrate=migrate,
+            extra_args=list(extra_args or []),
         )
         try:
             server.start()

@@ -1,0 +1,160 @@
+"""daphne's ``Server`` with its two per-connection sweeps made proportional
+to what is due, not to how many sockets are open.
+
+daphne walks every connection once a second (``application_checker``: has
+its application finished, has a closed socket's application overrun its
+close timeout) and once every two seconds (``timeout_checker``: pings, the
+WebSocket and HTTP timeouts). With 10,000 hibernated rooms holding idle
+sockets that was ~3.9 % of a core of pure bookkeeping (docs/performance.md,
+"Idle CPU"). Here:
+
+- ``application_checker`` visits only connections something happened to:
+  its application finished (a done callback marks it) or its socket closed
+  (``protocol_disconnected`` marks it); a closed socket whose application is
+  still running stays marked, so its close timeout is enforced as before.
+- ``timeout_checker`` keeps each connection in a heap by the time its next
+  check can do anything (an open WebSocket: its next ping, or its
+  ``websocket_timeout``; a WebSocket still connecting: its connect timeout)
+  and calls daphne's own ``check_timeouts`` on those due. Anything else (a
+  plain HTTP request, a closing socket) is checked every sweep, as daphne
+  does.
+
+The sweeps keep daphne's periods (1 s and 2 s), so every check happens in
+the same sweep daphne's would have acted in. ``start_with_daphne`` installs
+this class as daphne's command line's ``server_class`` (``python -m daphne
+config.asgi:application``), unless something else replaced it first.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import heapq
+import itertools
+import logging
+import time
+from concurrent.futures import CancelledError
+from typing import Any
+
+from daphne.server import Server
+from daphne.ws_protocol import WebSocketProtocol
+from twisted.internet import reactor
+
+logger = logging.getLogger("daphne.server")  # daphne's own messages, under daphne's logger
+
+APPLICATION_CHECK_SECONDS = 1.0  # daphne's periods
+TIMEOUT_CHECK_SECONDS = 2.0
+
+
+class QuietSweepsServer(Server):
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        # Connections whose application finished or whose socket closed
+        # since the last application check.
+        self.application_check_due: set[Any] = set()
+        # (when its next timeout check can act, tie-breaker, protocol)
+        self.timeout_checks: list[tuple[float, int, Any]] = []
+        self._tie = itertools.count()
+
+    # -- what marks a connection -------------------------------------------
+
+    def protocol_connected(self, protocol: Any) -> None:
+        super().protocol_connected(protocol)
+        self._schedule_timeout_check(protocol, time.time())  # checked at the next sweep, as daphne would
+
+    def protocol_disconnected(self, protocol: Any) -> None:
+        super().protocol_disconnected(protocol)
+        self.application_check_due.add(protocol)
+
+    def create_application(self, protocol: Any, scope: dict[str, Any]) -> Any:
+        queue = super().create_application(protocol, scope)
+        details = self.connections.get(protocol)
+        instance = details.get("application_instance") if details else None
+        if instance is not None:
+            instance.add_done_callback(lambda _instance, protocol=protocol: self.application_check_due.add(protocol))
+        return queue
+
+    # -- the sweeps ----------------------------------------------------------
+
+    def application_checker(self) -> None:
+        due, self.application_check_due = self.application_check_due, set()
+        for protocol in due:
+            details = self.connections.get(protocol)
+            if details is None:
+                continue
+            self.check_application(protocol, details)
+            if protocol in self.connections and "disconnected" in details:
+                # Closed, application still running: its close timeout runs.
+                self.application_check_due.add(protocol)
+        reactor.callLater(APPLICATION_CHECK_SECONDS, self.application_checker)
+
+    def check_application(self, protocol: Any, details: dict[str, Any]) -> None:
+        """daphne 4.2's ``application_checker`` loop body, for one connection."""
+        disconnected = details.get("disconnected", None)
+        application_instance = details.get("application_instance", None)
+        if disconnected and time.time() - disconnected > self.application_close_timeout:
+            if application_instance and not application_instance.done():
+                logger.warning(
+                    "Application instance %r for connection %s took too long to shut down and was killed.",
+                    application_instance,
+                    repr(protocol),
+                )
+                application_instance.cancel()
+        if application_instance and application_instance.done():
+            try:
+                exception = application_instance.exception()
+            except (CancelledError, asyncio.CancelledError):
+                pass
+            else:
+                if exception:
+                    if isinstance(exception, KeyboardInterrupt):
+                        self.stop()  # the application asks the server to exit (tests)
+                    else:
+                        logger.error("Exception inside application: %s", exception, exc_info=exception)
+                        if not disconnected:
+                            protocol.handle_exception(exception)
+            del details["application_instance"]
+            application_instance = None
+        if not application_instance and disconnected:
+            del self.connections[protocol]
+
+    def timeout_checker(self) -> None:
+        now = time.time()
+        heap, checked = self.timeout_checks, []
+        while heap and heap[0][0] <= now:
+            protocol = heapq.heappop(heap)[2]
+            details = self.connections.get(protocol)
+            if details is None or "disconnected" in details:
+                continue  # gone: nothing left to time out
+            protocol.check_timeouts()
+            checked.append(protocol)
+        # Pushed after the loop: a check due again at once waits for the next
+        # sweep instead of spinning in this one.
+        for protocol in checked:
+            self._schedule_timeout_check(protocol, now)
+        reactor.callLater(TIMEOUT_CHECK_SECONDS, self.timeout_checker)
+
+    def _schedule_timeout_check(self, protocol: Any, now: float) -> None:
+        heapq.heappush(self.timeout_checks, (self.next_timeout_check(protocol, now), next(self._tie), protocol))
+
+    def next_timeout_check(self, protocol: Any, now: float) -> float:
+        """The earliest time ``protocol.check_timeouts()`` can act; ``now``
+        (the next sweep) where that is not known."""
+        if not isinstance(protocol, WebSocketProtocol) or not hasattr(protocol, "socket_opened"):
+            return now
+        if protocol.state == protocol.STATE_CONNECTING:
+            when = protocol.socket_opened + self.websocket_connect_timeout
+        elif protocol.state == protocol.STATE_OPEN:
+            when = protocol.last_ping + self.ping_interval
+        else:
+            return now  # closing: its websocket_timeout check, every sweep
+        if self.websocket_timeout >= 0:
+            when = min(when, protocol.socket_opened + self.websocket_timeout)
+        return when
+
+
+def install() -> None:
+    """Make daphne's command line start this server class."""
+    from daphne import cli
+
+    if cli.CommandLineInterface.server_class is Server:
+        cli.CommandLineInterface.server_class = QuietSweepsServer

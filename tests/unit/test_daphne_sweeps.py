@@ -1,0 +1,238 @@
+"""rooms.daphne_server: daphne's per-connection sweeps, visiting only what is
+due, act exactly as daphne's own (its ``Server``, run side by side on the
+same scenarios and the same clock) while touching far fewer connections."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from typing import Any
+
+import pytest
+from daphne import server as daphne_server_module
+from daphne import ws_protocol
+from daphne.server import Server
+
+from rooms import daphne_server
+from rooms.daphne_server import QuietSweepsServer
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1_000_000.0
+
+    def time(self) -> float:
+        return self.now
+
+
+@pytest.fixture
+def clock(monkeypatch: pytest.MonkeyPatch) -> Clock:
+    clock = Clock()
+    for module in (daphne_server_module, ws_protocol, daphne_server):
+        monkeypatch.setattr(module, "time", clock)
+    # The sweeps reschedule themselves on twisted's reactor, which never runs here.
+    for module in (daphne_server_module, daphne_server):
+        monkeypatch.setattr(module.reactor, "callLater", lambda *a, **k: None)
+    return clock
+
+
+def make(cls: type[Server]) -> Server:
+    server = cls(application=None, endpoints=["tcp:port=0"], ping_interval=300, websocket_timeout=-1,
+                 application_close_timeout=10, websocket_connect_timeout=5)
+    server.connections = {}  # what run() sets up
+    return server
+
+
+# -- application_checker ---------------------------------------------------------
+
+
+class HttpLikeProtocol:
+    """What the sweeps call on a non-WebSocket connection."""
+
+    def __init__(self) -> None:
+        self.exceptions: list[BaseException] = []
+        self.timeout_checks = 0
+
+    def handle_exception(self, exception: BaseException) -> None:
+        self.exceptions.append(exception)
+
+    def check_timeouts(self) -> None:
+        self.timeout_checks += 1
+
+
+def state(server: Server, protocols: list[HttpLikeProtocol]) -> list[Any]:
+    return [sorted(server.connections[p]) if p in server.connections else None for p in protocols] + [
+        [len(p.exceptions) for p in protocols]
+    ]
+
+
+async def test_application_checks_match_daphnes(clock: Clock) -> None:
+    """Apps that end, fail, outlive their socket or never end: after every
+    second, both servers hold the same connections and made the same calls."""
+    release: dict[str, asyncio.Event] = {}
+
+    async def application(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        how = scope["how"]
+        if how == "fails":
+            raise RuntimeError("boom")
+        if how == "ignores cancel":  # stays until cancelled by the close timeout
+            await asyncio.Event().wait()
+        await release[scope["name"]].wait()
+
+    scenarios = {  # name: (how, when its socket closes, when its app is released)
+        "ends, then closes": ("ends", 4, 2),
+        "closes, then ends": ("ends", 2, 5),
+        "fails": ("fails", None, None),
+        "closes, never ends": ("ignores cancel", 3, None),
+        "closes at once": ("ends", 0, 1),
+        "stays": ("ends", None, None),
+    }
+    servers = [make(Server), make(QuietSweepsServer)]
+    protocols: list[list[HttpLikeProtocol]] = [[], []]
+    for server, mine in zip(servers, protocols):
+        server.application = application
+        for name, (how, _, _) in scenarios.items():
+            p = HttpLikeProtocol()
+            mine.append(p)
+            server.protocol_connected(p)
+            server.create_application(p, {"type": "http", "how": how, "name": f"{id(server)}{name}"})
+            release[f"{id(server)}{name}"] = asyncio.Event()
+    for second in range(0, 20):
+        clock.now += 1
+        for server, mine in zip(servers, protocols):
+            for p, (name, (_, closes, ends)) in zip(mine, scenarios.items()):
+                if closes == second:
+                    server.protocol_disconnected(p)
+                if ends == second:
+                    release[f"{id(server)}{name}"].set()
+        await asyncio.sleep(0)
+        await asyncio.sleep(0)
+        for server in servers:
+            server.application_checker()
+        await asyncio.sleep(0)  # cancelled apps finish
+        assert state(servers[0], protocols[0]) == state(servers[1], protocols[1]), f"second {second}"
+    # The end state is what it should be: every closed socket is gone (no leak).
+    names = list(scenarios)
+    assert [names[i] for i, p in enumerate(protocols[1]) if p in servers[1].connections] == ["fails", "stays"]
+    assert len(protocols[1][names.index("fails")].exceptions) == 1
+    assert not servers[1].application_check_due  # nothing left to visit
+
+
+async def test_an_idle_connection_is_not_visited(clock: Clock) -> None:
+    server = make(QuietSweepsServer)
+
+    async def application(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        await asyncio.Event().wait()
+
+    server.application = application
+    protocols = [HttpLikeProtocol() for _ in range(1000)]
+    for p in protocols:
+        server.protocol_connected(p)
+        server.create_application(p, {"type": "websocket"})
+    server.application_checker()
+    assert not server.application_check_due
+    server.protocol_disconnected(protocols[0])
+    assert server.application_check_due == {protocols[0]}
+    for details in server.connections.values():
+        details["application_instance"].cancel()
+
+
+# -- timeout_checker ---------------------------------------------------------------
+
+
+def websocket(server: Server, rng: random.Random, clock: Clock, log: list[tuple[int, str, float]], index: int) -> Any:
+    """A daphne WebSocketProtocol with the attributes its check_timeouts reads;
+    its actions (ping, reject, close) are logged instead of sent, and a
+    rejected or closed socket is gone by the next sweep, as it would be."""
+    p = ws_protocol.WebSocketProtocol.__new__(ws_protocol.WebSocketProtocol)
+    p.server = server
+    p.socket_opened = clock.now - rng.uniform(0, 600)
+    p.last_ping = max(p.socket_opened, clock.now - rng.uniform(0, 300))
+    p.state = p.STATE_CONNECTING if index % 50 == 0 else p.STATE_OPEN
+
+    def closed(what: str) -> None:
+        log.append((index, what, clock.now))
+        p.state = p.STATE_CLOSED
+        del server.connections[p]
+
+    p._sendAutoPing = lambda: log.append((index, "ping", clock.now))
+    p.serverReject = lambda: closed("reject")
+    p.serverClose = lambda *a: closed("close")
+    return p
+
+
+@pytest.mark.parametrize("websocket_timeout", [-1, 400])
+def test_timeout_checks_match_daphnes(clock: Clock, websocket_timeout: int) -> None:
+    """1,000 sockets (open, connecting, a plain HTTP connection), some
+    receiving frames (which move their ping), over 700 s of sweeps: the same
+    pings, rejects and closes in the same sweeps as daphne's, from a small
+    fraction of the checks."""
+    logs: list[list[tuple[int, str, float]]] = [[], []]
+    servers = [make(Server), make(QuietSweepsServer)]
+    sockets: list[list[Any]] = [[], []]
+    start = clock.now
+    for server, log, mine in zip(servers, logs, sockets):
+        server.websocket_timeout = websocket_timeout
+        rng = random.Random(7)
+        for i in range(1000):
+            p = websocket(server, rng, clock, log, i)
+            mine.append(p)
+            server.protocol_connected(p)
+        http = HttpLikeProtocol()
+        mine.append(http)
+        server.protocol_connected(http)
+    checks = [0, 0]
+    for i, server in enumerate(servers):
+        for p in sockets[i][:-1]:
+            original = p.check_timeouts
+
+            def counted(original: Any = original, i: int = i) -> None:
+                checks[i] += 1
+                original()
+
+            p.check_timeouts = counted
+    rng = random.Random(3)
+    while clock.now < start + 700:
+        clock.now += 2
+        # A few sockets get a frame (daphne moves last_ping) or finish connecting.
+        for _ in range(5):
+            k = rng.randrange(1000)
+            for mine in sockets:
+                mine[k].last_ping = clock.now
+        if clock.now == start + 2:
+            for mine in sockets:
+                mine[50].state = mine[50].STATE_OPEN
+        for server in servers:
+            server.timeout_checker()
+    # The same actions at the same times (within a sweep, daphne goes by connection order, the heap by due time).
+    assert sorted(logs[0], key=lambda e: (e[2], e[0], e[1])) == sorted(logs[1], key=lambda e: (e[2], e[0], e[1]))
+    assert {what for _, what, _ in logs[0]} >= ({"ping", "reject", "close"} if websocket_timeout > 0 else {"ping", "reject"})
+    assert sockets[0][-1].timeout_checks == sockets[1][-1].timeout_checks == 350  # HTTP: every sweep
+    assert checks[1] * 20 < checks[0], checks
+
+
+def test_a_closed_socket_leaves_the_heap(clock: Clock) -> None:
+    server = make(QuietSweepsServer)
+    log: list[tuple[int, str, float]] = []
+    p = websocket(server, random.Random(1), clock, log, 1)
+    server.protocol_connected(p)
+    server.protocol_disconnected(p)
+    del server.connections[p]
+    clock.now += 400
+    server.timeout_checker()
+    assert not server.timeout_checks and not log
+
+
+def test_daphnes_command_line_builds_this_server() -> None:
+    from daphne import cli
+
+    saved = cli.CommandLineInterface.server_class
+    try:
+        cli.CommandLineInterface.server_class = Server
+        daphne_server.install()
+        assert cli.CommandLineInterface.server_class is QuietSweepsServer
+        cli.CommandLineInterface.server_class = other = type("Other", (Server,), {})
+        daphne_server.install()  # someone else's choice stands
+        assert cli.CommandLineInterface.server_class is other
+    finally:
+        cli.CommandLineInterface.server_class = saved
