@@ -1025,7 +1025,7 @@ class RoomActor:
         presence = self.runtime.presence
         effect = await presence.join(self.slug, peer.id, peer.user_id, getattr(peer, "process", "") or PROCESS_ID)
         self.roster.join(peer.user_id, peer.id)
-        welcome["presence"] = self.roster.welcome()
+        welcome["presence"] = self.roster.welcome_json()
         meter.joined(self.slug, peer.id)
         await peer.open(dumps(welcome), last, replay or [])
         log.info(
@@ -1039,7 +1039,7 @@ class RoomActor:
         )
         if effect == "joined":
             # The room's first fresh user (the roster counts the joiner).
-            if len(welcome["presence"]) == 1:
+            if self.roster.fresh_users() == 1:
                 signals.room_occupied.send(None, room=self.slug)
             signals.user_joined.send(None, room=self.slug, user_id=peer.user_id)
             await self.presence_out.joined(peer.user_id, peer.id)
@@ -1093,7 +1093,7 @@ class RoomActor:
             effect = await presence.join(self.slug, peer.id, peer.user_id, getattr(peer, "process", "") or PROCESS_ID)
             self.roster.join(peer.user_id, peer.id)
             if effect is not None:
-                status = next((m["status"] for m in self.roster.welcome() if m["userId"] == peer.user_id), DEFAULT_STATUS)
+                status = self.roster.status_of(peer.user_id)
                 if effect == "joined":
                     await self.presence_out.joined(peer.user_id, peer.id)
                 else:
