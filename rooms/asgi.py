@@ -105,39 +105,56 @@ class Lifespan:
                 return
 
 
-class _LazyPformat:
-    """``pformat(obj)``, computed only if a log line is actually formatted."""
+class _Lazy:
+    """``func(*args)`` as text, computed only if a log line is actually formatted."""
 
-    __slots__ = ("obj",)
+    __slots__ = ("func", "args")
 
-    def __init__(self, obj: Any) -> None:
-        self.obj = obj
+    def __init__(self, func: Any, *args: Any) -> None:
+        self.func = func
+        self.args = args
 
     def __str__(self) -> str:
-        from pprint import pformat
-
-        return pformat(self.obj)
+        return str(self.func(*self.args))
 
     def __format__(self, spec: str) -> str:
         return format(str(self), spec)
 
 
+def _lazy(func: Any) -> Any:
+    def lazy(*args: Any) -> _Lazy:
+        return _Lazy(func, *args)
+
+    lazy.lazy_of = func  # type: ignore[attr-defined]
+    return lazy
+
+
 def lazy_autobahn_debug_formatting() -> None:
-    """autobahn pretty-prints its configuration for a debug log line on every
-    WebSocket connection, whether or not debug logging is on (``pformat`` in
-    ``WebSocketProtocol._connectionMade``): ~3 % of a connection's CPU. Its
-    module's ``pformat`` becomes lazy: the same text when the line is
-    logged, no work when it is not."""
+    """autobahn formats the arguments of its debug log lines whether or not
+    debug logging is on: ``pformat`` of its configuration on every connection
+    (~3 % of a connection's CPU), and ``hltype``/``hlval`` (an ``inspect``
+    check and terminal colours, ~4 us) on every write (``sendData``) and
+    handshake step. In its modules those names become lazy: the same text
+    when a line is logged, no work when it is not."""
     try:
+        from autobahn.twisted import websocket as twisted_websocket
         from autobahn.websocket import protocol
     except ImportError:  # pragma: no cover - daphne requires autobahn
         return
-    if getattr(protocol, "pformat", None) is not _LazyPformat:
+    for module in (protocol, twisted_websocket):
+        for name in ("pformat", "hltype", "hlval"):
+            func = getattr(module, name, None)
+            if func is not None and not hasattr(func, "lazy_of"):
+                setattr(module, name, _lazy(func))
+    if not getattr(protocol.Timings.__str__, "eager", False):
         from pprint import pformat
 
-        protocol.pformat = _LazyPformat  # type: ignore[attr-defined]
         # Its one caller that needs a real string back.
-        protocol.Timings.__str__ = lambda self: pformat(self._timings)  # type: ignore[method-assign]
+        def timings_text(self: Any) -> str:
+            return pformat(self._timings)
+
+        timings_text.eager = True  # type: ignore[attr-defined]
+        protocol.Timings.__str__ = timings_text  # type: ignore[method-assign]
 
 
 def start_with_daphne() -> None:

@@ -7,7 +7,7 @@ from __future__ import annotations
 import socket
 from typing import Any
 
-from rooms.asgi import _LazyPformat, lazy_autobahn_debug_formatting
+from rooms.asgi import _Lazy, lazy_autobahn_debug_formatting
 from rooms.runtime.direct_write import _send_now, _twisted_idle_tcp
 
 
@@ -64,14 +64,23 @@ def test_send_now_returns_what_the_socket_did_not_take() -> None:
 def test_autobahn_debug_formatting_is_lazy_and_unchanged() -> None:
     from pprint import pformat
 
+    from autobahn import util
+    from autobahn.twisted import websocket as twisted_websocket
     from autobahn.websocket import protocol
 
     value = [("autoPingInterval", 20, "WebSocketServerFactory")] * 5
-    lazy = _LazyPformat(value)
+    lazy = _Lazy(pformat, value)
     assert str(lazy) == pformat(value) and f"\n{lazy}" == "\n" + pformat(value)
     lazy_autobahn_debug_formatting()
-    lazy_autobahn_debug_formatting()  # idempotent
-    assert protocol.pformat is _LazyPformat
+    patched = protocol.hltype
+    lazy_autobahn_debug_formatting()  # idempotent: not wrapped twice
+    assert protocol.hltype is patched and patched.lazy_of is util.hltype
+    for module in (protocol, twisted_websocket):
+        for name, args in (("hltype", (test_autobahn_debug_formatting_is_lazy_and_unchanged,)), ("hlval", (42,))):
+            made = getattr(module, name)(*args)
+            assert isinstance(made, _Lazy)  # nothing formatted yet
+            assert str(made) == getattr(util, name)(*args) and f"{made}" == str(made)
+    assert str(protocol.pformat(value)) == pformat(value)
     timings = protocol.Timings()
     timings.track("x")
     assert isinstance(str(timings), str) and "x" in str(timings)
