@@ -72,3 +72,21 @@ async def test_a_loaded_roster_has_its_entries() -> None:
     await roster.load(Backend(), "r")  # type: ignore[arg-type]
     assert roster.welcome() == [{"userId": "ann", "status": "away", "connections": 1}]
     assert orjson.loads(orjson.dumps(roster.welcome_json())) == roster.welcome()
+
+
+def test_entries_are_held_at_their_size() -> None:
+    """orjson's bytes keep a 4 KiB buffer: held per user, that was 4 KiB
+    more per idle connection (docs/performance.md)."""
+    import tracemalloc
+
+    roster = Roster()
+    tracemalloc.start()
+    try:
+        before = tracemalloc.take_snapshot()
+        for i in range(1000):
+            roster.join(f"user-{i}", f"conn-{i}")
+        after = tracemalloc.take_snapshot()
+    finally:
+        tracemalloc.stop()
+    grown = sum(d.size_diff for d in after.compare_to(before, "filename"))
+    assert grown / 1000 < 1024, f"{grown / 1000:.0f} bytes per member"
