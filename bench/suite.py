@@ -501,7 +501,7 @@ WORKLOADS: dict[str, tuple[Callable[[argparse.Namespace, Server], list[Result]],
     "rooms": (w_rooms, ("dorm", "naive", "node-ws", "miniflare")),
     "durable": (w_durable, ("dorm", "dorm-pg")),
     "connect": (w_connect, ("dorm", "dorm-uvicorn", "node-ws", "miniflare")),
-    "idle": (w_idle, ("dorm", "naive", "node-ws", "miniflare")),
+    "idle": (w_idle, ("dorm", "dorm-uvicorn", "naive", "node-ws", "miniflare")),
     "hibernation": (w_hibernation, ("dorm-hibernate",)),
 }
 

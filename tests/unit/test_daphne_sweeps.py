@@ -18,7 +18,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from rooms import daphne_server
-from rooms.daphne_server import SMALL_FRAME_BYTES, IntXorMasker, QuietSweepsServer, small_frames_unmasked_in_python
+from rooms.daphne_server import SMALL_FRAME_BYTES, IntXorMasker, LeanDaphneServer, small_frames_unmasked_in_python
 
 
 class Clock:
@@ -91,7 +91,7 @@ async def test_application_checks_match_daphnes(clock: Clock) -> None:
         "closes at once": ("ends", 0, 1),
         "stays": ("ends", None, None),
     }
-    servers = [make(Server), make(QuietSweepsServer)]
+    servers = [make(Server), make(LeanDaphneServer)]
     protocols: list[list[HttpLikeProtocol]] = [[], []]
     for server, mine in zip(servers, protocols):
         server.application = application
@@ -123,7 +123,7 @@ async def test_application_checks_match_daphnes(clock: Clock) -> None:
 
 
 async def test_an_idle_connection_is_not_visited(clock: Clock) -> None:
-    server = make(QuietSweepsServer)
+    server = make(LeanDaphneServer)
 
     async def application(scope: dict[str, Any], receive: Any, send: Any) -> None:
         await asyncio.Event().wait()
@@ -172,7 +172,7 @@ def test_timeout_checks_match_daphnes(clock: Clock, websocket_timeout: int) -> N
     pings, rejects and closes in the same sweeps as daphne's, from a small
     fraction of the checks."""
     logs: list[list[tuple[int, str, float]]] = [[], []]
-    servers = [make(Server), make(QuietSweepsServer)]
+    servers = [make(Server), make(LeanDaphneServer)]
     sockets: list[list[Any]] = [[], []]
     start = clock.now
     for server, log, mine in zip(servers, logs, sockets):
@@ -216,7 +216,7 @@ def test_timeout_checks_match_daphnes(clock: Clock, websocket_timeout: int) -> N
 
 
 def test_a_closed_socket_leaves_the_heap(clock: Clock) -> None:
-    server = make(QuietSweepsServer)
+    server = make(LeanDaphneServer)
     log: list[tuple[int, str, float]] = []
     p = websocket(server, random.Random(1), clock, log, 1)
     server.protocol_connected(p)
@@ -234,7 +234,7 @@ def test_daphnes_command_line_builds_this_server() -> None:
     try:
         cli.CommandLineInterface.server_class = Server
         daphne_server.install()
-        assert cli.CommandLineInterface.server_class is QuietSweepsServer
+        assert cli.CommandLineInterface.server_class is LeanDaphneServer
         cli.CommandLineInterface.server_class = other = type("Other", (Server,), {})
         daphne_server.install()  # someone else's choice stands
         assert cli.CommandLineInterface.server_class is other
@@ -277,3 +277,41 @@ def test_autobahn_makes_int_maskers_for_small_frames_only() -> None:
         assert not isinstance(patched(b"abcd", None), IntXorMasker)  # length unknown: autobahn's
     finally:
         protocol.create_xor_masker = saved
+
+
+# -- the application queue ------------------------------------------------------------
+
+
+async def test_application_queue_delivers_in_order_and_loses_nothing_to_a_cancelled_getter() -> None:
+    from rooms.daphne_server import ApplicationQueue
+
+    queue = ApplicationQueue()
+    queue.put_nowait(1)
+    queue.put_nowait(2)
+    assert await queue.get() == 1 and await queue.get() == 2 and queue.qsize() == 0
+    getter = asyncio.ensure_future(queue.get())
+    await asyncio.sleep(0)
+    queue.put_nowait(3)  # wakes the getter...
+    getter.cancel()  # ...which is cancelled before it runs
+    with pytest.raises(asyncio.CancelledError):
+        await getter
+    assert queue.qsize() == 1 and await queue.get() == 3  # still there for the next get
+    waiting = asyncio.ensure_future(queue.get())
+    await asyncio.sleep(0)
+    waiting.cancel()
+    await asyncio.sleep(0)
+    queue.put_nowait(4)  # put after a cancelled wait: queued, not lost
+    assert await asyncio.wait_for(queue.get(), 1) == 4
+    later = asyncio.ensure_future(queue.get())
+    await asyncio.sleep(0)
+    queue.put_nowait(5)
+    assert await asyncio.wait_for(later, 1) == 5
+
+
+def test_an_idle_connection_holds_a_small_queue() -> None:
+    import sys
+
+    from rooms.daphne_server import ApplicationQueue
+
+    queue = ApplicationQueue()
+    assert sys.getsizeof(queue) < 100  # an asyncio.Queue with its deques and Event is ~3.2 KB
