@@ -1,4 +1,5 @@
-"""daphne's ``Server`` and autobahn, leaner per connection.
+"""daphne's ``Server`` with its per-connection sweeps made proportional to
+what is due, not to how many sockets are open.
 
 daphne walks every connection once a second (``application_checker``: has
 its application finished, has a closed socket's application overrun its
@@ -17,12 +18,9 @@ sockets that was ~3.9 % of a core of pure bookkeeping (docs/performance.md,
   and calls daphne's own ``check_timeouts`` on those due. Anything else (a
   plain HTTP request, a closing socket) is checked every sweep, as daphne
   does.
-- each connection's application queue is an ``ApplicationQueue``, not an
-  ``asyncio.Queue`` (~3.2 KB less per idle socket).
 
 The sweeps keep daphne's periods (1 s and 2 s), so every check happens in
-the same sweep daphne's would have acted in. Small client frames are
-unmasked in Python (``IntXorMasker``). ``start_with_daphne`` calls
+the same sweep daphne's would have acted in. ``start_with_daphne`` calls
 ``install``: daphne's command line (``python -m daphne
 config.asgi:application``) then builds this server class, unless something
 else replaced daphne's first.
@@ -35,7 +33,6 @@ import heapq
 import itertools
 import logging
 import time
-from collections import deque
 from concurrent.futures import CancelledError
 from functools import partial
 from typing import Any
@@ -48,50 +45,6 @@ logger = logging.getLogger("daphne.server")  # daphne's own messages, under daph
 
 APPLICATION_CHECK_SECONDS = 1.0  # daphne's periods
 TIMEOUT_CHECK_SECONDS = 2.0
-
-
-class ApplicationQueue:
-    """What daphne's protocols and the application use of the
-    ``asyncio.Queue`` daphne gives each connection (``put_nowait`` and
-    ``get``), without its cost: an ``asyncio.Queue`` is ~3.2 KB (three deques
-    and an ``Event``), held by every idle socket for its whole life; this is
-    one slotted object, with a deque only while messages wait.
-
-    As in ``asyncio.Queue``, a message stays queued until a getter takes it:
-    a getter cancelled after it was woken loses nothing.
-    """
-
-    __slots__ = ("_items", "_waiter")
-
-    def __init__(self) -> None:
-        self._items: deque[Any] | None = None
-        self._waiter: asyncio.Future[None] | None = None
-
-    def put_nowait(self, item: Any) -> None:
-        items = self._items
-        if items is None:
-            items = self._items = deque()
-        items.append(item)
-        waiter = self._waiter
-        if waiter is not None:
-            self._waiter = None
-            if not waiter.done():
-                waiter.set_result(None)
-
-    def qsize(self) -> int:
-        return 0 if self._items is None else len(self._items)
-
-    async def get(self) -> Any:
-        while not self._items:
-            waiter = self._waiter
-            if waiter is None or waiter.done():
-                waiter = self._waiter = asyncio.get_running_loop().create_future()
-            await waiter
-        items = self._items
-        item = items.popleft()
-        if not items:
-            self._items = None
-        return item
 
 
 class LeanDaphneServer(Server):
@@ -114,12 +67,11 @@ class LeanDaphneServer(Server):
         super().protocol_disconnected(protocol)
         self.application_check_due.add(protocol)
 
-    def create_application(self, protocol: Any, scope: dict[str, Any]) -> ApplicationQueue | None:
-        """daphne 4.2's ``create_application`` with an ``ApplicationQueue``
-        for the ``asyncio.Queue``, and a done callback that marks the
-        connection for the application check."""
+    def create_application(self, protocol: Any, scope: dict[str, Any]) -> asyncio.Queue[Any] | None:
+        """daphne 4.2's ``create_application``, with a done callback that
+        marks the connection for the application check."""
         assert "application_instance" not in self.connections[protocol]
-        input_queue = ApplicationQueue()
+        input_queue: asyncio.Queue[Any] = asyncio.Queue()
         scope.setdefault("asgi", {"version": "3.0"})
         application_instance = self.application(
             scope=scope, receive=input_queue.get, send=partial(self.handle_reply, protocol)
@@ -210,67 +162,9 @@ class LeanDaphneServer(Server):
         return when
 
 
-# Below this payload size autobahn's frames are unmasked by IntXorMasker.
-# (measured per frame, create + unmask: 60 B 3.9 -> 1.3 us, 200 B 3.8 -> 1.7
-# us; even at ~1,000 B, above which autobahn's wins).
-SMALL_FRAME_BYTES = 512
-
-
-class IntXorMasker:
-    """autobahn's masker interface (``pointer``, ``reset``, ``process``) for
-    small payloads: one XOR of two Python ints.
-
-    Every frame a client sends is masked (RFC 6455), and autobahn builds a
-    cffi masker per frame: a C object with a finalizer, a mask buffer, then
-    per call a buffer, a copy in and a copy out: ~4 us for a 60-byte frame,
-    ~7 % of the event loop's samples in the durable profile
-    (docs/performance.md). Big frames keep autobahn's SIMD masker.
-    """
-
-    __slots__ = ("_mask", "_ptr")
-
-    def __init__(self, mask: bytes) -> None:
-        self._mask = bytes(mask)
-        self._ptr = 0
-
-    def pointer(self) -> int:
-        return self._ptr
-
-    def reset(self) -> None:
-        self._ptr = 0
-
-    def process(self, data: bytes) -> bytes:
-        n = len(data)
-        shift = self._ptr & 3  # a frame may arrive in pieces: continue the mask where the last piece ended
-        mask = self._mask[shift:] + self._mask[:shift]
-        key = (mask * ((n >> 2) + 1))[:n]
-        self._ptr += n
-        return (int.from_bytes(data, "little") ^ int.from_bytes(key, "little")).to_bytes(n, "little")
-
-
-def small_frames_unmasked_in_python() -> None:
-    """autobahn's protocol module creates its maskers through IntXorMasker
-    for payloads under SMALL_FRAME_BYTES (idempotent)."""
-    from autobahn.websocket import protocol
-
-    original = protocol.create_xor_masker
-    if getattr(original, "small_frames_in_python", False):
-        return
-
-    def create_xor_masker(mask: bytes, length: int | None = None) -> Any:
-        if length is not None and length < SMALL_FRAME_BYTES:
-            return IntXorMasker(mask)
-        return original(mask, length)
-
-    create_xor_masker.small_frames_in_python = True  # type: ignore[attr-defined]
-    protocol.create_xor_masker = create_xor_masker
-
-
 def install() -> None:
-    """Make daphne's command line start this server class, with small frames'
-    masks done in Python."""
+    """Make daphne's command line start this server class."""
     from daphne import cli
 
     if cli.CommandLineInterface.server_class is Server:
         cli.CommandLineInterface.server_class = LeanDaphneServer
-    small_frames_unmasked_in_python()

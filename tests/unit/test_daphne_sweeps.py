@@ -1,8 +1,6 @@
 """rooms.daphne_server: daphne's per-connection sweeps, visiting only what is
 due, act exactly as daphne's own (its ``Server``, run side by side on the
-same scenarios and the same clock) while touching far fewer connections;
-small frames' masks done in Python give autobahn's bytes; the small
-application queue keeps ``asyncio.Queue``'s delivery guarantees."""
+same scenarios and the same clock) while touching far fewer connections."""
 
 from __future__ import annotations
 
@@ -11,15 +9,12 @@ import random
 from typing import Any
 
 import pytest
-from autobahn.nvx._xormasker import create_xor_masker as autobahn_masker
 from daphne import server as daphne_server_module
 from daphne import ws_protocol
 from daphne.server import Server
-from hypothesis import given, settings
-from hypothesis import strategies as st
 
 from rooms import daphne_server
-from rooms.daphne_server import SMALL_FRAME_BYTES, IntXorMasker, LeanDaphneServer, small_frames_unmasked_in_python
+from rooms.daphne_server import LeanDaphneServer
 
 
 class Clock:
@@ -241,78 +236,3 @@ def test_daphnes_command_line_builds_this_server() -> None:
         assert cli.CommandLineInterface.server_class is other
     finally:
         cli.CommandLineInterface.server_class = saved
-
-
-# -- small frames' masks ------------------------------------------------------------
-
-
-@settings(max_examples=300, deadline=None)
-@given(mask=st.binary(min_size=4, max_size=4), data=st.binary(max_size=2 * SMALL_FRAME_BYTES), cuts=st.lists(st.integers(0, 2 * SMALL_FRAME_BYTES), max_size=4))
-def test_int_masker_unmasks_as_autobahns_in_any_pieces(mask: bytes, data: bytes, cuts: list[int]) -> None:
-    """A frame's payload may arrive in several reads: the masker continues
-    the mask where the last piece ended, as autobahn's does."""
-    edges = sorted({0, len(data), *(c for c in cuts if c <= len(data))})
-    ours, theirs = IntXorMasker(mask), autobahn_masker(mask, len(data))
-    out_ours, out_theirs = b"", b""
-    for start, end in zip(edges, edges[1:]):
-        out_ours += ours.process(data[start:end])
-        out_theirs += theirs.process(data[start:end])
-        assert ours.pointer() == theirs.pointer() == end
-    assert out_ours == out_theirs
-    assert IntXorMasker(mask).process(out_ours) == data  # masking twice gives the payload back
-    ours.reset()
-    assert ours.pointer() == 0
-
-
-def test_autobahn_makes_int_maskers_for_small_frames_only() -> None:
-    from autobahn.websocket import protocol
-
-    saved = protocol.create_xor_masker
-    try:
-        small_frames_unmasked_in_python()
-        patched = protocol.create_xor_masker
-        small_frames_unmasked_in_python()
-        assert protocol.create_xor_masker is patched  # idempotent: not wrapped twice
-        assert isinstance(patched(b"abcd", 60), IntXorMasker)
-        assert not isinstance(patched(b"abcd", SMALL_FRAME_BYTES), IntXorMasker)
-        assert not isinstance(patched(b"abcd", None), IntXorMasker)  # length unknown: autobahn's
-    finally:
-        protocol.create_xor_masker = saved
-
-
-# -- the application queue ------------------------------------------------------------
-
-
-async def test_application_queue_delivers_in_order_and_loses_nothing_to_a_cancelled_getter() -> None:
-    from rooms.daphne_server import ApplicationQueue
-
-    queue = ApplicationQueue()
-    queue.put_nowait(1)
-    queue.put_nowait(2)
-    assert await queue.get() == 1 and await queue.get() == 2 and queue.qsize() == 0
-    getter = asyncio.ensure_future(queue.get())
-    await asyncio.sleep(0)
-    queue.put_nowait(3)  # wakes the getter...
-    getter.cancel()  # ...which is cancelled before it runs
-    with pytest.raises(asyncio.CancelledError):
-        await getter
-    assert queue.qsize() == 1 and await queue.get() == 3  # still there for the next get
-    waiting = asyncio.ensure_future(queue.get())
-    await asyncio.sleep(0)
-    waiting.cancel()
-    await asyncio.sleep(0)
-    queue.put_nowait(4)  # put after a cancelled wait: queued, not lost
-    assert await asyncio.wait_for(queue.get(), 1) == 4
-    later = asyncio.ensure_future(queue.get())
-    await asyncio.sleep(0)
-    queue.put_nowait(5)
-    assert await asyncio.wait_for(later, 1) == 5
-
-
-def test_an_idle_connection_holds_a_small_queue() -> None:
-    import sys
-
-    from rooms.daphne_server import ApplicationQueue
-
-    queue = ApplicationQueue()
-    assert sys.getsizeof(queue) < 100  # an asyncio.Queue with its deques and Event is ~3.2 KB
