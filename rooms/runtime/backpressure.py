@@ -113,5 +113,5 @@ class OutboundWatch:
             conn.pending_count(),
             CloseCode.TOO_SLOW,
         )
-        asyncio.ensure_future(conn.close(CloseCode.TOO_SLOW, TOO_SLOW))
+        conn.close_soon(CloseCode.TOO_SLOW, TOO_SLOW)
         asyncio.get_running_loop().call_later(ABORT_AFTER_SECONDS, abort_socket, conn.send)

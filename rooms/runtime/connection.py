@@ -9,6 +9,7 @@ frame is always ``welcome`` and no event ordered after the handshake is lost.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import secrets
 import time
@@ -26,6 +27,9 @@ if TYPE_CHECKING:
     from rooms.runtime.hub import LocalHub
 
 log = logging.getLogger("dorm.rooms")
+
+# close_soon's tasks, until they are done.
+_closing: set[asyncio.Future[None]] = set()
 
 ASGISend = Callable[[dict[str, Any]], Awaitable[None]]
 
@@ -214,13 +218,33 @@ class Connection:
 
     async def close(self, code: int, reason: str) -> None:
         """Close with a last `close` frame first (some servers drop the reason)."""
+        if self._begin_close(code, reason):
+            await self._send_close(code, reason)
+
+    def close_soon(self, code: int, reason: str) -> None:
+        """``close`` from code that cannot await: nothing more is written to
+        the socket from this call on, and the close frames follow in a task.
+
+        The decision must hold at once: a bus reader that finds a gap closes
+        the room's sockets and goes on reading, and an event read next must
+        not reach a socket that is only about to close (its client would see
+        a hole in a run it takes as gapless)."""
+        if self._begin_close(code, reason):
+            task = asyncio.ensure_future(self._send_close(code, reason))
+            _closing.add(task)  # referenced until done (a bare task may be collected)
+            task.add_done_callback(_closing.discard)
+
+    def _begin_close(self, code: int, reason: str) -> bool:
         if self.state is ConnectionState.CLOSED:
-            return
+            return False
         self.state = ConnectionState.CLOSED
         self.close_code = int(code)
         self.close_reason = reason
         self._pending = None
         log.info("close room=%s user=%s conn=%s code=%d reason=%s", self.room, self.user_id, self.id, code, reason)
+        return True
+
+    async def _send_close(self, code: int, reason: str) -> None:
         try:
             if not self.binary:
                 await self.send({"type": "websocket.send", "text": close_frame(code, reason)})
