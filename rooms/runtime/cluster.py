@@ -262,6 +262,7 @@ class RoomBus:
                             pipe.publish(channel, data)
                         await pipe.execute()
                 except Exception as exc:
+                    self.cluster.redis_failed()
                     rooms = {channel[len(BUS_PREFIX) :] for channel, _ in batch}
                     log.warning("bus publish failed rooms=%d messages=%d error=%s", len(rooms), len(batch), type(exc).__name__)
                     # Remote sockets may have missed events: restart those rooms.
@@ -333,6 +334,7 @@ class RoomBus:
 
     async def _reconnect(self) -> None:
         """A new pub/sub connection; whatever was in flight may be lost."""
+        self.cluster.redis_failed()
         rooms = set(self.subscribed) | set(self._confirm)
         self.subscribed.clear()
         for future in self._confirm.values():
@@ -412,6 +414,11 @@ class Cluster:
         self._forward_ready = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
         self._renewed_at = time.monotonic()
+        # Bumped whenever a Redis connection failed: Redis may have restarted
+        # empty (every lease gone), so the last renewal proves nothing until
+        # a renewal that started after the failure succeeds.
+        self._redis_failures = 0
+        self._doubt_cleared = 0
         self._claim = self.redis.register_script(CLAIM)
         self._renew = self.redis.register_script(RENEW)
         self._release = self.redis.register_script(RELEASE)
@@ -453,10 +460,14 @@ class Cluster:
         after a recent renewal goes ahead; otherwise this room's lease is
         renewed first (compare-and-expire), so two actors of one room never
         both commit for long. The unique (room, seq) stays the last fence.
+
+        After any failed Redis connection no renewal counts until the next
+        full one: a Redis restarted empty has no leases, another process may
+        have claimed the room at once, and the next commit here would race it.
         """
         if room not in self.held:
             raise LeaseLost(room)
-        if time.monotonic() - self._renewed_at < self.ttl_ms / 2000:
+        if self._doubt_cleared == self._redis_failures and time.monotonic() - self._renewed_at < self.ttl_ms / 2000:
             return
         if not await self._renew(keys=[lease_key(room)], args=[self.me, self.ttl_ms]):
             raise LeaseLost(room)
@@ -472,10 +483,16 @@ class Cluster:
             await self._renew_all()
             await self._watch_owners()
 
+    def redis_failed(self) -> None:
+        """A Redis connection failed: hold every lease in doubt (see confirm_lease)."""
+        self._redis_failures += 1
+
     async def _renew_all(self) -> None:
         rooms = list(self.held)
+        failures = self._redis_failures
         if not rooms:
             self._renewed_at = time.monotonic()
+            self._doubt_cleared = failures
             return
         try:
             async with self.redis.pipeline(transaction=False) as pipe:  # reset even when execute fails
@@ -486,6 +503,7 @@ class Cluster:
                     await self._renew(keys=[lease_key(room)], args=[self.me, self.ttl_ms], client=pipe)
                 results = await pipe.execute()
         except Exception as exc:
+            self.redis_failed()
             # Another process may take the rooms once the TTL runs out: stop
             # their actors before that, whatever Redis says later.
             if time.monotonic() - self._renewed_at > self.ttl_ms / 1000 * 0.6:
@@ -494,6 +512,7 @@ class Cluster:
                     self.room_failed(room, "lease renewal failed")
             return
         self._renewed_at = time.monotonic()
+        self._doubt_cleared = failures
         for room, ok in zip(rooms, results):
             if not ok and room in self.held:
                 self.room_failed(room, "lease lost")
@@ -530,7 +549,7 @@ class Cluster:
         """Close this process's sockets of the room with 1001 (resume with since)."""
         self.bus_seq.pop(room, None)
         for conn in self.runtime.hub.connections(room):
-            asyncio.ensure_future(conn.close(CloseCode.GOING_AWAY, GOING_AWAY))
+            conn.close_soon(CloseCode.GOING_AWAY, GOING_AWAY)
 
     # -- routing -----------------------------------------------------------------
 
@@ -630,6 +649,7 @@ class Cluster:
                 try:
                     await self.layer.send(owner, {"type": "dorm.items", "items": batch})
                 except Exception as exc:
+                    self.redis_failed()
                     rooms = {message["room"] for message in batch}
                     log.warning("forward failed rooms=%d items=%d error=%s", len(rooms), len(batch), type(exc).__name__)
                     # The owner never got them: the sockets start over.
@@ -647,6 +667,7 @@ class Cluster:
             except TimeoutError:
                 continue  # an idle inbox: the blocking pop timed out, as it does
             except Exception as exc:
+                self.redis_failed()
                 log.warning("inbox receive failed error=%s", type(exc).__name__)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 2.0)
@@ -706,6 +727,8 @@ class Cluster:
             self.on_bus_event(room, origin, message["s"], message["x"], message["t"])  # type: ignore[arg-type]
             return
         if kind == "evb":  # a binary broadcast (binary kinds)
+            if room in self.held:
+                return  # another writer's: never to this actor's sockets (_foreign_event)
             self._in_order(room, hub.deliver_bytes(room, base64.b64decode(message["b"]), message["x"]))
             return
         conn_id = message["c"]
@@ -753,6 +776,9 @@ class Cluster:
         """An event of a room run elsewhere: write it to this process's sockets now."""
         if origin == self.me:
             return  # the owner wrote to its own sockets directly
+        if room in self.held:
+            self._foreign_event(room, seq)
+            return
         self.bus_origin[room] = origin
         if seq is not None:
             last = self.bus_seq.get(room)
@@ -773,6 +799,23 @@ class Cluster:
         _, slow = hub.deliver_now(room, text, seq, exclude)
         if slow:
             self._in_order(room, hub.deliver_slow(room, slow, text))
+
+    def _foreign_event(self, room: str, seq: int | None) -> None:
+        """Another process's event of a room whose lease this process holds.
+
+        This process's sockets of the room are fed by its own actor alone:
+        an event of another writer never reaches them (it would be a second
+        stream, with seqs this actor never had). It is either late (the
+        previous owner's last events, at or below what this actor loaded)
+        or the sign of a second owner: Redis lost the leases (restarted
+        empty) and another process claimed the room. Then this process lets
+        the room go and its sockets resume wherever the room runs now.
+        """
+        actor = self.runtime.registry.actors.get(room)
+        if seq is None or actor is None or not actor.started or seq <= actor.last_seq:
+            return
+        log.warning("another owner on the bus room=%s seq=%d local_seq=%d", room, seq, actor.last_seq)
+        self.room_failed(room, "another owner on the bus")
 
     def bus_gap(self, rooms: set[str]) -> None:
         for room in rooms:
