@@ -176,7 +176,8 @@ REDIS_URL = os.environ.get("REDIS_URL", "")
 if REDIS_URL:
     CHANNEL_LAYERS = {
         "default": {
-            "BACKEND": "channels_redis.core.RedisChannelLayer",
+            # channels-redis, with its receive clean-up safe in a Redis outage.
+            "BACKEND": "rooms.runtime.channel_layer.DormRedisChannelLayer",
             # Process inboxes carry forwarded frames: room for bursts, and a
             # short expiry so a dead process's inbox does not linger.
             "CONFIG": {"hosts": [REDIS_URL], "capacity": 10_000, "expiry": 30},
