@@ -396,6 +396,8 @@ class RoomActor:
 
     async def _start(self) -> None:
         await self._load()
+        if self.runtime.cluster is not None:
+            self.runtime.cluster.adopted(self.slug, self.last_seq)
         await self.roster.load(self.runtime.presence, self.slug)
         self.awake_since = self._active_at = time.monotonic()
         self._run_id = await db_start_run(self.room_id, timezone.now())

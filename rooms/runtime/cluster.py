@@ -40,7 +40,7 @@ from django.conf import settings
 from presence.process import PROCESS_ID
 from rooms.conf import dorm_settings
 from rooms.protocol import CloseCode, ErrorReason
-from rooms.runtime.connection import SCOPE_RANK, Connection
+from rooms.runtime.connection import SCOPE_RANK, Connection, ConnectionState
 from rooms.runtime.messages import AlarmDue, Binary, Call, Frame, Item, Join, Leave, Peer, Tick
 
 if TYPE_CHECKING:
@@ -359,8 +359,14 @@ class RoomBus:
         for room in rooms:
             if not self.cluster.runtime.hub.count(room):
                 continue
-            future = self._confirm[room] = asyncio.get_running_loop().create_future()
-            future.add_done_callback(lambda f: f.exception() if not f.cancelled() else None)
+            # A subscribe() made while Redis came back waits on its own
+            # future: keep it (a new one here would take its confirmation,
+            # and the route waiting on it would time out after 5 s and
+            # refuse its sockets with 1013).
+            future = self._confirm.get(room)
+            if future is None:
+                future = self._confirm[room] = asyncio.get_running_loop().create_future()
+                future.add_done_callback(lambda f: f.exception() if not f.cancelled() else None)
             try:
                 async with self._command_lock:
                     await self.pubsub.subscribe(bus_channel(room))
@@ -816,6 +822,26 @@ class Cluster:
             return
         log.warning("another owner on the bus room=%s seq=%d local_seq=%d", room, seq, actor.last_seq)
         self.room_failed(room, "another owner on the bus")
+
+    def adopted(self, room: str, seq: int) -> None:
+        """A local actor of the room has loaded it at ``seq`` (this process
+        now runs a room it may have followed on the bus).
+
+        Its open sockets here were fed by the previous owner's bus stream
+        and have seen up to ``bus_seq``; from now on they get this actor's
+        events, from ``seq + 1``. If the two differ (the previous owner was
+        stopped with a commit in doubt that did reach the database, so
+        nobody published it), those sockets would skip events: they are
+        closed with 1001 and resume with ``since``. Sockets still waiting
+        for their welcome get it from this actor and are left alone.
+        """
+        seen = self.bus_seq.pop(room, None)
+        if seen is None or seen == seq:
+            return
+        log.warning("sockets not at the loaded seq room=%s seen=%d seq=%d", room, seen, seq)
+        for conn in self.runtime.hub.connections(room):
+            if conn.state is ConnectionState.OPEN:
+                conn.close_soon(CloseCode.GOING_AWAY, GOING_AWAY)
 
     def bus_gap(self, rooms: set[str]) -> None:
         for room in rooms:

@@ -143,3 +143,92 @@ async def test_the_inbox_backup_clean_up_survives_redis_going_away(caplog: pytes
     finally:
         channel_layer.CLEANUP_RETRY_SECONDS = saved
     assert "inbox backup clean-up failed attempts=3" in caplog.text
+
+
+class _FakePubSub:
+    """Enough of redis-py's PubSub for the bus reader: confirmations in order."""
+
+    def __init__(self, broken: bool = False) -> None:
+        self.broken = broken
+        self.messages: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+
+    async def subscribe(self, channel: str) -> None:
+        self.messages.put_nowait({"type": "subscribe", "channel": channel.encode(), "data": 1})
+
+    async def get_message(self, ignore_subscribe_messages: bool = False, timeout: float = 1.0) -> Any:
+        if self.broken:
+            raise ConnectionError("Redis went away")
+        try:
+            return await asyncio.wait_for(self.messages.get(), timeout)
+        except asyncio.TimeoutError:
+            return None
+
+    async def aclose(self) -> None:
+        pass
+
+
+class _FakeRedis:
+    def __init__(self) -> None:
+        self.back = asyncio.Event()  # Redis answers pings again
+        self.pubsubs: list[_FakePubSub] = []
+
+    def pubsub(self) -> _FakePubSub:
+        self.pubsubs.append(_FakePubSub())
+        return self.pubsubs[-1]
+
+    async def ping(self) -> bool:
+        await self.back.wait()
+        return True
+
+
+async def test_a_subscribe_made_while_the_bus_reconnects_is_confirmed() -> None:
+    """Redis comes back while the bus reader is still reconnecting; a socket
+    joins meanwhile and its route subscribes the room. The reader then
+    re-subscribes the rooms it had: the route's own confirmation must still
+    reach it (it used to be taken by the reader's new future, and the route
+    waited 5 s, then refused its socket with 1013: most of a Redis restart's
+    recovery time in the fault campaign)."""
+    runtime = _runtime()
+    cluster = runtime.cluster
+    assert cluster is not None
+    bus = cluster.bus
+    fake = _FakeRedis()
+    bus.client = fake  # type: ignore[assignment]
+    bus.pubsub = _FakePubSub(broken=True)  # type: ignore[assignment]
+    bus.subscribed.add("r")
+    _open_socket(runtime, "r")  # a socket of the room: re-subscribed after the reconnect
+    bus.reader = asyncio.get_running_loop().create_task(bus._read_loop())
+    try:
+        await asyncio.sleep(0.05)  # the reader lost its connection and waits for Redis
+        joining = asyncio.ensure_future(bus.subscribe("r"))  # Redis takes commands again
+        await asyncio.sleep(0.05)
+        fake.back.set()  # ... and answers the reader's ping
+        await asyncio.wait_for(joining, 2.0)
+        assert "r" in bus.subscribed
+    finally:
+        bus.reader.cancel()
+
+
+async def test_sockets_fed_by_the_bus_must_be_where_a_new_local_actor_starts() -> None:
+    """This process takes over a room it followed on the bus. Its open
+    sockets saw up to the bus's last seq; the new local actor goes on from
+    the seq it loaded. Equal: they stay. The log ahead of them (the previous
+    owner stopped with an unpublished commit that did land): they close
+    with 1001 and resume, or they would skip it. Sockets waiting for their
+    welcome get it from the new actor."""
+    runtime = _runtime()
+    cluster = runtime.cluster
+    assert cluster is not None
+    kept, _ = _open_socket(runtime, "even")
+    cluster.bus_seq["even"] = 114
+    cluster.adopted("even", 114)
+    assert kept.state is ConnectionState.OPEN
+
+    behind, _ = _open_socket(runtime, "ahead")
+    waiting, _ = _open_socket(runtime, "ahead")
+    waiting.state = ConnectionState.PENDING
+    cluster.bus_seq["ahead"] = 114
+    cluster.adopted("ahead", 115)
+    assert behind.state is ConnectionState.CLOSED and behind.close_code == 1001
+    assert waiting.state is ConnectionState.PENDING
+    await asyncio.sleep(0.01)
