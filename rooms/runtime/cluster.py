@@ -551,11 +551,13 @@ class Cluster:
         self._forget_route(room)
         self.close_local(room)
 
-    def close_local(self, room: str) -> None:
-        """Close this process's sockets of the room with 1001 (resume with since)."""
+    def close_local(self, room: str, *, keep_waiting: bool = False) -> None:
+        """Close this process's sockets of the room with 1001 (resume with
+        since); with ``keep_waiting``, not those still waiting for a welcome."""
         self.bus_seq.pop(room, None)
         for conn in self.runtime.hub.connections(room):
-            conn.close_soon(CloseCode.GOING_AWAY, GOING_AWAY)
+            if not (keep_waiting and conn.state is ConnectionState.PENDING):
+                conn.close_soon(CloseCode.GOING_AWAY, GOING_AWAY)
 
     # -- routing -----------------------------------------------------------------
 
@@ -839,9 +841,7 @@ class Cluster:
         if seen is None or seen == seq:
             return
         log.warning("sockets not at the loaded seq room=%s seen=%d seq=%d", room, seen, seq)
-        for conn in self.runtime.hub.connections(room):
-            if conn.state is ConnectionState.OPEN:
-                conn.close_soon(CloseCode.GOING_AWAY, GOING_AWAY)
+        self.close_local(room, keep_waiting=True)
 
     def bus_gap(self, rooms: set[str]) -> None:
         for room in rooms:
