@@ -36,6 +36,11 @@ def _commit_and_report(batches: list[persistence.Batch], loop: asyncio.AbstractE
         results: list[BaseException | None] = persistence.commit_batches(batches)
     except BaseException as exc:  # the thread itself failed: nothing is known to be committed
         results = [exc if isinstance(exc, Exception) else ConnectionError("commit failed")] * len(batches)
+    for result in results:
+        if result is not None:
+            # Returned, not raised: guarded() would not see these (its
+            # docstring says what a cursor held by a traceback costs).
+            db_watchdog.release_frames(result)
     if db_watchdog.expired():
         # Aborted by the watchdog (or over the deadline anyway): say so, so
         # the rooms degrade instead of retrying into a database that hangs.

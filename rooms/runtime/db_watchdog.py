@@ -33,6 +33,7 @@ import os
 import socket
 import threading
 import time
+import traceback
 from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -207,6 +208,37 @@ def _drop(wrapper: Any) -> None:
             pass
 
 
+def release_frames(exc: BaseException) -> None:
+    """Drop the local variables of the frames ``exc`` (and the exceptions it
+    chains) went through, here on the database thread. Every exception that
+    leaves the database thread goes through this (``guarded``, ``install``'s
+    handler, the group committer's results).
+
+    A failed call's traceback keeps its frames, and with them the driver's
+    cursor (Django's ``self.cursor().execute("BEGIN ...")`` is one such
+    cursor, never closed when the statement fails). The exception ends up in
+    reference cycles, so the cursor is freed by whichever thread next runs
+    the garbage collector: often the event loop's. Freeing an SQLite cursor
+    resets its statement, which takes the connection's mutex, and the
+    database thread holds that mutex for the whole lock wait of its next
+    call (up to ``DORM_DB_TIMEOUT_SECONDS``): the event loop, and every room
+    with it, froze until that wait ended (``test_sqlite_write_lock_outage``'s
+    ~1 s cursor stall). Cleared here, the cursor is freed on this thread, now.
+    """
+    seen: set[int] = set()
+    stack: list[BaseException | None] = [exc]
+    while stack:
+        e = stack.pop()
+        if e is None or id(e) in seen:
+            continue
+        seen.add(id(e))
+        # Frames still running (this thread's callers) are skipped by
+        # clear_frames; finished ones lose their locals, not their lines.
+        traceback.clear_frames(e.__traceback__)
+        stack.append(e.__cause__)
+        stack.append(e.__context__)
+
+
 def guarded(func: Callable[..., Any], timeout: float | None = None) -> Callable[..., Awaitable[Any]]:
     """``database_sync_to_async(func)`` under a deadline counted from the call.
 
@@ -220,12 +252,16 @@ def guarded(func: Callable[..., Any], timeout: float | None = None) -> Callable[
         submitted = time.monotonic()
 
         def run() -> Any:
-            with deadline(timeout, started=submitted):
-                close_old_connections()
-                try:
-                    return func(*args, **kwargs)
-                finally:
+            try:
+                with deadline(timeout, started=submitted):
                     close_old_connections()
+                    try:
+                        return func(*args, **kwargs)
+                    finally:
+                        close_old_connections()
+            except BaseException as exc:
+                release_frames(exc)
+                raise
 
         return await sync_to_async(run, thread_sensitive=True)()
 
@@ -253,10 +289,14 @@ def install() -> None:
     original = DatabaseSyncToAsync.thread_handler
 
     def thread_handler(self: Any, loop: Any, *args: Any, **kwargs: Any) -> Any:
-        if current() is not None:
-            return original(self, loop, *args, **kwargs)
-        with deadline():
-            return original(self, loop, *args, **kwargs)
+        try:
+            if current() is not None:
+                return original(self, loop, *args, **kwargs)
+            with deadline():
+                return original(self, loop, *args, **kwargs)
+        except BaseException as exc:
+            release_frames(exc)
+            raise
 
     DatabaseSyncToAsync.thread_handler = thread_handler  # type: ignore[method-assign]
 
