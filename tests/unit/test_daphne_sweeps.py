@@ -1,6 +1,7 @@
 """rooms.daphne_server: daphne's per-connection sweeps, visiting only what is
 due, act exactly as daphne's own (its ``Server``, run side by side on the
-same scenarios and the same clock) while touching far fewer connections."""
+same scenarios and the same clock) while touching far fewer connections;
+small frames' masks done in Python give autobahn's bytes."""
 
 from __future__ import annotations
 
@@ -9,12 +10,15 @@ import random
 from typing import Any
 
 import pytest
+from autobahn.nvx._xormasker import create_xor_masker as autobahn_masker
 from daphne import server as daphne_server_module
 from daphne import ws_protocol
 from daphne.server import Server
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from rooms import daphne_server
-from rooms.daphne_server import LeanDaphneServer
+from rooms.daphne_server import SMALL_FRAME_BYTES, IntXorMasker, LeanDaphneServer, small_frames_unmasked_in_python
 
 
 class Clock:
@@ -236,3 +240,40 @@ def test_daphnes_command_line_builds_this_server() -> None:
         assert cli.CommandLineInterface.server_class is other
     finally:
         cli.CommandLineInterface.server_class = saved
+
+
+# -- small frames' masks ------------------------------------------------------------
+
+
+@settings(max_examples=300, deadline=None)
+@given(mask=st.binary(min_size=4, max_size=4), data=st.binary(max_size=2 * SMALL_FRAME_BYTES), cuts=st.lists(st.integers(0, 2 * SMALL_FRAME_BYTES), max_size=4))
+def test_int_masker_unmasks_as_autobahns_in_any_pieces(mask: bytes, data: bytes, cuts: list[int]) -> None:
+    """A frame's payload may arrive in several reads: the masker continues
+    the mask where the last piece ended, as autobahn's does."""
+    edges = sorted({0, len(data), *(c for c in cuts if c <= len(data))})
+    ours, theirs = IntXorMasker(mask), autobahn_masker(mask, len(data))
+    out_ours, out_theirs = b"", b""
+    for start, end in zip(edges, edges[1:]):
+        out_ours += ours.process(data[start:end])
+        out_theirs += theirs.process(data[start:end])
+        assert ours.pointer() == theirs.pointer() == end
+    assert out_ours == out_theirs
+    assert IntXorMasker(mask).process(out_ours) == data  # masking twice gives the payload back
+    ours.reset()
+    assert ours.pointer() == 0
+
+
+def test_autobahn_makes_int_maskers_for_small_frames_only() -> None:
+    from autobahn.websocket import protocol
+
+    saved = protocol.create_xor_masker
+    try:
+        small_frames_unmasked_in_python()
+        patched = protocol.create_xor_masker
+        small_frames_unmasked_in_python()
+        assert protocol.create_xor_masker is patched  # idempotent: not wrapped twice
+        assert isinstance(patched(b"abcd", 60), IntXorMasker)
+        assert not isinstance(patched(b"abcd", SMALL_FRAME_BYTES), IntXorMasker)
+        assert not isinstance(patched(b"abcd", None), IntXorMasker)  # length unknown: autobahn's
+    finally:
+        protocol.create_xor_masker = saved
