@@ -85,3 +85,49 @@ def test_hub_membership() -> None:
     assert hub.connections("r") == (b,)
     hub.remove(b)
     assert hub.rooms() == []
+
+
+class Socket:
+    """One socket's bytes in order, whichever path wrote them: the ASGI
+    ``send`` (``asgi``) or a direct frame writer (``write``)."""
+
+    def __init__(self) -> None:
+        self.frames: list[str] = []
+        self.result = 1  # SENT
+
+    async def asgi(self, message: dict[str, Any]) -> None:
+        self.frames.append(message["text"])
+
+    def write(self, frame: bytes) -> int:
+        from rooms.runtime.direct_write import NOT_WRITTEN
+
+        if self.result != NOT_WRITTEN:
+            self.frames.append(parse_frame(frame)[2])
+        return self.result
+
+
+async def test_replies_take_the_direct_writer_in_order_with_events() -> None:
+    from rooms.runtime.direct_write import NOT_WRITTEN, QUEUED, SENT
+
+    hub = LocalHub()
+    sock = Socket()
+    conn = Connection("r", "u", "write", sock.asgi)
+    conn.write_frame = sock.write
+    hub.add(conn)
+    await conn.reply("before welcome")  # not open yet: the ASGI send, as the welcome
+    await conn.open("welcome", 0, [])
+    await hub.deliver("r", "e1", 1, None)
+    hub.written.clear()
+    await conn.reply("ack1")
+    assert conn not in hub.written  # the socket took it all: nothing to watch
+    sock.result = QUEUED
+    await conn.reply("ack2")
+    assert conn in hub.written  # bytes may be queued: the backpressure watch looks
+    sock.result = NOT_WRITTEN  # the writer declines (socket closing): the ASGI send takes it
+    await conn.reply("ack3")
+    sock.result = SENT
+    await hub.deliver("r", "e2", 2, None)
+    assert sock.frames == ["before welcome", "welcome", "e1", "ack1", "ack2", "ack3", "e2"]
+    conn.lost()
+    await conn.reply("after close")
+    assert sock.frames[-1] == "e2"
