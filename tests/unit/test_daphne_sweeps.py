@@ -277,3 +277,41 @@ def test_autobahn_makes_int_maskers_for_small_frames_only() -> None:
         assert not isinstance(patched(b"abcd", None), IntXorMasker)  # length unknown: autobahn's
     finally:
         protocol.create_xor_masker = saved
+
+
+# -- the application queue ------------------------------------------------------------
+
+
+async def test_application_queue_delivers_in_order_and_loses_nothing_to_a_cancelled_getter() -> None:
+    from rooms.daphne_server import ApplicationQueue
+
+    queue = ApplicationQueue()
+    queue.put_nowait(1)
+    queue.put_nowait(2)
+    assert await queue.get() == 1 and await queue.get() == 2 and queue.qsize() == 0
+    getter = asyncio.ensure_future(queue.get())
+    await asyncio.sleep(0)
+    queue.put_nowait(3)  # wakes the getter...
+    getter.cancel()  # ...which is cancelled before it runs
+    with pytest.raises(asyncio.CancelledError):
+        await getter
+    assert queue.qsize() == 1 and await queue.get() == 3  # still there for the next get
+    waiting = asyncio.ensure_future(queue.get())
+    await asyncio.sleep(0)
+    waiting.cancel()
+    await asyncio.sleep(0)
+    queue.put_nowait(4)  # put after a cancelled wait: queued, not lost
+    assert await asyncio.wait_for(queue.get(), 1) == 4
+    later = asyncio.ensure_future(queue.get())
+    await asyncio.sleep(0)
+    queue.put_nowait(5)
+    assert await asyncio.wait_for(later, 1) == 5
+
+
+def test_an_idle_connection_holds_a_small_queue() -> None:
+    import sys
+
+    from rooms.daphne_server import ApplicationQueue
+
+    queue = ApplicationQueue()
+    assert sys.getsizeof(queue) < 100  # an asyncio.Queue with its deques and Event is ~3.2 KB
