@@ -60,8 +60,9 @@ def _resolve(waiters: Waiters, results: list[BaseException | None]) -> None:
 
 
 # Under the watchdog's deadline (DORM_DB_TIMEOUT_SECONDS): a database that
-# stops answering fails the commit instead of blocking every room.
-db_commit_and_report = db_watchdog.guarded(_commit_and_report)
+# stops answering fails the commit instead of blocking every room. The hot
+# variant: every durable message waits for this hop.
+db_commit_and_report = db_watchdog.hot_guarded(_commit_and_report)
 
 # Most room batches in one transaction: bounds its size and the time the
 # first of them waits for the last.

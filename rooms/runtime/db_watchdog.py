@@ -28,6 +28,7 @@ when it reloads (docs/runtime.md, "Database outage").
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import socket
@@ -38,7 +39,7 @@ from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from asgiref.sync import sync_to_async
+from asgiref.sync import AsyncToSync, SyncToAsync, sync_to_async
 from channels.db import DatabaseSyncToAsync
 from django.db import DEFAULT_DB_ALIAS, InterfaceError, OperationalError, close_old_connections, connections
 
@@ -266,6 +267,66 @@ def guarded(func: Callable[..., Any], timeout: float | None = None) -> Callable[
         return await sync_to_async(run, thread_sensitive=True)()
 
     call.__name__ = getattr(func, "__name__", "guarded")
+    call.__wrapped__ = func  # type: ignore[attr-defined]
+    return call
+
+
+def _database_thread_executor(loop: asyncio.AbstractEventLoop) -> Any:
+    """The executor ``database_sync_to_async`` would use from here, if it is
+    asgiref's fixed single thread (the case in a server: no sync caller above,
+    no per-request thread context); None otherwise."""
+    if getattr(AsyncToSync.executors, "current", None) is not None:
+        return None
+    if SyncToAsync.thread_sensitive_context.get(None) is not None:
+        return None
+    if loop in AsyncToSync.loop_thread_executors:
+        return None
+    return SyncToAsync.single_thread_executor
+
+
+def _reuse_connection() -> None:
+    """Close the default connection if it failed or is past its age; else keep it.
+
+    What ``close_old_connections`` does for it, without resetting the health
+    check: on PostgreSQL that reset costs a ``SELECT 1`` round trip before the
+    next statement. A connection the server dropped fails its next statement
+    instead, which marks it (``errors_occurred``) and is closed here on the
+    next call.
+    """
+    wrapper = connections[DEFAULT_DB_ALIAS]
+    if wrapper.connection is not None and (
+        wrapper.errors_occurred or (wrapper.close_at is not None and time.monotonic() >= wrapper.close_at)
+    ):
+        wrapper.close_if_unusable_or_obsolete()
+
+
+def hot_guarded(func: Callable[..., Any], timeout: float | None = None) -> Callable[..., Awaitable[Any]]:
+    """:func:`guarded` for calls made for every message (the group commit).
+
+    Same thread, same deadline, same connection as every other call of the
+    database thread, minus what measured ~70 us per call on SQLite and
+    ~300 us on PostgreSQL (docs/performance.md, "The commit hop"): asgiref's
+    context copying and shielding, ``close_old_connections`` on every alias
+    twice, and the health-check query that follows on PostgreSQL. Falls back
+    to asgiref when a sync caller or a per-request thread context decides
+    the thread (tests, management commands).
+    """
+
+    async def call(*args: Any) -> Any:
+        submitted = time.monotonic()
+
+        def run() -> Any:
+            with deadline(timeout, started=submitted):
+                _reuse_connection()
+                return func(*args)
+
+        loop = asyncio.get_running_loop()
+        executor = _database_thread_executor(loop)
+        if executor is None:
+            return await sync_to_async(run, thread_sensitive=True)()
+        return await loop.run_in_executor(executor, run)
+
+    call.__name__ = getattr(func, "__name__", "hot_guarded")
     call.__wrapped__ = func  # type: ignore[attr-defined]
     return call
 
