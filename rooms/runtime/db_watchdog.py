@@ -212,8 +212,8 @@ def _drop(wrapper: Any) -> None:
 def release_frames(exc: BaseException) -> None:
     """Drop the local variables of the frames ``exc`` (and the exceptions it
     chains) went through, here on the database thread. Every exception that
-    leaves the database thread goes through this (``guarded``, ``install``'s
-    handler, the group committer's results).
+    leaves the database thread goes through this (``guarded``,
+    ``hot_guarded``, ``install``'s handler, the group committer's results).
 
     A failed call's traceback keeps its frames, and with them the driver's
     cursor (Django's ``self.cursor().execute("BEGIN ...")`` is one such
@@ -316,9 +316,13 @@ def hot_guarded(func: Callable[..., Any], timeout: float | None = None) -> Calla
         submitted = time.monotonic()
 
         def run() -> Any:
-            with deadline(timeout, started=submitted):
-                _reuse_connection()
-                return func(*args)
+            try:
+                with deadline(timeout, started=submitted):
+                    _reuse_connection()
+                    return func(*args)
+            except BaseException as exc:
+                release_frames(exc)
+                raise
 
         loop = asyncio.get_running_loop()
         executor = _database_thread_executor(loop)

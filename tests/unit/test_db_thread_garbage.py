@@ -91,6 +91,7 @@ async def _group_commit() -> None:
 
 CALLS: dict[str, Callable[[], Awaitable[Any]]] = {
     "guarded": lambda: db_watchdog.guarded(_write)(),
+    "hot_guarded": lambda: db_watchdog.hot_guarded(_write)(),
     "database_sync_to_async": lambda: database_sync_to_async(_write)(),
     "group commit": _group_commit,
 }
