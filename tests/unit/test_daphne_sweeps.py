@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+import sys
 from typing import Any
 
 import pytest
@@ -14,11 +15,18 @@ from autobahn.nvx._xormasker import create_xor_masker as autobahn_masker
 from daphne import server as daphne_server_module
 from daphne import ws_protocol
 from daphne.server import Server
+from daphne.ws_protocol import WebSocketFactory, WebSocketProtocol
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from rooms import daphne_server
-from rooms.daphne_server import SMALL_FRAME_BYTES, IntXorMasker, LeanDaphneServer, small_frames_unmasked_in_python
+from rooms.daphne_server import (
+    SMALL_FRAME_BYTES,
+    ConfigOnClassFactory,
+    IntXorMasker,
+    LeanDaphneServer,
+    small_frames_unmasked_in_python,
+)
 
 
 class Clock:
@@ -315,3 +323,66 @@ def test_an_idle_connection_holds_a_small_queue() -> None:
 
     queue = ApplicationQueue()
     assert sys.getsizeof(queue) < 100  # an asyncio.Queue with its deques and Event is ~3.2 KB
+
+
+# -- autobahn's options on the protocol class (ConfigOnClassFactory) -----------
+
+
+class _NoServer:
+    def __init__(self) -> None:
+        self.connections: dict[Any, Any] = {}
+
+
+def _connected(factory: WebSocketFactory) -> Any:
+    from twisted.internet.testing import StringTransport
+
+    protocol = factory.buildProtocol(None)
+    protocol.makeConnection(StringTransport())  # autobahn's _connectionMade: where options were copied
+    return protocol
+
+
+def test_protocols_read_the_options_from_their_class_not_a_copy_each() -> None:
+    lean = ConfigOnClassFactory(_NoServer(), server="daphne")
+    plain = WebSocketFactory(_NoServer(), server="daphne")
+    for f in (lean, plain):
+        f.setProtocolOptions(autoPingTimeout=7, allowNullOrigin=True, openHandshakeTimeout=3)
+    a, b = _connected(lean), _connected(plain)
+    names = WebSocketProtocol.CONFIG_ATTRS
+    assert len(names) >= 29
+    assert not set(names) & set(vars(a)), "no option copied into the instance"
+    assert set(names) <= set(vars(b)), "autobahn's own factory copies them all"
+    for name in names:
+        assert getattr(a, name) is getattr(lean, name), name
+        assert getattr(b, name) is getattr(plain, name), name
+    assert a.autoPingTimeout == 7 and a.openHandshakeTimeout == 3 and a.allowNullOrigin is True
+    assert isinstance(a, WebSocketProtocol) and a.factory is lean
+    assert len(vars(a)) == len(vars(b)) - len(names)
+
+
+def test_a_callable_option_is_called_as_autobahn_calls_it() -> None:
+    seen: list[Any] = []
+
+    def accept(offers: list[Any]) -> None:
+        seen.append(offers)
+
+    lean = ConfigOnClassFactory(_NoServer(), server="daphne")
+    lean.setProtocolOptions(perMessageCompressionAccept=accept)
+    protocol = _connected(lean)
+    assert protocol.perMessageCompressionAccept is accept  # not bound to the protocol
+    protocol.perMessageCompressionAccept(["offer"])
+    assert seen == [["offer"]]
+
+
+def test_options_set_later_reach_the_protocols_built_after() -> None:
+    lean = ConfigOnClassFactory(_NoServer(), server="daphne")
+    lean.setProtocolOptions(autoPingTimeout=5)
+    before = _connected(lean)
+    lean.setProtocolOptions(autoPingTimeout=9)
+    after = _connected(lean)
+    assert (before.autoPingTimeout, after.autoPingTimeout) == (5, 9)
+
+
+def test_the_lean_server_makes_daphnes_factory_a_config_on_class_one() -> None:
+    server = LeanDaphneServer(application=None, endpoints=["tcp:port=0"])
+    server.ws_factory = WebSocketFactory(server, server="daphne")  # what daphne's run() does
+    assert type(server.ws_factory) is ConfigOnClassFactory
