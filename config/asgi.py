@@ -25,9 +25,15 @@ os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings")
 # Django must be set up before the consumers (and their models) are imported.
 django_asgi_app = get_asgi_application()
 
-from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
-
-from rooms.asgi import BrowserOriginValidator, Lifespan, NeverCloseWith1011, start_with_daphne, tune_gc  # noqa: E402
+from rooms.asgi import (  # noqa: E402
+    BrowserOriginValidator,
+    HandOverProtocolTypeRouter,
+    HandOverURLRouter,
+    Lifespan,
+    NeverCloseWith1011,
+    start_with_daphne,
+    tune_gc,
+)
 from rooms.checks import warn_at_start  # noqa: E402
 from rooms.routing import websocket_urlpatterns  # noqa: E402
 
@@ -37,11 +43,13 @@ warn_at_start()
 
 # Lifespan outermost: the runtime (and in the embedded mode the alarm
 # scheduler) starts with the server, not with its first client.
+# Every layer but NeverCloseWith1011 hands the socket's coroutine over
+# instead of awaiting it (rooms/asgi.py: no frame per layer per socket).
 application = Lifespan(
-    ProtocolTypeRouter(
+    HandOverProtocolTypeRouter(
         {
             "http": django_asgi_app,
-            "websocket": NeverCloseWith1011(BrowserOriginValidator(URLRouter(websocket_urlpatterns))),
+            "websocket": NeverCloseWith1011(BrowserOriginValidator(HandOverURLRouter(websocket_urlpatterns))),
         }
     )
 )

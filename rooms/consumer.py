@@ -20,6 +20,7 @@ from typing import Any
 from urllib.parse import parse_qsl
 
 import orjson
+from asgiref.sync import markcoroutinefunction
 from channels.consumer import AsyncConsumer
 from channels.exceptions import StopConsumer
 from django.db import DatabaseError
@@ -68,6 +69,19 @@ class RoomConsumer(AsyncConsumer):
     _kind: type[RoomKind] | None = None
     # time.monotonic() at the handshake (billing: long-session latency).
     _connected_at = 0.0
+
+    @classmethod
+    def as_asgi(cls, **initkwargs: Any) -> Any:
+        """Channels' ``as_asgi``, handing the consumer's coroutine over instead
+        of awaiting it (rooms/asgi.py says why)."""
+
+        @markcoroutinefunction
+        def app(scope: dict[str, Any], receive: Any, send: Any) -> Any:
+            return cls(**initkwargs)(scope, receive, send)
+
+        app.consumer_class = cls  # type: ignore[attr-defined]
+        app.consumer_initkwargs = initkwargs  # type: ignore[attr-defined]
+        return app
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         """Channels' ``AsyncConsumer.__call__`` for a consumer with no channel layer.
