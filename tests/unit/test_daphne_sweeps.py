@@ -22,9 +22,9 @@ from hypothesis import strategies as st
 from rooms import daphne_server
 from rooms.daphne_server import (
     SMALL_FRAME_BYTES,
-    ConfigOnClassFactory,
     IntXorMasker,
     LeanDaphneServer,
+    LeanWebSocketFactory,
     small_frames_unmasked_in_python,
 )
 
@@ -325,7 +325,7 @@ def test_an_idle_connection_holds_a_small_queue() -> None:
     assert sys.getsizeof(queue) < 100  # an asyncio.Queue with its deques and Event is ~3.2 KB
 
 
-# -- autobahn's options on the protocol class (ConfigOnClassFactory) -----------
+# -- autobahn's options on the protocol class (LeanWebSocketFactory) -----------
 
 
 class _NoServer:
@@ -342,7 +342,7 @@ def _connected(factory: WebSocketFactory) -> Any:
 
 
 def test_protocols_read_the_options_from_their_class_not_a_copy_each() -> None:
-    lean = ConfigOnClassFactory(_NoServer(), server="daphne")
+    lean = LeanWebSocketFactory(_NoServer(), server="daphne")
     plain = WebSocketFactory(_NoServer(), server="daphne")
     for f in (lean, plain):
         f.setProtocolOptions(autoPingTimeout=7, allowNullOrigin=True, openHandshakeTimeout=3)
@@ -365,7 +365,7 @@ def test_a_callable_option_is_called_as_autobahn_calls_it() -> None:
     def accept(offers: list[Any]) -> None:
         seen.append(offers)
 
-    lean = ConfigOnClassFactory(_NoServer(), server="daphne")
+    lean = LeanWebSocketFactory(_NoServer(), server="daphne")
     lean.setProtocolOptions(perMessageCompressionAccept=accept)
     protocol = _connected(lean)
     assert protocol.perMessageCompressionAccept is accept  # not bound to the protocol
@@ -374,7 +374,7 @@ def test_a_callable_option_is_called_as_autobahn_calls_it() -> None:
 
 
 def test_options_set_later_reach_the_protocols_built_after() -> None:
-    lean = ConfigOnClassFactory(_NoServer(), server="daphne")
+    lean = LeanWebSocketFactory(_NoServer(), server="daphne")
     lean.setProtocolOptions(autoPingTimeout=5)
     before = _connected(lean)
     lean.setProtocolOptions(autoPingTimeout=9)
@@ -385,4 +385,29 @@ def test_options_set_later_reach_the_protocols_built_after() -> None:
 def test_the_lean_server_makes_daphnes_factory_a_config_on_class_one() -> None:
     server = LeanDaphneServer(application=None, endpoints=["tcp:port=0"])
     server.ws_factory = WebSocketFactory(server, server="daphne")  # what daphne's run() does
-    assert type(server.ws_factory) is ConfigOnClassFactory
+    assert type(server.ws_factory) is LeanWebSocketFactory
+
+
+def test_an_open_socket_lets_the_handshake_data_go() -> None:
+    from autobahn.websocket.types import ConnectionRequest
+
+    class Server:
+        logged: list[tuple[str, str, dict[str, Any]]] = []
+
+        def log_action(self, protocol: str, action: str, details: dict[str, Any]) -> None:
+            self.logged.append((protocol, action, details))
+
+    protocol = _connected(LeanWebSocketFactory(_NoServer(), server="daphne"))
+    headers = {"host": "dorm.example.com", "user-agent": "x" * 200}
+    protocol.http_headers = headers
+    protocol.http_request_data = b"GET /ws/lobby HTTP/1.1\r\n" + b"x" * 300
+    protocol.request = ConnectionRequest(
+        None, headers, "dorm.example.com", "/ws/lobby", {"token": ["t"]}, 13, None, [], []
+    )
+    protocol.server, protocol.client_addr = Server(), ("127.0.0.1", 5)
+    protocol.onOpen()
+    assert Server.logged == [("websocket", "connected", {"path": "/ws/lobby", "client": "127.0.0.1:5"})]
+    assert protocol.http_request_data == b""
+    assert dict(protocol.http_headers) == {} and dict(protocol.request.headers) == {}
+    assert dict(protocol.request.params) == {}
+    assert protocol.request.path == "/ws/lobby"  # what daphne reads later
