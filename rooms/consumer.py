@@ -54,9 +54,6 @@ log = logging.getLogger("dorm.rooms")
 
 
 class RoomConsumer(AsyncConsumer):
-    # No channel-layer channel per connection (see module docstring).
-    channel_layer_alias = "__dorm_no_layer__"
-
     conn: Connection | None = None
     identity: Identity | None = None
     room: str = ""

@@ -38,8 +38,8 @@ def _commit_and_report(batches: list[persistence.Batch], loop: asyncio.AbstractE
         results = [exc if isinstance(exc, Exception) else ConnectionError("commit failed")] * len(batches)
     for result in results:
         if result is not None:
-            # Returned, not raised: guarded() would not see these (its
-            # docstring says what a cursor held by a traceback costs).
+            # Returned, not raised: deadline() does not see these
+            # (release_frames says what a cursor held by a traceback costs).
             db_watchdog.release_frames(result)
     if db_watchdog.expired():
         # Aborted by the watchdog (or over the deadline anyway): say so, so

@@ -175,8 +175,9 @@ def deadline(timeout: float | None = None, *, started: float | None = None) -> I
             wrapper.ensure_connection()
             _busy_timeout(wrapper, max(1, int(timeout * 1000)))
         yield entry
-    except Exception as exc:
-        if entry.expired:
+    except BaseException as exc:
+        release_frames(exc)
+        if entry.expired and isinstance(exc, Exception):
             _drop(wrapper)
             raise DatabaseTimeout(f"database call over its deadline ({type(exc).__name__})") from exc
         raise
@@ -211,9 +212,10 @@ def _drop(wrapper: Any) -> None:
 
 def release_frames(exc: BaseException) -> None:
     """Drop the local variables of the frames ``exc`` (and the exceptions it
-    chains) went through, here on the database thread. Every exception that
-    leaves the database thread goes through this (``guarded``,
-    ``hot_guarded``, ``install``'s handler, the group committer's results).
+    chains) went through, here on the database thread. Every call of the
+    database thread runs under :func:`deadline`, whose exit does this for
+    an exception that leaves the call; the group committer does it for the
+    exceptions it returns as results.
 
     A failed call's traceback keeps its frames, and with them the driver's
     cursor (Django's ``self.cursor().execute("BEGIN ...")`` is one such
@@ -253,16 +255,12 @@ def guarded(func: Callable[..., Any], timeout: float | None = None) -> Callable[
         submitted = time.monotonic()
 
         def run() -> Any:
-            try:
-                with deadline(timeout, started=submitted):
+            with deadline(timeout, started=submitted):
+                close_old_connections()
+                try:
+                    return func(*args, **kwargs)
+                finally:
                     close_old_connections()
-                    try:
-                        return func(*args, **kwargs)
-                    finally:
-                        close_old_connections()
-            except BaseException as exc:
-                release_frames(exc)
-                raise
 
         return await sync_to_async(run, thread_sensitive=True)()
 
@@ -316,13 +314,9 @@ def hot_guarded(func: Callable[..., Any], timeout: float | None = None) -> Calla
         submitted = time.monotonic()
 
         def run() -> Any:
-            try:
-                with deadline(timeout, started=submitted):
-                    _reuse_connection()
-                    return func(*args)
-            except BaseException as exc:
-                release_frames(exc)
-                raise
+            with deadline(timeout, started=submitted):
+                _reuse_connection()
+                return func(*args)
 
         loop = asyncio.get_running_loop()
         executor = _database_thread_executor(loop)
@@ -354,14 +348,10 @@ def install() -> None:
     original = DatabaseSyncToAsync.thread_handler
 
     def thread_handler(self: Any, loop: Any, *args: Any, **kwargs: Any) -> Any:
-        try:
-            if current() is not None:
-                return original(self, loop, *args, **kwargs)
-            with deadline():
-                return original(self, loop, *args, **kwargs)
-        except BaseException as exc:
-            release_frames(exc)
-            raise
+        if current() is not None:
+            return original(self, loop, *args, **kwargs)
+        with deadline():
+            return original(self, loop, *args, **kwargs)
 
     DatabaseSyncToAsync.thread_handler = thread_handler  # type: ignore[method-assign]
 
