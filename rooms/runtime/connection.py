@@ -1,9 +1,10 @@
 """One client socket in this process, as the actor and the fan-out see it.
 
 A connection is in its room's fan-out set from the moment its handshake
-completes, but nothing is written to it before its ``welcome``: events that
-arrive first wait in ``pending`` and are flushed after the welcome (and the
-resume replay), dropping those the welcome's seq already covers. So the first
+completes, but nothing is written to it before its ``welcome``: events and
+replies (a pong, an error) that come first wait in ``pending`` and are
+flushed after the welcome (and the resume replay), dropping the events the
+welcome's seq already covers. So the first
 frame is always ``welcome`` and no event ordered after the handshake is lost.
 """
 
@@ -184,6 +185,12 @@ class Connection:
     async def reply(self, text: str) -> None:
         if self.binary:
             return  # JSON replies (acks, errors, pong) mean nothing to a binary client
+        if self.state is ConnectionState.PENDING:
+            # The first frame a connection receives is its welcome: a reply
+            # to a frame sent before it (a ping right behind the handshake)
+            # waits with the events, in order.
+            self.buffer(None, {"type": "websocket.send", "text": text})
+            return
         write = self.write_frame
         if write is not None and self.state is ConnectionState.OPEN:
             # Framed here and written straight to the socket, as the fan-out

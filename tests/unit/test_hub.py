@@ -73,6 +73,23 @@ async def test_events_before_the_welcome_are_held_and_filtered_by_seq() -> None:
     assert texts(rec)[-1] == "seq7"
 
 
+async def test_replies_before_the_welcome_wait_for_it_in_order() -> None:
+    """PROTOCOL.md: the first frame is the welcome, even for a client that
+    pings (or sends a bad frame) right behind its handshake."""
+    hub = LocalHub()
+    rec = Recorder()
+    conn = Connection("r", "u", "write", rec)
+    hub.add(conn)
+    await conn.reply("pong")
+    await hub.deliver("r", "seq6", 6, None)
+    await conn.error("invalid_json")
+    assert rec.sent == []
+    await conn.open("welcome@5", 5, [])
+    assert texts(rec)[:3] == ["welcome@5", "pong", "seq6"] and '"invalid_json"' in texts(rec)[3]
+    await conn.reply("ack")
+    assert texts(rec)[-1] == "ack"
+
+
 def test_hub_membership() -> None:
     hub = LocalHub()
     a = Connection("r", "a", "write", Recorder())
@@ -114,7 +131,7 @@ async def test_replies_take_the_direct_writer_in_order_with_events() -> None:
     conn = Connection("r", "u", "write", sock.asgi)
     conn.write_frame = sock.write
     hub.add(conn)
-    await conn.reply("before welcome")  # not open yet: the ASGI send, as the welcome
+    await conn.reply("before welcome")  # not open yet: held, then the ASGI send after the welcome
     await conn.open("welcome", 0, [])
     await hub.deliver("r", "e1", 1, None)
     hub.written.clear()
@@ -127,7 +144,7 @@ async def test_replies_take_the_direct_writer_in_order_with_events() -> None:
     await conn.reply("ack3")
     sock.result = SENT
     await hub.deliver("r", "e2", 2, None)
-    assert sock.frames == ["before welcome", "welcome", "e1", "ack1", "ack2", "ack3", "e2"]
+    assert sock.frames == ["welcome", "before welcome", "e1", "ack1", "ack2", "ack3", "e2"]
     conn.lost()
     await conn.reply("after close")
     assert sock.frames[-1] == "e2"
