@@ -395,7 +395,9 @@ def py_spy(args: argparse.Namespace, server: Server, workload: str) -> Iterator[
         return
     args.py_spy.mkdir(parents=True, exist_ok=True)
     out = args.py_spy / f"{server.name}-{workload}.txt"
-    cmd = [str(Path(sys.executable).parent / "py-spy"), "record", "--nonblocking", "-r", "200", "-p", str(server.pid), *args.py_spy_flags.split(),
+    flags = args.py_spy_flags.split()
+    rate = [] if {"-r", "--rate"} & set(flags) else ["-r", "200"]  # py-spy refuses a flag given twice
+    cmd = [str(Path(sys.executable).parent / "py-spy"), "record", "--nonblocking", *rate, "-p", str(server.pid), *flags,
            "-f", "raw", "-o", str(out)]
     spy = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     time.sleep(0.5)  # attached before the first connection
@@ -550,7 +552,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--json", type=Path)
     p.add_argument("--server-log-dir", type=Path)
     p.add_argument("--py-spy", type=Path, metavar="DIR", help="profile the server over 'connect' and 'durable' (py-spy raw stacks)")
-    p.add_argument("--py-spy-flags", default="", help="more py-spy record flags, e.g. '--idle --threads'")
+    p.add_argument("--py-spy-flags", default="", help="more py-spy record flags, e.g. '--idle --threads' or '--rate 1000'")
     args = p.parse_args(argv)
     args.servers = [s for s in args.servers.split(",") if s]
     args.workloads = [w for w in args.workloads.split(",") if w]
