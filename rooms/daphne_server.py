@@ -45,9 +45,12 @@ from functools import partial
 from types import MappingProxyType
 from typing import Any
 
+from daphne.http_protocol import HTTPFactory
 from daphne.server import Server
 from daphne.ws_protocol import WebSocketFactory, WebSocketProtocol
 from twisted.internet import reactor
+
+from rooms.daphne_upgrade import UpgradeSniffingHTTPFactory
 
 logger = logging.getLogger("daphne.server")  # daphne's own messages, under daphne's logger
 
@@ -169,6 +172,18 @@ class LeanDaphneServer(Server):
         # (when its next timeout check can act, tie-breaker, protocol)
         self.timeout_checks: list[tuple[float, int, Any]] = []
         self._tie = itertools.count()
+
+    @property
+    def http_factory(self) -> Any:
+        return self._http_factory
+
+    @http_factory.setter
+    def http_factory(self, factory: Any) -> None:
+        # daphne's run() builds a plain HTTPFactory; same object, WebSocket
+        # upgrades without twisted's request (rooms/daphne_upgrade.py).
+        if type(factory) is HTTPFactory:
+            factory.__class__ = UpgradeSniffingHTTPFactory
+        self._http_factory = factory
 
     @property
     def ws_factory(self) -> Any:
