@@ -16,6 +16,8 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from django.conf import settings
 from django.test import override_settings
+from hypothesis import given, settings as hypothesis_settings
+from hypothesis import strategies as st
 
 from rooms import tokens
 from rooms.models import Event, Room
@@ -81,6 +83,133 @@ def test_refused_tokens(token_of: Any, code: int, reason: str) -> None:
     with pytest.raises(tokens.TokenError) as refused:
         tokens.verify(token_of(), "b")
     assert (refused.value.code, refused.value.reason) == (code, reason)
+
+
+# -- the HMAC fast path against PyJWT -----------------------------------------------------
+
+SECRET = "s" * 64  # long enough for HS512 (PyJWT warns about shorter HMAC keys)
+
+
+def raw_token(header: Any, claims: Any, key: str = SECRET, algorithm: str = "HS256", mangle: str = "none") -> str:
+    """A token built by hand (any header, any claims, any JSON), signed with ``key``."""
+    def b64(data: bytes) -> str:
+        return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+    def text(value: Any) -> bytes:
+        return value if isinstance(value, bytes) else json.dumps(value).encode()
+
+    signing_input = b64(text(header)) + "." + b64(text(claims))
+    digest = {"HS256": hashlib.sha256, "HS384": hashlib.sha384, "HS512": hashlib.sha512}[algorithm]
+    signature = b64(hmac.new(key.encode(), signing_input.encode(), digest).digest())
+    if mangle == "pad":
+        signature += "=" * (-len(signature) % 4 or 4)
+    elif mangle == "noncanonical":  # the last character's unused bits set
+        alphabet = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
+        signature = signature[:-1] + alphabet[alphabet.index(signature[-1]) | 1]
+    elif mangle == "flip":
+        signature = signature[:-2] + ("A" if signature[-2] != "A" else "B") + signature[-1]
+    elif mangle == "extra":
+        signature += ".x"
+    elif mangle == "junk":
+        signature = signature[:5] + "!" + signature[5:]
+    return signing_input + "." + signature
+
+
+SCALARS = st.one_of(st.integers(-(2**70), 2**70), st.booleans(), st.none(), st.floats(allow_nan=True),
+                    st.text(max_size=8), st.just([1]), st.just({"a": {"b": 1}}))
+NOW = int(time.time())
+TIMES = st.one_of(st.sampled_from([NOW - 3600, NOW - 15, NOW + 15, NOW + 3600, NOW + 10**9]), SCALARS)
+
+
+@st.composite
+def tokens_to_check(draw: Any) -> tuple[str, str]:
+    algorithm = draw(st.sampled_from(["HS256", "HS256", "HS384", "HS512"]))
+    header: dict[str, Any] = {"alg": draw(st.sampled_from([algorithm, algorithm, "HS256", "none", "RS256", ""]))}
+    for extra in draw(st.lists(st.sampled_from(["typ", "kid", "crit", "b64", "x"]), unique=True, max_size=2)):
+        header[extra] = draw(st.sampled_from(["JWT", 7, None, ["b64"], False]))
+    claims: dict[str, Any] = {"sub": "u1", "room": "r", "scope": "write", "exp": NOW + 60, "iat": NOW, "jti": "j"}
+    for name in draw(st.lists(st.sampled_from(["sub", "room", "scope", "exp", "iat", "jti", "nbf", "aud", "iss"]),
+                              unique=True, max_size=3)):
+        if draw(st.booleans()):
+            claims.pop(name, None)
+        else:
+            claims[name] = draw(TIMES if name in ("exp", "iat", "nbf") else SCALARS)
+    body: Any = claims
+    shape = draw(st.sampled_from(["object", "object", "object", "array", "nan", "deep", "bigint"]))
+    if shape == "array":
+        body = [claims]
+    elif shape == "nan":
+        body = json.dumps(claims).replace('"jti": "j"', '"jti": NaN').encode()
+    elif shape == "deep":
+        body = json.dumps({**claims, "x": 0}).replace('"x": 0', '"x": ' + "[" * 990 + "]" * 990).encode()
+    elif shape == "bigint":
+        body = json.dumps({**claims, "x": 2**80}).encode()
+    key = draw(st.sampled_from([SECRET, SECRET, "t" * 40]))
+    mangle = draw(st.sampled_from(["none", "none", "none", "pad", "noncanonical", "flip", "extra", "junk"]))
+    return raw_token(header, body, key, algorithm, mangle), algorithm
+
+
+@given(tokens_to_check())
+@hypothesis_settings(max_examples=1500, deadline=None)
+def test_the_hmac_fast_path_accepts_only_what_pyjwt_accepts_with_the_same_claims(case: tuple[str, str]) -> None:
+    token, algorithm = case
+    fast = tokens._hmac_claims(token, algorithm, SECRET, 10.0)
+    if fast is None:
+        return  # PyJWT decides, as before
+    slow = jwt.decode(token, SECRET, algorithms=[algorithm], leeway=10.0, options={"require": tokens.REQUIRED_CLAIMS})
+    assert fast == slow
+
+
+def test_what_issue_mints_takes_the_fast_path() -> None:
+    token, claims = tokens.issue("u1", "board-1", "write")
+    fast = tokens._hmac_claims(token, "HS256", settings.DORM["TOKEN_SECRET"], 10.0)
+    assert fast is not None and fast["sub"] == "u1" and fast["jti"] == claims.jti
+    for algorithm in ("HS384", "HS512"):
+        fast = tokens._hmac_claims(raw_token({"alg": algorithm, "typ": "JWT"}, good_claims(), algorithm=algorithm),
+                                   algorithm, SECRET, 10.0)
+        assert fast is not None and fast["room"] == "r"
+
+
+@pytest.mark.parametrize(
+    ("token", "why"),
+    [
+        (raw_token({"alg": "HS256"}, good_claims(), key="t" * 40), "another key"),
+        (raw_token({"alg": "HS256"}, good_claims(), mangle="noncanonical"), "non-canonical base64"),
+        (raw_token({"alg": "HS256"}, good_claims(), mangle="pad"), "padded"),
+        (raw_token({"alg": "HS384"}, good_claims(), algorithm="HS384"), "another algorithm than configured"),
+        (raw_token({"alg": "HS256", "kid": "k"}, good_claims()), "a header PyJWT checks"),
+        (raw_token({"alg": "HS256"}, good_claims(exp=NOW - 15)), "expired past the leeway"),
+        (raw_token({"alg": "HS256"}, good_claims(iat=NOW + 3600)), "issued in the future"),
+        (raw_token({"alg": "HS256"}, good_claims(nbf=NOW + 3600)), "not before"),
+        (raw_token({"alg": "HS256"}, good_claims(aud="x")), "an audience"),
+        (raw_token({"alg": "HS256"}, good_claims(exp=float(NOW + 60))), "a float exp (PyJWT's int() takes it)"),
+        (raw_token({"alg": "HS256"}, good_claims(extra={"nested": 1})), "a nested claim"),
+    ],
+)
+def test_the_fast_path_leaves_the_unusual_to_pyjwt(token: str, why: str) -> None:
+    assert tokens._hmac_claims(token, "HS256", SECRET, 10.0) is None, why
+
+
+def test_the_fast_path_is_off_for_a_key_pyjwt_would_refuse_or_warn_about() -> None:
+    pem = "-----BEGIN PUBLIC KEY-----\n" + "A" * 64 + "\n-----END PUBLIC KEY-----"
+    assert tokens._hmac_key("HS256", pem) is None
+    assert tokens._hmac_key("HS256", "short") is None
+    assert tokens._hmac_key("HS256", SECRET) == SECRET.encode()
+
+
+def test_refusals_keep_pyjwts_words_with_the_fast_path() -> None:
+    """Whatever the fast path declines, verify() answers as PyJWT made it answer."""
+    secret = settings.DORM["TOKEN_SECRET"]
+    cases = {
+        "invalid token signature": forged(good_claims(room="b"), key="t" * 40),
+        "token expired": forged(good_claims(room="b", exp=NOW - 3600, iat=NOW - 7200), key=secret),
+        "token not yet valid": forged(good_claims(room="b", nbf=NOW + 3600), key=secret),
+        "invalid token": raw_token({"alg": "HS256"}, good_claims(room="b"), key=secret, mangle="noncanonical"),
+    }
+    for reason, token in cases.items():
+        with pytest.raises(tokens.TokenError) as refused:
+            tokens.verify(token, "b")
+        assert refused.value.reason == reason
 
 
 def test_leeway_tolerates_small_clock_skew_only() -> None:
