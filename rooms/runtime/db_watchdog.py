@@ -47,7 +47,8 @@ from rooms.conf import dorm_settings
 
 log = logging.getLogger("dorm.db")
 
-# How often the watchdog thread looks at the armed deadlines.
+# How often the watchdog thread looks at the armed deadlines (while any are:
+# with none armed it parks until the next call).
 CHECK_INTERVAL_SECONDS = 0.05
 
 
@@ -79,7 +80,12 @@ class Watchdog:
         self._armed: dict[int, Deadline] = {}
         self._lock = threading.Lock()
         self._thread: threading.Thread | None = None
+        # Set while the thread polls; clear while it is parked because
+        # nothing is armed (an idle server's thread then never wakes).
+        self._polling = threading.Event()
+        self._polling.set()
         self.fired = 0  # how many calls it aborted (tests, logs)
+        self.parks = 0  # how often it parked (tests)
 
     def arm(self, timeout: float, wrapper: Any) -> Deadline:
         entry = Deadline(time.monotonic() + timeout, wrapper)
@@ -88,14 +94,29 @@ class Watchdog:
             if self._thread is None:
                 self._thread = threading.Thread(target=self._run, name="dorm-db-watchdog", daemon=True)
                 self._thread.start()
+        if not self._polling.is_set():  # a plain read while the thread polls (under load)
+            self._polling.set()
         return entry
 
     def disarm(self, entry: Deadline) -> None:
         with self._lock:
             self._armed.pop(id(entry), None)
 
+    def _park_while_idle(self) -> None:
+        """Wait, without waking, until a call is armed. Cleared before the
+        second look: an ``arm`` after that look sets it again, so no call is
+        missed."""
+        if self._armed:
+            return
+        self._polling.clear()
+        if not self._armed:
+            self.parks += 1
+            self._polling.wait()
+        self._polling.set()
+
     def _run(self) -> None:
         while True:
+            self._park_while_idle()
             time.sleep(CHECK_INTERVAL_SECONDS)
             if not self._armed:
                 continue

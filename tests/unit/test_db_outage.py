@@ -240,6 +240,24 @@ async def test_the_watchdog_aborts_a_database_call_past_its_deadline(runtime: An
     assert await log_of("nothing-here") == []
 
 
+async def test_the_watchdog_parks_while_nothing_is_armed_and_still_aborts_the_next_call(runtime: Any) -> None:
+    """An idle server's watchdog thread does not wake 20 times a second; the
+    first call armed after it parked is still cut at its deadline."""
+    watchdog = db_watchdog.watchdog
+    await log_of("nothing-here")  # a call: the thread exists and has polled
+    deadline = time.monotonic() + 2
+    while watchdog._polling.is_set() and time.monotonic() < deadline:
+        await asyncio.sleep(0.02)
+    assert not watchdog._polling.is_set(), "the thread did not park with nothing armed"
+    parks = watchdog.parks
+    await asyncio.sleep(0.3)
+    assert watchdog.parks == parks  # asleep, not waking to look
+    started = time.monotonic()
+    with pytest.raises(DatabaseTimeout):
+        await _endless_query(0.3)
+    assert 0.25 < time.monotonic() - started < 1.5
+
+
 async def test_a_failed_access_lookup_closes_with_1013_not_1011(connect: Any, monkeypatch: pytest.MonkeyPatch) -> None:
     from rooms import consumer
 
