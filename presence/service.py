@@ -3,8 +3,9 @@ its beat, and the sweeps.
 
 Per process, two tasks (started with the first socket):
 
-- **ledger**: every ``PRESENCE_LEDGER_FLUSH_SECONDS`` writes what the
-  consumers reported (``ledger.py``) in one transaction;
+- **ledger**: ``PRESENCE_LEDGER_FLUSH_SECONDS`` after the first report
+  since its last write, writes what the consumers reported (``ledger.py``)
+  in one transaction (asleep while there is nothing to write);
 - **sweep**: every ``PRESENCE_SWEEP_SECONDS``
   1. beats (a ``PresenceProcess`` row; in Redis a key with a TTL);
   2. finds its own sockets silent for longer than the presence TTL and tells
@@ -73,6 +74,7 @@ class PresenceService:
         self._tasks: list[asyncio.Task[None]] = []
         self._ghosts: dict[str, float] = {}  # orphan entries already sent a leave
         self._stopped = False
+        self._ledger_wake: asyncio.Event | None = None
         self.sweeps = 0
 
     def ensure_started(self) -> None:
@@ -90,10 +92,17 @@ class PresenceService:
         now = time.monotonic()
         self.tracked[conn.id] = Tracked(conn, now, now)
         self.buffer.open(conn.id, conn.room, conn.user_id, user_agent, address)
+        self._buffered()
 
     def closed(self, conn: Connection, code: int, reason: str) -> None:
         self.tracked.pop(conn.id, None)
         self.buffer.close(conn.id, code, reason)
+        self._buffered()
+
+    def _buffered(self) -> None:
+        wake = self._ledger_wake
+        if wake is not None and not wake.is_set():
+            wake.set()
 
     def heard(self, conn: Connection, heartbeat: bool = False) -> bool:
         """The socket sent a frame; True when the backend's last-seen needs a refresh."""
@@ -117,7 +126,14 @@ class PresenceService:
     # -- loops --------------------------------------------------------------------
 
     async def _ledger_loop(self) -> None:
+        # Asleep while nothing is buffered (an idle server does not wake 4
+        # times a second to find nothing); a report wakes it, and what comes
+        # within the flush interval after goes in the same batch.
+        wake = self._ledger_wake = asyncio.Event()
         while True:
+            if not len(self.buffer):
+                wake.clear()
+                await wake.wait()
             await asyncio.sleep(dorm_settings.PRESENCE_LEDGER_FLUSH_SECONDS)
             await self.flush_ledger()
 

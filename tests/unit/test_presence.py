@@ -20,6 +20,7 @@ from presence.backends.redis import RedisPresence
 from presence.models import PresenceSession
 from presence.process import PROCESS_ID
 from presence.sweep import sweep_stale
+from rooms.conf import dorm_settings
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -139,6 +140,34 @@ async def test_two_connections_of_one_user_and_the_ledger(runtime: Any, connect:
     assert all(r.close_code == 1000 and r.process == PROCESS_ID for r in rows[1:])
     # The address is kept only as a keyed hash.
     assert all(len(r.address_hash) == 32 and "127.0.0.1" not in r.address_hash for r in rows)
+
+
+async def test_the_ledger_loop_writes_soon_after_a_report_and_sleeps_while_there_is_none(
+    runtime: Any, connect: Any, monkeypatch: Any
+) -> None:
+    service = runtime.presence_service
+    writes: list[int] = []
+    real_flush = service.flush_ledger
+
+    async def counted() -> None:
+        writes.append(len(service.buffer))
+        await real_flush()
+
+    monkeypatch.setattr(service, "flush_ledger", counted)
+    client = await connect("ledger-loop", userId="a")
+    deadline = time.monotonic() + 3
+    while not await ledger("ledger-loop") and time.monotonic() < deadline:
+        await asyncio.sleep(0.05)  # written by the loop itself, no flush called here
+    assert [r.user_id for r in await ledger("ledger-loop")] == ["a"]
+    settled = len(writes)
+    await asyncio.sleep(4 * dorm_settings.PRESENCE_LEDGER_FLUSH_SECONDS)
+    assert len(writes) == settled, "the loop woke with nothing to write"
+    await client.close()
+    deadline = time.monotonic() + 3
+    while not all(r.left_at for r in await ledger("ledger-loop")) and time.monotonic() < deadline:
+        await asyncio.sleep(0.05)
+    assert all(r.left_at for r in await ledger("ledger-loop"))
+    assert all(n > 0 for n in writes)  # every write had something to write
 
 
 async def test_a_silent_connection_goes_offline_after_the_ttl_with_no_other_traffic(runtime: Any, connect: Any) -> None:
