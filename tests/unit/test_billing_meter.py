@@ -61,6 +61,25 @@ def test_two_processes_flushing_the_same_minute_add_up() -> None:
     ]
 
 
+@pytest.mark.django_db
+def test_a_flush_bills_existing_rooms_only_and_counts_their_rows() -> None:
+    """Each upsert finds its room by slug itself: a room refused before it
+    existed (or deleted since) gets no row, and does not fail the others."""
+    Room.objects.create(slug="here")
+    Room.objects.create(slug="also-here")
+    m = Meter()
+    m.minute = MINUTE
+    for room in ("here", "never-created", "also-here"):
+        m.frame_in(room, 10)
+        m.processed(room, 0.004)
+    taken, ops = m.take()
+    for _, c in taken:
+        c.minute = MINUTE
+    assert flush.write(taken, ops) == 2
+    assert sorted(UsageMinute.objects.values_list("room__slug", "messages_in")) == [("also-here", 1), ("here", 1)]
+    assert sorted(LatencyBucket.objects.values_list("room__slug", "count")) == [("also-here", 1), ("here", 1)]
+
+
 def test_rotation_keeps_minutes_apart_and_peak_carries_over() -> None:
     m = Meter()
     m.minute = MINUTE
