@@ -169,7 +169,8 @@ def w_rooms(v: Variant, args: argparse.Namespace, rnd: int) -> dict[str, Any]:
     return step_row(v, "rooms", asyncio.run(run_rooms_step(cfg, measure(v, args, "rooms", rnd))), rnd)
 
 
-async def _idle(v: Variant, n: int, seconds: float, settle: float, py_spy: Path | None) -> dict[str, Any]:
+async def _idle(v: Variant, n: int, seconds: float, settle: float, py_spy: Path | None,
+                strace: Path | None = None) -> dict[str, Any]:
     rec = Recorder()
     prefix = f"h{secrets.token_hex(3)}"
     t0 = time.perf_counter()
@@ -184,6 +185,13 @@ async def _idle(v: Variant, n: int, seconds: float, settle: float, py_spy: Path 
                                 "--rate", "100", "--duration", str(int(seconds)), "--format", "raw",
                                 "--output", str(py_spy / f"idle-{v.name}.txt")],
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    tracer = None
+    if strace is not None:
+        # What wakes an idle server: its system calls per thread, counted
+        # (strace -c); costs CPU itself, so the idle figure of such a run is high.
+        strace.mkdir(parents=True, exist_ok=True)
+        tracer = subprocess.Popen(["strace", "-f", "-c", "-S", "calls", "-o", str(strace / f"idle-{v.name}.txt"),
+                                   "-p", str(v.pid)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     cpu0, w0 = tree_cpu(v.pid), time.perf_counter()
     per_10s = []
     last = cpu0
@@ -196,6 +204,9 @@ async def _idle(v: Variant, n: int, seconds: float, settle: float, py_spy: Path 
     idle_pct = (last - cpu0) / wall * 100
     if spy is not None:
         spy.wait(timeout=seconds + 30)
+    if tracer is not None:
+        tracer.send_signal(signal.SIGINT)
+        tracer.wait(timeout=30)
     for c in clients:
         if c is not None and c.transport is not None:
             c.transport.close()
@@ -204,7 +215,7 @@ async def _idle(v: Variant, n: int, seconds: float, settle: float, py_spy: Path 
 
 
 def w_idle(v: Variant, args: argparse.Namespace, rnd: int) -> dict[str, Any]:
-    d = asyncio.run(_idle(v, args.idle_rooms, args.idle_seconds, args.idle_settle, args.py_spy))
+    d = asyncio.run(_idle(v, args.idle_rooms, args.idle_seconds, args.idle_settle, args.py_spy, args.strace))
     row = {"variant": v.name, "workload": "idle", "round": rnd, **d, "load": os.getloadavg()[0]}
     log(f"  round {rnd} idle    {v.name:12} {d['held']:,} rooms held (opened in {d['open_s']:.0f} s): idle CPU"
         f" {d['idle_cpu_pct']:.3f}% of a core over {args.idle_seconds:.0f} s; CPU ms per 10 s {d['cpu_ms_per_10s']};"
@@ -255,6 +266,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--idle-settle", type=float, default=80.0,
                    help="seconds between the last room opened and the idle window (default: %(default)s: past the"
                    " presence TTL of 60 s, the sweep that follows and the billing flush of the rooms' last minute)")
+    p.add_argument("--strace", type=Path, help="count each idle window's system calls with strace -c -f into DIR")
     p.add_argument("--py-spy", type=Path, help="record each idle window with py-spy (raw collapsed stacks) into DIR")
     p.add_argument("--json", type=Path)
     args = p.parse_args(argv)
