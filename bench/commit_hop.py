@@ -20,19 +20,11 @@ import asyncio
 import os
 import statistics
 import sys
-import tempfile
 import time
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-if not os.environ.get("DATABASE_URL"):
-    os.environ.setdefault("SQLITE_PATH", tempfile.mktemp(suffix=".sqlite3", prefix="dorm-commit-hop-"))
-os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings")
-os.environ.setdefault("DJANGO_DEBUG", "false")
+from _inprocess import setup_django
 
-import django  # noqa: E402
-
-django.setup()
+setup_django("commit-hop")
 
 from django.core.management import call_command  # noqa: E402
 from django.db import connection  # noqa: E402

@@ -19,20 +19,11 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
-import sys
-import tempfile
 import time
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-if not os.environ.get("DATABASE_URL"):
-    os.environ.setdefault("SQLITE_PATH", tempfile.mktemp(suffix=".sqlite3", prefix="dorm-usage-flush-"))
-os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings")
-os.environ.setdefault("DJANGO_DEBUG", "false")
+from _inprocess import setup_django
 
-import django  # noqa: E402
-
-django.setup()
+setup_django("usage-flush")
 
 from django.core.management import call_command  # noqa: E402
 

@@ -163,6 +163,27 @@ class LeanWebSocketFactory(WebSocketFactory):
         return protocol
 
 
+class _LeanerFactory:
+    """A server attribute that daphne's ``run()`` assigns a factory to: a
+    factory of exactly ``plain``'s class is kept with ``lean`` (a subclass
+    adding no state) as its class; anything else (a factory someone else
+    replaced) is kept as it is."""
+
+    def __init__(self, plain: type, lean: type) -> None:
+        self.plain, self.lean = plain, lean
+
+    def __set_name__(self, owner: type, name: str) -> None:
+        self.attr = "_" + name
+
+    def __get__(self, server: Any, owner: type | None = None) -> Any:
+        return self if server is None else getattr(server, self.attr)
+
+    def __set__(self, server: Any, factory: Any) -> None:
+        if type(factory) is self.plain:
+            factory.__class__ = self.lean
+        setattr(server, self.attr, factory)
+
+
 class LeanDaphneServer(Server):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -173,28 +194,10 @@ class LeanDaphneServer(Server):
         self.timeout_checks: list[tuple[float, int, Any]] = []
         self._tie = itertools.count()
 
-    @property
-    def http_factory(self) -> Any:
-        return self._http_factory
-
-    @http_factory.setter
-    def http_factory(self, factory: Any) -> None:
-        # daphne's run() builds a plain HTTPFactory; same object, WebSocket
-        # upgrades without twisted's request (rooms/daphne_upgrade.py).
-        if type(factory) is HTTPFactory:
-            factory.__class__ = UpgradeSniffingHTTPFactory
-        self._http_factory = factory
-
-    @property
-    def ws_factory(self) -> Any:
-        return self._ws_factory
-
-    @ws_factory.setter
-    def ws_factory(self, factory: Any) -> None:
-        # daphne's run() builds a plain WebSocketFactory; same object, leaner protocols.
-        if type(factory) is WebSocketFactory:
-            factory.__class__ = LeanWebSocketFactory
-        self._ws_factory = factory
+    # daphne's run() assigns a plain factory to each; the same object is kept
+    # with Dorm's leaner subclass as its class.
+    http_factory = _LeanerFactory(HTTPFactory, UpgradeSniffingHTTPFactory)  # upgrades without twisted's request
+    ws_factory = _LeanerFactory(WebSocketFactory, LeanWebSocketFactory)  # leaner protocols
 
     # -- what marks a connection -------------------------------------------
 

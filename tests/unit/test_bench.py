@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -71,3 +73,19 @@ def test_qa_spike_help_runs() -> None:
         [sys.executable, str(BENCH / "qa_spike.py"), "--help"], capture_output=True, text=True, timeout=60, check=True
     )
     assert "--rates" in out.stdout and "--clients" in out.stdout
+
+
+@pytest.mark.parametrize(
+    ("script", "args", "expected"),
+    [
+        ("usage_flush.py", ["--rooms", "200", "--rounds", "1"], "usage flush of 200 rooms: median"),
+        ("commit_hop.py", ["--commits", "20", "--rounds", "1"], "hot_guarded"),
+    ],
+)
+def test_in_process_benchmarks_run(script: str, args: list[str], expected: str, tmp_path: Any) -> None:
+    """The in-process benchmarks on a small SQLite database of their own."""
+    env = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "SQLITE_PATH", "DJANGO_SETTINGS_MODULE")}
+    env["SQLITE_PATH"] = str(tmp_path / "bench.sqlite3")
+    out = subprocess.run([sys.executable, str(BENCH / script), *args], capture_output=True, text=True, timeout=120,
+                         check=True, env=env)
+    assert expected in out.stdout, out.stdout

@@ -249,24 +249,21 @@ def test_a_whole_upgrade_goes_to_the_websocket_protocol_and_the_channel_is_let_g
     assert channel() is None, gc.get_referrers(channel())  # freed by reference counting alone
 
 
-def test_a_head_split_over_two_reads_takes_twisted_path(factory: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize(
+    ("reads", "uri"),
+    [
+        ([WEBSOCKETS_CLIENT[:30], WEBSOCKETS_CLIENT[30:]], b"/ws/room-1?token=abc.def.ghi"),  # a head split over two reads
+        ([b"GET /api/rooms/ HTTP/1.1\r\nHost: x\r\n\r\n"], b"/api/rooms/"),  # plain HTTP
+    ],
+    ids=["split-head", "plain-http"],
+)
+def test_the_rest_takes_twisted_path(factory: Any, monkeypatch: pytest.MonkeyPatch, reads: list[bytes], uri: bytes) -> None:
     http_factory, ws, _clock = factory
     seen: list[bytes] = []
     monkeypatch.setattr("daphne.http_protocol.WebRequest.process", lambda self: seen.append(self.uri))
     generic = http_factory.buildProtocol(None)
     generic.makeConnection(StringTransport())
-    generic.dataReceived(WEBSOCKETS_CLIENT[:30])
-    generic.dataReceived(WEBSOCKETS_CLIENT[30:])
-    assert seen == [b"/ws/room-1?token=abc.def.ghi"] and ws.built == []
-    generic._channel.setTimeout(None)
-
-
-def test_plain_http_takes_twisted_path(factory: Any, monkeypatch: pytest.MonkeyPatch) -> None:
-    http_factory, ws, _clock = factory
-    seen: list[bytes] = []
-    monkeypatch.setattr("daphne.http_protocol.WebRequest.process", lambda self: seen.append(self.uri))
-    generic = http_factory.buildProtocol(None)
-    generic.makeConnection(StringTransport())
-    generic.dataReceived(b"GET /api/rooms/ HTTP/1.1\r\nHost: x\r\n\r\n")
-    assert seen == [b"/api/rooms/"] and ws.built == []
+    for data in reads:
+        generic.dataReceived(data)
+    assert seen == [uri] and ws.built == []
     generic._channel.setTimeout(None)
