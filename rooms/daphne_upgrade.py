@@ -17,9 +17,10 @@ else (a plain HTTP request, a head split over several reads, any header or
 byte this check is not sure twisted and daphne would take the same way)
 goes to twisted's HTTP channel unchanged, which answers it as before,
 errors included. So the fast path only ever takes requests that the slow
-path would also have upgraded, with the same path, query string and
-headers: ``tests/unit/test_daphne_upgrade.py`` checks that against
-twisted's own parser, and the socket's scope against daphne's.
+path would also have upgraded, with the same query string, and autobahn
+reads the same request line and headers from its bytes as from daphne's
+re-injection: ``tests/unit/test_daphne_upgrade.py`` checks that against
+twisted's own parser, daphne's own checks and autobahn's own header parser.
 
 Also let go on a fast upgrade: the HTTP channel (its idle timeout is
 cancelled, and it is no longer the transport's producer; on daphne's path it
