@@ -1,7 +1,7 @@
 """WebSocket upgrades on real daphne, over raw sockets: a head whole in one
 read (rooms.daphne_upgrade's path, with a first frame right behind it), a
-head split over several reads (twisted's path), and a bad one (twisted's
-400, as before). Every other e2e test's client sends its head in one write,
+head split over several reads (twisted's path), a bad one (twisted's 400,
+as before), and both over TLS served by daphne itself. Every other e2e test's client sends its head in one write,
 so they all run the fast path too."""
 
 from __future__ import annotations
@@ -9,13 +9,15 @@ from __future__ import annotations
 import asyncio
 import base64
 import os
+import ssl
 import struct
+from pathlib import Path
 
 import orjson
 import pytest
 
 from tests.e2e.client import room_name
-from tests.e2e.server import HOST, DormServer
+from tests.e2e.server import HOST, DormServer, free_port, start_server
 
 pytestmark = pytest.mark.e2e
 
@@ -92,3 +94,60 @@ async def test_a_bad_upgrade_gets_400_as_before(server: DormServer, extra: bytes
     status, _reader, writer = await open_raw(server, [head(room_name("bad"), "u1", extra)])
     writer.close()
     assert status.startswith(b"HTTP/1.1 400 "), status
+
+
+def _self_signed(directory: Path) -> tuple[Path, Path]:
+    """A key and a self-signed certificate for 127.0.0.1, as PEM files."""
+    import datetime as dt
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, HOST)])
+    now = dt.datetime.now(dt.UTC)
+    cert = (
+        x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+        .serial_number(x509.random_serial_number()).not_valid_before(now - dt.timedelta(minutes=1))
+        .not_valid_after(now + dt.timedelta(hours=1))
+        .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address(HOST))]), critical=False)
+        .sign(key, hashes.SHA256())
+    )
+    key_path, cert_path = directory / "key.pem", directory / "cert.pem"
+    key_path.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                           serialization.NoEncryption()))
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    return key_path, cert_path
+
+
+async def test_an_upgrade_over_tls_on_daphne_is_answered_on_either_path(tmp_path: Path) -> None:
+    """daphne serving TLS itself: the socket's transport wraps the protocol
+    (twisted's TLS), which the fast path hands over as daphne does."""
+    key, cert = _self_signed(tmp_path)
+    tls_port = free_port()
+    server = start_server("daphne", tmp_path, name="daphne-tls",
+                          extra_args=["-e", f"ssl:{tls_port}:interface={HOST}:privateKey={key}:certKey={cert}"])
+    try:
+        context = ssl.create_default_context(cafile=str(cert))
+        for split in (None, 20):
+            room = room_name("tls")
+            data = head(room, "u1")
+            reader, writer = await asyncio.open_connection(HOST, tls_port, ssl=context)
+            try:
+                for i, chunk in enumerate([data] if split is None else [data[:split], data[split:]]):
+                    if i:
+                        await asyncio.sleep(0.05)
+                    writer.write(chunk)
+                    await writer.drain()
+                status = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+                assert status.startswith(b"HTTP/1.1 101 "), status
+                writer.write(masked_text('{"type":"ping","payload":{"t":1}}'))
+                assert (await read_frame(reader))["type"] == "welcome"
+                assert (await read_frame(reader))["type"] == "pong"
+            finally:
+                writer.close()
+    finally:
+        server.stop()
