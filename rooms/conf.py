@@ -152,22 +152,22 @@ DEFAULTS: dict[str, Any] = {
 
 
 class DormSettings:
-    def __init__(self) -> None:
-        self._cache: dict[str, Any] = {}
+    """``dorm_settings.NAME``: the project's ``DORM[NAME]`` or the default.
+
+    Read on the hot paths (every frame, every connection): a value read once
+    is kept as an instance attribute, so later reads are plain attribute
+    lookups that never reach ``__getattr__``; a change of ``settings.DORM``
+    (``setting_changed``) drops them all."""
 
     def __getattr__(self, name: str) -> Any:
         if name.startswith("_") or name not in DEFAULTS:
             raise AttributeError(f"Invalid Dorm setting: {name!r}")
-        try:
-            return self._cache[name]
-        except KeyError:
-            user = getattr(settings, "DORM", {}) or {}
-            value = user.get(name, DEFAULTS[name])
-            self._cache[name] = value
-            return value
+        user = getattr(settings, "DORM", {}) or {}
+        value = self.__dict__[name] = user.get(name, DEFAULTS[name])
+        return value
 
     def reload(self) -> None:
-        self._cache.clear()
+        self.__dict__.clear()
 
 
 dorm_settings = DormSettings()
