@@ -49,9 +49,11 @@ MAX_HEADER_LINES = 64
 # An origin-form target of visible ASCII (daphne answers 400 to a path or
 # query that is not ASCII; twisted takes absolute forms too: left to it).
 _TARGET = re.compile(rb"/[\x21-\x7e]*")
-# Visible ASCII, space and tab: no byte twisted (NUL, CR, LF) or daphne
-# (INVALID_HEADER_VALUE_BYTES) would refuse, and none it would read otherwise.
-_VALUE = re.compile(rb"[\t\x20-\x7e]*")
+# Header lines, each with its CRLF: a token name (daphne's HEADER_NAME_RE,
+# no space before the colon) and a value of visible ASCII, space and tab: no
+# byte twisted (NUL, CR, LF) or daphne (INVALID_HEADER_VALUE_BYTES) would
+# refuse, and none it would read otherwise. One match for the whole block.
+_HEADER_LINES = re.compile(rb"(?:" + HEADER_NAME_RE.pattern + rb":[\t\x20-\x7e]*\r\n)*")
 # A body, or a request for a 100 Continue: twisted's business.
 _BODY_HEADERS = frozenset((b"content-length", b"transfer-encoding", b"expect"))
 
@@ -69,21 +71,20 @@ def upgrade_query_string(data: bytes) -> bytes | None:
     end = data.find(b"\r\n\r\n")
     if end < 0 or end > MAX_HEAD_BYTES:
         return None
-    lines = data[:end].split(b"\r\n")
-    if len(lines) > MAX_HEADER_LINES + 1:
-        return None
-    request_line = lines[0].split(b" ")
+    first = data.find(b"\r\n")
+    request_line = data[:first].split(b" ")
     if len(request_line) != 3 or request_line[0] != b"GET" or request_line[2] != b"HTTP/1.1":
         return None
     target = request_line[1]
     if not _TARGET.fullmatch(target):
         return None
+    block = data[first + 2 : end + 2]  # the header lines, each with its CRLF
+    if block.count(b"\r\n") > MAX_HEADER_LINES or not _HEADER_LINES.fullmatch(block):
+        return None
     seen: set[bytes] = set()
     upgrade = None
-    for line in lines[1:]:
-        name, colon, value = line.partition(b":")
-        if not colon or not HEADER_NAME_RE.fullmatch(name) or not _VALUE.fullmatch(value):
-            return None
+    for line in block[:-2].split(b"\r\n") if block else ():
+        name, _, value = line.partition(b":")
         name = name.lower()
         if name in seen or name in _BODY_HEADERS:
             return None
