@@ -4,8 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from django.conf import settings
-from django.core.signals import setting_changed
+from rooms.conf import AppSettings
 
 DEFAULTS: dict[str, Any] = {
     # Count usage in memory on the hot path. Off: the meter's calls return at
@@ -26,31 +25,4 @@ DEFAULTS: dict[str, Any] = {
 }
 
 
-class BillingSettings:
-    def __init__(self) -> None:
-        self._cache: dict[str, Any] = {}
-
-    def __getattr__(self, name: str) -> Any:
-        if name.startswith("_") or name not in DEFAULTS:
-            raise AttributeError(f"Invalid billing setting: {name!r}")
-        try:
-            return self._cache[name]
-        except KeyError:
-            user = getattr(settings, "BILLING", {}) or {}
-            value = user.get(name, DEFAULTS[name])
-            self._cache[name] = value
-            return value
-
-    def reload(self) -> None:
-        self._cache.clear()
-
-
-billing_settings = BillingSettings()
-
-
-def _reload(*, setting: str, **kwargs: Any) -> None:
-    if setting == "BILLING":
-        billing_settings.reload()
-
-
-setting_changed.connect(_reload)
+billing_settings = AppSettings("BILLING", DEFAULTS, "billing")

@@ -31,3 +31,15 @@ def test_an_unknown_or_private_name_is_an_error() -> None:
         dorm_settings.NO_SUCH_SETTING  # noqa: B018
     with pytest.raises(AttributeError):
         dorm_settings._private  # noqa: B018
+
+
+def test_billing_settings_work_the_same_way() -> None:
+    from billing.conf import billing_settings
+
+    before = billing_settings.LATENCY_ALERT_MS
+    assert "LATENCY_ALERT_MS" in billing_settings.__dict__
+    with override_settings(BILLING={"LATENCY_ALERT_MS": before + 1}):
+        assert billing_settings.LATENCY_ALERT_MS == before + 1
+    assert billing_settings.LATENCY_ALERT_MS == before
+    with pytest.raises(AttributeError, match="Invalid billing setting"):
+        billing_settings.NOPE  # noqa: B018
