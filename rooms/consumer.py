@@ -112,7 +112,10 @@ class RoomConsumer(AsyncConsumer):
             if kind == "websocket.receive":
                 await self.receive(message)
             elif kind == "websocket.connect":
-                await self.connect()
+                try:
+                    await self.connect()
+                finally:
+                    _release_headers(self.scope)
             elif kind == "websocket.disconnect":
                 # daphne gives code None for a close frame without a status
                 # code (ws.close() in browsers and Node's `ws`): RFC 6455's
@@ -340,6 +343,16 @@ class RoomConsumer(AsyncConsumer):
         if not conn.refused:
             runtime.registry.submit(self.room, Leave(conn, code, reason))
         log.info("disconnect room=%s user=%s conn=%s code=%s", self.room, conn.user_id, conn.id, code)
+
+
+def _release_headers(scope: dict[str, Any]) -> None:
+    """Let the handshake's headers go once the connection is set up: the
+    origin check and ``connect`` (the user agent) have read them, and nothing
+    reads them later. daphne's protocol holds the same list as its
+    ``clean_headers``, so it is emptied in place (~1.3 KiB per idle socket)."""
+    headers = scope.get("headers")
+    if type(headers) is list:
+        headers.clear()
 
 
 def _header(scope: dict[str, Any], name: bytes) -> str:

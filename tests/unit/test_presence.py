@@ -9,6 +9,7 @@ from collections.abc import AsyncIterator
 from datetime import datetime, timezone as dt_timezone
 from typing import Any
 
+import orjson
 import pytest
 from channels.db import database_sync_to_async
 from django.conf import settings
@@ -168,6 +169,25 @@ async def test_the_ledger_loop_writes_soon_after_a_report_and_sleeps_while_there
         await asyncio.sleep(0.05)
     assert all(r.left_at for r in await ledger("ledger-loop"))
     assert all(n > 0 for n in writes)  # every write had something to write
+
+
+async def test_the_handshake_headers_are_let_go_once_read(runtime: Any) -> None:
+    """The user agent reaches the ledger; then the socket holds no headers
+    (daphne keeps the same list as its protocol's clean_headers)."""
+    from channels.testing import WebsocketCommunicator
+
+    from config.asgi import application
+
+    headers = [(b"user-agent", b"TestAgent/1.0"), (b"x-other", b"1")]
+    communicator = WebsocketCommunicator(application, "/ws/headers-released?userId=a", headers=headers)
+    communicator.scope["client"] = ("127.0.0.1", 50000)
+    connected, _ = await communicator.connect()
+    assert connected
+    assert orjson.loads(await communicator.receive_from())["type"] == "welcome"
+    assert headers == []  # the very list the scope carried
+    await runtime.presence_service.flush_ledger()
+    assert [r.user_agent for r in await ledger("headers-released")] == ["TestAgent/1.0"]
+    await communicator.disconnect()
 
 
 async def test_a_silent_connection_goes_offline_after_the_ttl_with_no_other_traffic(runtime: Any, connect: Any) -> None:
