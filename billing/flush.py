@@ -71,26 +71,22 @@ def _usage_sql() -> str:
                     f"({qn('room_id')}, {qn('minute')}) DO UPDATE SET {', '.join(updates)}")
 
 
-def _add_count_sql(model: type, key_columns: tuple[str, ...]) -> str:
-    """Upsert one row of ``model``: a new key inserts, an existing one adds its count."""
-    table = connection.ops.quote_name(model._meta.db_table)
-    keys = ", ".join(key_columns)
-    values = ", ".join(["%s"] * (len(key_columns) + 1))
-    return (
-        f"INSERT INTO {table} ({keys}, count) VALUES ({values}) "
-        f"ON CONFLICT ({keys}) DO UPDATE SET count = {table}.count + excluded.count"
-    )
+def _adds_count(table: str, keys: tuple[str, ...]) -> str:
+    """The upsert's conflict clause for a counted row: a new key inserts, an
+    existing one adds its count."""
+    return f"({', '.join(keys)}) DO UPDATE SET count = {table}.count + excluded.count"
 
 
 def _latency_sql() -> str:
     table = connection.ops.quote_name(LatencyBucket._meta.db_table)
-    keys = ("room_id", "minute", "metric", "bucket")
     return _by_slug(table, ["minute", "metric", "bucket", "count"],
-                    f"({', '.join(keys)}) DO UPDATE SET count = {table}.count + excluded.count")
+                    _adds_count(table, ("room_id", "minute", "metric", "bucket")))
 
 
 def _ops_sql() -> str:
-    return _add_count_sql(OpsCount, ("minute", "what", "code"))
+    table = connection.ops.quote_name(OpsCount._meta.db_table)
+    keys = ("minute", "what", "code")
+    return f"INSERT INTO {table} ({', '.join(keys)}, count) VALUES (%s, %s, %s, %s) ON CONFLICT {_adds_count(table, keys)}"
 
 
 def apportion_cpu(taken: list[tuple[str, Counters]], cpu_us: int) -> None:
