@@ -42,6 +42,7 @@ from rooms.conf import dorm_settings
 from rooms.protocol import CloseCode, ErrorReason
 from rooms.runtime.connection import SCOPE_RANK, Connection, ConnectionState
 from rooms.runtime.messages import AlarmDue, Binary, Call, Frame, Item, Join, Leave, Peer, Tick
+from rooms.runtime.redis_pubsub import SubscriberConnection
 
 if TYPE_CHECKING:
     from rooms.runtime.registry import ActorRegistry, Runtime
@@ -208,11 +209,11 @@ class RoomBus:
     def __init__(self, cluster: Cluster, client: aioredis.Redis) -> None:
         self.cluster = cluster
         self.client = client
-        self.pubsub = client.pubsub()
-        # One (un)subscribe at a time: redis-py's PubSub opens its connection
-        # on first use without a lock, so concurrent first subscribes (a
-        # hundred rooms joining at once) each took a pool connection, and the
-        # subscriptions sent on all but the last were never confirmed.
+        self.subscriber = self.new_subscriber()
+        # One (un)subscribe at a time: the subscriber connection opens on
+        # first use, and concurrent first subscribes (a hundred rooms joining
+        # at once) must not each open one (with redis-py's PubSub, all but
+        # the last subscription were never confirmed).
         self._command_lock = asyncio.Lock()
         self.subscribed: set[str] = set()
         self._confirm: dict[str, asyncio.Future[None]] = {}
@@ -221,6 +222,10 @@ class RoomBus:
         self._flushed: list[asyncio.Future[None]] = []
         self.reader: asyncio.Task[None] | None = None
         self.writer: asyncio.Task[None] | None = None
+
+    @staticmethod
+    def new_subscriber() -> SubscriberConnection:
+        return SubscriberConnection(settings.REDIS_URL)
 
     def start(self) -> None:
         loop = asyncio.get_running_loop()
@@ -283,7 +288,7 @@ class RoomBus:
             future = self._confirm[room] = asyncio.get_running_loop().create_future()
             try:
                 async with self._command_lock:
-                    await self.pubsub.subscribe(bus_channel(room))
+                    await self.subscriber.subscribe(bus_channel(room))
             except Exception:
                 self._confirm.pop(room, None)
                 raise
@@ -295,7 +300,7 @@ class RoomBus:
         if room in self.subscribed:
             self.subscribed.discard(room)
             async with self._command_lock:
-                await self.pubsub.unsubscribe(bus_channel(room))
+                await self.subscriber.unsubscribe(bus_channel(room))
 
     async def _read_loop(self) -> None:
         while True:
@@ -304,33 +309,32 @@ class RoomBus:
                 self.reader = None
                 return
             try:
-                message = await self.pubsub.get_message(ignore_subscribe_messages=False, timeout=1.0)
+                # Every reply that has arrived, in order: one wake-up for a
+                # burst of events, no per-message awaits.
+                replies = await self.subscriber.read()
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
                 log.warning("bus connection lost error=%s", type(exc).__name__)
                 await self._reconnect()
                 continue
-            if message is None:
-                continue
-            kind = message["type"]
-            channel = message["channel"]
-            channel = channel.decode() if isinstance(channel, bytes) else channel
-            room = channel[len(BUS_PREFIX) :]
-            if kind == "message":
-                data = message["data"]
-                try:
-                    if data[:1] == EVENT_MARK:
-                        self.cluster.on_bus_event(room, *decode_event(data))
-                    else:
-                        self.cluster.on_bus_message(room, orjson.loads(data))
-                except Exception:
-                    log.exception("bus message failed room=%s", room)
-            elif kind == "subscribe":
-                self.subscribed.add(room)
-                future = self._confirm.pop(room, None)
-                if future is not None and not future.done():
-                    future.set_result(None)
+            for reply in replies:
+                kind = reply[0]
+                if kind == b"message":
+                    room, data = reply[1][len(BUS_PREFIX) :].decode(), reply[2]
+                    try:
+                        if data[:1] == EVENT_MARK:
+                            self.cluster.on_bus_event(room, *decode_event(data))
+                        else:
+                            self.cluster.on_bus_message(room, orjson.loads(data))
+                    except Exception:
+                        log.exception("bus message failed room=%s", room)
+                elif kind == b"subscribe":
+                    room = reply[1][len(BUS_PREFIX) :].decode()
+                    self.subscribed.add(room)
+                    future = self._confirm.pop(room, None)
+                    if future is not None and not future.done():
+                        future.set_result(None)
 
     async def _reconnect(self) -> None:
         """A new pub/sub connection; whatever was in flight may be lost."""
@@ -342,10 +346,10 @@ class RoomBus:
                 future.set_exception(ConnectionError("bus connection lost"))
         self._confirm.clear()
         try:
-            await self.pubsub.aclose()
+            await self.subscriber.aclose()
         except Exception:
             pass
-        self.pubsub = self.client.pubsub()
+        self.subscriber = self.new_subscriber()
         # Sockets of rooms run elsewhere may have missed events.
         self.cluster.bus_gap(rooms)
         delay = 0.1
@@ -369,7 +373,7 @@ class RoomBus:
                 future.add_done_callback(lambda f: f.exception() if not f.cancelled() else None)
             try:
                 async with self._command_lock:
-                    await self.pubsub.subscribe(bus_channel(room))
+                    await self.subscriber.subscribe(bus_channel(room))
             except Exception:
                 # Redis went away again: the read loop's next failure retries.
                 break
@@ -385,7 +389,7 @@ class RoomBus:
                 except (asyncio.CancelledError, Exception):
                     pass
         try:
-            await self.pubsub.aclose()
+            await self.subscriber.aclose()
         except Exception:
             pass
 

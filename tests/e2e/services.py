@@ -65,9 +65,11 @@ class PrivateRedis:
     """A redis-server of the test's own, so a test may stop and restart it
     without disturbing anything else that uses the machine's Redis."""
 
-    def __init__(self, directory: Path, port: int) -> None:
+    def __init__(self, directory: Path, port: int, args: tuple[str, ...] = (), password: str | None = None) -> None:
         self.directory = directory
         self.port = port
+        self.args = args  # more of redis-server's options (TLS, a password, a socket)
+        self.password = password
         self.process: subprocess.Popen[bytes] | None = None
 
     @property
@@ -80,7 +82,7 @@ class PrivateRedis:
             unavailable("redis-server", "not installed")
         self.process = subprocess.Popen(
             [binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-             "--dir", str(self.directory)],
+             "--dir", str(self.directory), *self.args, *(("--requirepass", self.password) if self.password else ())],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
@@ -89,7 +91,7 @@ class PrivateRedis:
 
         while time.monotonic() < deadline:
             try:
-                redis.Redis(port=self.port, socket_connect_timeout=0.5).ping()
+                redis.Redis(port=self.port, password=self.password, socket_connect_timeout=0.5).ping()
                 return
             except Exception:
                 time.sleep(0.05)

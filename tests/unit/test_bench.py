@@ -89,3 +89,16 @@ def test_in_process_benchmarks_run(script: str, args: list[str], expected: str, 
     out = subprocess.run([sys.executable, str(BENCH / script), *args], capture_output=True, text=True, timeout=120,
                          check=True, env=env)
     assert expected in out.stdout, out.stdout
+
+
+def test_bus_read_benchmark_runs(tmp_path: Any) -> None:
+    """bench/bus_read.py, small, on the machine's Redis (every reader gets every event)."""
+    from tests.e2e.services import REDIS_TEST_URL, check_redis
+
+    check_redis()
+    env = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "DJANGO_SETTINGS_MODULE")}
+    env.update(SQLITE_PATH=str(tmp_path / "bench.sqlite3"), REDIS_URL=REDIS_TEST_URL)
+    out = subprocess.run([sys.executable, str(BENCH / "bus_read.py"), "--events", "500", "--rounds", "1"],
+                         capture_output=True, text=True, timeout=120, check=True, env=env)
+    for reader in ("bus", "pubsub-hiredis", "pubsub-python"):
+        assert f"round 1 {reader}" in out.stdout, out.stdout

@@ -145,23 +145,20 @@ async def test_the_inbox_backup_clean_up_survives_redis_going_away(caplog: pytes
     assert "inbox backup clean-up failed attempts=3" in caplog.text
 
 
-class _FakePubSub:
-    """Enough of redis-py's PubSub for the bus reader: confirmations in order."""
+class _FakeSubscriber:
+    """Enough of the bus's subscriber connection: confirmations in order."""
 
     def __init__(self, broken: bool = False) -> None:
         self.broken = broken
-        self.messages: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+        self.replies: asyncio.Queue[list[Any]] = asyncio.Queue()
 
     async def subscribe(self, channel: str) -> None:
-        self.messages.put_nowait({"type": "subscribe", "channel": channel.encode(), "data": 1})
+        self.replies.put_nowait([b"subscribe", channel.encode(), 1])
 
-    async def get_message(self, ignore_subscribe_messages: bool = False, timeout: float = 1.0) -> Any:
+    async def read(self) -> list[Any]:
         if self.broken:
             raise ConnectionError("Redis went away")
-        try:
-            return await asyncio.wait_for(self.messages.get(), timeout)
-        except asyncio.TimeoutError:
-            return None
+        return [await self.replies.get()]
 
     async def aclose(self) -> None:
         pass
@@ -170,11 +167,6 @@ class _FakePubSub:
 class _FakeRedis:
     def __init__(self) -> None:
         self.back = asyncio.Event()  # Redis answers pings again
-        self.pubsubs: list[_FakePubSub] = []
-
-    def pubsub(self) -> _FakePubSub:
-        self.pubsubs.append(_FakePubSub())
-        return self.pubsubs[-1]
 
     async def ping(self) -> bool:
         await self.back.wait()
@@ -194,7 +186,8 @@ async def test_a_subscribe_made_while_the_bus_reconnects_is_confirmed() -> None:
     bus = cluster.bus
     fake = _FakeRedis()
     bus.client = fake  # type: ignore[assignment]
-    bus.pubsub = _FakePubSub(broken=True)  # type: ignore[assignment]
+    bus.new_subscriber = _FakeSubscriber  # type: ignore[method-assign]
+    bus.subscriber = _FakeSubscriber(broken=True)  # type: ignore[assignment]
     bus.subscribed.add("r")
     _open_socket(runtime, "r")  # a socket of the room: re-subscribed after the reconnect
     bus.reader = asyncio.get_running_loop().create_task(bus._read_loop())

@@ -1,0 +1,148 @@
+"""The room bus's subscriber connection: Redis pub/sub read in bulk.
+
+Every event of a room goes through the bus once per subscribed process (the
+owner reads its own back too, and drops it), so the read is on the hot path of
+the distributed mode. redis-py's ``PubSub.get_message`` cost ~51 us of CPU per
+message read (~27 us with hiredis): per message a health check, a retry
+wrapper, an async timeout, an observability hook and a dict. This connection
+reads what the socket has and parses every complete reply in one go with
+hiredis' C parser: ~5 us per message (``bench/bus_read.py``,
+docs/performance.md "Seventh round").
+
+It speaks only what the bus needs (AUTH, SUBSCRIBE, UNSUBSCRIBE and the
+pushes that follow) and takes the same ``REDIS_URL`` as redis-py
+(``redis://``, ``rediss://`` with its ``ssl_*`` options, ``unix://``).
+Publishing and every other command stay on redis-py.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import ssl
+from typing import Any
+
+import hiredis
+from redis.connection import SSLConnection, parse_url
+
+CONNECT_TIMEOUT = 5.0
+READ_SIZE = 256 * 1024
+
+_CERT_REQS = {"none": ssl.CERT_NONE, "optional": ssl.CERT_OPTIONAL, "required": ssl.CERT_REQUIRED}
+
+
+def tls_context(options: dict[str, Any]) -> ssl.SSLContext:
+    """The TLS context redis-py would build for a ``rediss://`` URL's options."""
+    context = ssl.create_default_context(cafile=options.get("ssl_ca_certs"))
+    reqs = options.get("ssl_cert_reqs", "required")
+    if isinstance(reqs, str):
+        if reqs not in _CERT_REQS:
+            raise ValueError(f"ssl_cert_reqs must be none, optional or required, not {reqs!r}")
+        reqs = _CERT_REQS[reqs]
+    check_hostname = options.get("ssl_check_hostname", reqs != ssl.CERT_NONE)
+    context.check_hostname = check_hostname not in (False, "False", "false", "0") and reqs != ssl.CERT_NONE
+    context.verify_mode = reqs
+    if options.get("ssl_certfile"):
+        context.load_cert_chain(options["ssl_certfile"], options.get("ssl_keyfile"))
+    return context
+
+
+class SubscriberConnection:
+    """One pub/sub connection. ``read()`` returns every complete reply that
+    has arrived (subscribe confirmations and messages, in order), waiting
+    for the first; it raises ``ConnectionError`` once the connection is
+    gone. Commands are sent by one caller at a time (the bus's lock)."""
+
+    def __init__(self, url: str) -> None:
+        self._options = parse_url(url)
+        self._reader: asyncio.StreamReader | None = None
+        self._writer: asyncio.StreamWriter | None = None
+        self._parser = hiredis.Reader()
+        self._closed = False
+
+    async def _connect(self) -> None:
+        if self._closed:
+            raise ConnectionError("bus connection closed")
+        o = self._options
+        if "path" in o:
+            opening = asyncio.open_unix_connection(o["path"], limit=READ_SIZE)
+        else:
+            tls = tls_context(o) if o.get("connection_class") is SSLConnection else None
+            opening = asyncio.open_connection(o.get("host", "localhost"), o.get("port", 6379), ssl=tls, limit=READ_SIZE)
+        try:
+            self._reader, self._writer = await asyncio.wait_for(opening, CONNECT_TIMEOUT)
+        except (OSError, asyncio.TimeoutError) as exc:
+            raise ConnectionError(f"bus connection failed: {type(exc).__name__}") from exc
+        sock = self._writer.get_extra_info("socket")
+        if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
+            # A peer that vanished without closing (a partition) is noticed.
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+        if o.get("password"):
+            auth = ("AUTH", o["username"], o["password"]) if o.get("username") else ("AUTH", o["password"])
+            self._writer.write(hiredis.pack_command(auth))
+            (reply,) = await asyncio.wait_for(self._replies(), CONNECT_TIMEOUT)
+            if isinstance(reply, Exception):
+                await self.aclose()
+                # Redis' own words ("WRONGPASS ...", "NOAUTH ..."), never the password.
+                raise ConnectionError(f"bus authentication failed: {reply}")
+
+    async def _send(self, *command: str) -> None:
+        if self._writer is None:
+            await self._connect()
+        assert self._writer is not None
+        if self._writer.is_closing():
+            raise ConnectionError("bus connection closed")
+        self._writer.write(hiredis.pack_command(command))
+        try:
+            await self._writer.drain()
+        except OSError as exc:
+            raise ConnectionError(f"bus connection lost: {type(exc).__name__}") from exc
+
+    async def subscribe(self, channel: str) -> None:
+        await self._send("SUBSCRIBE", channel)
+
+    async def unsubscribe(self, channel: str) -> None:
+        await self._send("UNSUBSCRIBE", channel)
+
+    async def _replies(self) -> list[Any]:
+        reader = self._reader
+        if reader is None:
+            raise ConnectionError("bus connection not open")
+        parser = self._parser
+        while True:
+            replies = []
+            try:
+                reply = parser.gets()
+                while reply is not False:
+                    replies.append(reply)
+                    reply = parser.gets()
+            except hiredis.ProtocolError as exc:
+                raise ConnectionError("bus connection sent a malformed reply") from exc
+            if replies:
+                return replies
+            try:
+                data = await reader.read(READ_SIZE)
+            except OSError as exc:
+                raise ConnectionError(f"bus connection lost: {type(exc).__name__}") from exc
+            if not data:
+                raise ConnectionError("bus connection closed by Redis")
+            parser.feed(data)
+
+    async def read(self) -> list[Any]:
+        replies = await self._replies()
+        for reply in replies:
+            if isinstance(reply, Exception):
+                # An error pushed on a subscribed connection: nothing on it can
+                # be trusted any more; the bus reconnects.
+                raise ConnectionError(f"bus connection error from Redis: {reply}")
+        return replies
+
+    async def aclose(self) -> None:
+        self._closed = True
+        writer, self._writer, self._reader = self._writer, None, None
+        if writer is not None:
+            writer.close()
+            try:
+                await writer.wait_closed()
+            except (OSError, ssl.SSLError):
+                pass
