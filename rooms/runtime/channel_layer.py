@@ -1,44 +1,40 @@
-"""channels-redis's layer, sending in one round trip, with its receive clean-up made safe for outages.
+"""channels-redis's layer for the inbox, with fewer round trips to Redis.
 
-After every receive, channels-redis pops the message's copy from the
-channel's ``$inflight`` backup queue in a detached task. When Redis goes away
-at that moment the task fails, nobody awaits it, and asyncio logs "Task
-exception was never retrieved" as an ERROR with a traceback: noise in the
-one log level operators page on, for a fault the process already handles
-(the inbox loop and the bus reconnect on their own).
+The inbox's cost is its round trips: each is a write that wakes Redis and a
+read that waits for it, and in the two-process fan-out they were a third of
+the forwarding process's CPU and a fifth of the owner's (docs/performance.md,
+"Seventh round"). Keys, members, scores, capacity and expiry are channels-
+redis' own, so a process of either implementation reads the other's
+messages (a rolling deploy).
 
-Here the clean-up retries a few times and then gives up with a warning. A
-copy left behind is gone if Redis restarted empty; otherwise the next
-receive moves it back into the queue, the duplicate channels-redis documents
-for a cancelled clean-up (forwarded frames carry client ids, which the room
-de-duplicates).
+**Send**: channels-redis awaits ZREMRANGEBYSCORE (expired entries), ZCOUNT
+(capacity), ZADD and EXPIRE in turn; here one Lua script does the same four
+steps, atomically: one round trip instead of four.
 
-Sends take one round trip to Redis instead of four: channels-redis sends a
-message as ZREMRANGEBYSCORE (expired entries), ZCOUNT (capacity), ZADD and
-EXPIRE, each awaited in turn; here one Lua script does the same four steps,
-atomically, on the same keys with the same serialized member and score, so
-a receiver of either implementation reads it. The forwarder of a process
-whose sockets are in a room run elsewhere sends through it for every batch
-of frames: the four round trips were 30 % of such a process's CPU in the
-two-process fan-out (docs/performance.md, "Seventh round").
+**Receive**: channels-redis runs a script that puts back the copies left in
+the channel's ``$inflight`` backup queue, a BZPOPMIN, a ZADD of the popped
+message's backup copy, and, in a detached task, a ZPOPMIN that drops that
+copy once the message is handed over: four round trips. Here the copy is
+dropped by the next receive, in its first script, which also puts back the
+other copies and pops the next message with its backup copy when one is
+waiting: one round trip for a waiting message, three for an empty inbox
+(the script, BZPOPMIN, ZADD). Dropping the copy later also means there is
+no detached task to fail when Redis goes away (it logged "Task exception
+was never retrieved"). The copy is dropped by member (ZREM, which may run
+twice), never by position, so a receive cancelled mid-script loses nothing:
+its popped message waits in the backup queue and the next receive puts it
+back, the duplicate channels-redis documents for cancellations (forwarded
+frames carry client ids, which the room de-duplicates).
 """
 
 from __future__ import annotations
 
-import asyncio
-import logging
 import time
 from typing import Any
 
 from channels.exceptions import ChannelFull
 from channels_redis.core import RedisChannelLayer
 from redis.commands.core import AsyncScript
-from redis.exceptions import RedisError
-
-log = logging.getLogger("dorm.cluster")
-
-CLEANUP_ATTEMPTS = 3
-CLEANUP_RETRY_SECONDS = 0.2
 
 # channels-redis' send in one step: drop expired entries, refuse at capacity,
 # add the member, renew the key's expiry. 1: sent, 0: full.
@@ -52,9 +48,38 @@ redis.call('EXPIRE', KEYS[1], ARGV[5])
 return 1
 """
 
+# The start of a receive: drop the backup copy of the message handed over
+# last (ARGV[1], '' if none), put the other copies back in the queue as
+# channels-redis' clean-up script does, then pop the oldest message and keep
+# its backup copy. Returns the message, or false when the queue is empty.
+RECEIVE = """
+if ARGV[1] ~= '' then
+  redis.call('ZREM', KEYS[2], ARGV[1])
+end
+local backed_up = redis.call('ZRANGE', KEYS[2], 0, -1, 'WITHSCORES')
+for i = #backed_up, 1, -2 do
+  redis.call('ZADD', KEYS[1], backed_up[i], backed_up[i - 1])
+end
+redis.call('DEL', KEYS[2])
+local popped = redis.call('ZPOPMIN', KEYS[1])
+if popped[1] then
+  redis.call('ZADD', KEYS[2], popped[2], popped[1])
+  return popped[1]
+end
+return false
+"""
+
 
 class DormRedisChannelLayer(RedisChannelLayer):
-    _send_script: AsyncScript | None = None
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._send_script: AsyncScript | None = None
+        self._receive_script: AsyncScript | None = None
+        # Channel key -> the member last popped (its backup copy is kept
+        # until the message is handed over) and the member handed over
+        # (its copy is dropped by the next receive).
+        self._popped: dict[str, bytes] = {}
+        self._handed_over: dict[str, bytes] = {}
 
     async def send(self, channel: str, message: dict[str, Any]) -> None:
         """channels-redis' ``send`` (same checks, keys, member and score) in one round trip."""
@@ -81,13 +106,28 @@ class DormRedisChannelLayer(RedisChannelLayer):
         if not sent:
             raise ChannelFull()
 
+    async def _brpop_with_clean(self, index: int, channel: str, timeout: float) -> bytes | None:
+        backup = self._backup_channel_name(channel)
+        connection = self.connection(index)
+        if self._receive_script is None:
+            self._receive_script = connection.register_script(RECEIVE)
+        handed_over = self._handed_over.get(channel, b"")
+        member = await self._receive_script(keys=[channel, backup], args=[handed_over], client=connection)
+        if handed_over and self._handed_over.get(channel) is handed_over:
+            del self._handed_over[channel]
+        if member is None:
+            # Empty: wait for one as channels-redis does.
+            result = await connection.bzpopmin(channel, timeout=timeout)
+            if result is None:
+                return None
+            _, member, score = result
+            await connection.zadd(backup, {member: float(score)})
+        self._popped[channel] = member
+        return member
+
     async def _clean_receive_backup(self, index: int, channel: str) -> None:
-        for attempt in range(1, CLEANUP_ATTEMPTS + 1):
-            try:
-                await super()._clean_receive_backup(index, channel)
-                return
-            except (ConnectionError, TimeoutError, RedisError) as exc:
-                if attempt == CLEANUP_ATTEMPTS:
-                    log.warning("inbox backup clean-up failed attempts=%d error=%s", attempt, type(exc).__name__)
-                    return
-                await asyncio.sleep(CLEANUP_RETRY_SECONDS * attempt)
+        # channels-redis calls this once the message is handed over; its copy
+        # is dropped by the next receive's script (no round trip here).
+        member = self._popped.pop(channel, None)
+        if member is not None:
+            self._handed_over[channel] = member

@@ -5,8 +5,10 @@ and keeps channels-redis' capacity and expiry rules."""
 
 from __future__ import annotations
 
+import asyncio
 import time
 import uuid
+from pathlib import Path
 
 import pytest
 import redis
@@ -14,7 +16,8 @@ from channels.exceptions import ChannelFull
 from channels_redis.core import RedisChannelLayer
 
 from rooms.runtime.channel_layer import DormRedisChannelLayer
-from tests.e2e.services import REDIS_TEST_URL, check_redis
+from tests.e2e.server import free_port
+from tests.e2e.services import REDIS_TEST_URL, PrivateRedis, check_redis
 
 
 @pytest.fixture
@@ -100,3 +103,71 @@ async def test_the_script_survives_redis_forgetting_it(prefix: str) -> None:
     finally:
         client.close()
         await dorm.close_pools()
+
+
+def _command_calls(client: redis.Redis) -> dict[str, int]:
+    return {name.removeprefix("cmdstat_"): stats["calls"] for name, stats in client.info("commandstats").items()}
+
+
+async def test_a_waiting_message_costs_one_round_trip_and_its_copy_lives_until_the_next_receive(tmp_path: Path) -> None:
+    check_redis()  # stands for "Redis is installed and runs here"
+    server = PrivateRedis(tmp_path, free_port())
+    server.start()
+    url = f"redis://127.0.0.1:{server.port}/0"
+    dorm = DormRedisChannelLayer(hosts=[url], prefix="p")
+    plain = RedisChannelLayer(hosts=[url], prefix="p")
+    client = redis.Redis.from_url(url)
+    try:
+        inbox = await dorm.new_channel("dorm.inbox.")
+        backup = f"p{dorm.non_local_name(inbox)}$inflight"
+        for n in range(3):
+            await plain.send(inbox, {"n": n})
+        assert await dorm.receive(inbox) == {"n": 0}  # loads the script
+        assert client.zcard(backup) == 1  # the copy of the message just handed over
+        before = _command_calls(client)
+        assert await dorm.receive(inbox) == {"n": 1}
+        await asyncio.sleep(0.05)  # channels-redis' clean-up task has run
+        calls = _command_calls(client)
+        spent = {name: calls[name] - before.get(name, 0) for name in calls if calls[name] != before.get(name, 0)}
+        spent.pop("info", None)  # this test's own
+        # One script (its ZREM, ZRANGE, DEL, ZPOPMIN and ZADD run inside it) and no other command.
+        assert spent.pop("evalsha") == 1
+        assert not {k for k in spent if k not in ("zrem", "zrange", "del", "zpopmin", "zadd")}, spent
+        # The copy of {"n": 0} was dropped by that receive; {"n": 1}'s stays until the next.
+        assert [dorm.deserialize(m)["n"] for m in client.zrange(backup, 0, -1)] == [1]
+        assert await dorm.receive(inbox) == {"n": 2}
+        assert [dorm.deserialize(m)["n"] for m in client.zrange(backup, 0, -1)] == [2]
+        # An empty inbox waits (BZPOPMIN) and gets the next message as it comes.
+        waiting = asyncio.ensure_future(dorm.receive(inbox))
+        await asyncio.sleep(0.1)
+        assert not waiting.done()
+        await plain.send(inbox, {"n": 3})
+        assert await asyncio.wait_for(waiting, 5) == {"n": 3}
+    finally:
+        client.close()
+        await dorm.close_pools()
+        await plain.close_pools()
+        server.stop()
+
+
+async def test_a_receive_cancelled_after_its_pop_loses_nothing(prefix: str) -> None:
+    dorm, plain = _layers(prefix)
+    try:
+        inbox = await dorm.new_channel("dorm.inbox.")
+        key = prefix + dorm.non_local_name(inbox)
+        await plain.send(inbox, {"n": 1})
+        await plain.send(inbox, {"n": 2})
+        # The pop happened in Redis but its receive never handed the message
+        # over (cancelled): the next receive puts it back first.
+        assert await dorm._brpop_with_clean(dorm.consistent_hash(inbox), key, timeout=1) is not None
+        assert await dorm.receive(inbox) == {"n": 1}
+        assert await dorm.receive(inbox) == {"n": 2}
+        # A message handed over is never put back: its copy goes by member.
+        await plain.send(inbox, {"n": 3})
+        assert await dorm.receive(inbox) == {"n": 3}
+        await plain.send(inbox, {"n": 4})
+        assert await dorm.receive(inbox) == {"n": 4}
+    finally:
+        await dorm.flush()
+        await dorm.close_pools()
+        await plain.close_pools()

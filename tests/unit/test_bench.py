@@ -91,14 +91,24 @@ def test_in_process_benchmarks_run(script: str, args: list[str], expected: str, 
     assert expected in out.stdout, out.stdout
 
 
-def test_bus_read_benchmark_runs(tmp_path: Any) -> None:
-    """bench/bus_read.py, small, on the machine's Redis (every reader gets every event)."""
+@pytest.mark.parametrize(
+    ("script", "args", "expected"),
+    [
+        # Every reader gets every event.
+        ("bus_read.py", ["--events", "500"], ["round 1 bus", "round 1 pubsub-hiredis", "round 1 pubsub-python"]),
+        # Both layers send and receive.
+        ("inbox.py", ["--messages", "200"], ["channels-redis  send", "channels-redis  receive", "dorm            send",
+                                             "dorm            receive"]),
+    ],
+)
+def test_redis_benchmarks_run(script: str, args: list[str], expected: list[str], tmp_path: Any) -> None:
+    """The in-process Redis benchmarks, small, on the machine's Redis."""
     from tests.e2e.services import REDIS_TEST_URL, check_redis
 
     check_redis()
     env = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "DJANGO_SETTINGS_MODULE")}
     env.update(SQLITE_PATH=str(tmp_path / "bench.sqlite3"), REDIS_URL=REDIS_TEST_URL)
-    out = subprocess.run([sys.executable, str(BENCH / "bus_read.py"), "--events", "500", "--rounds", "1"],
+    out = subprocess.run([sys.executable, str(BENCH / script), *args, "--rounds", "1"],
                          capture_output=True, text=True, timeout=120, check=True, env=env)
-    for reader in ("bus", "pubsub-hiredis", "pubsub-python"):
-        assert f"round 1 {reader}" in out.stdout, out.stdout
+    for row in expected:
+        assert row in out.stdout, out.stdout
