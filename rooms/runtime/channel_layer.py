@@ -113,8 +113,8 @@ class DormRedisChannelLayer(RedisChannelLayer):
             self._receive_script = connection.register_script(RECEIVE)
         handed_over = self._handed_over.get(channel, b"")
         member = await self._receive_script(keys=[channel, backup], args=[handed_over], client=connection)
-        if handed_over and self._handed_over.get(channel) is handed_over:
-            del self._handed_over[channel]
+        if handed_over:
+            del self._handed_over[channel]  # its copy is gone (the next one is set after this returns)
         if member is None:
             # Empty: wait for one as channels-redis does.
             result = await connection.bzpopmin(channel, timeout=timeout)

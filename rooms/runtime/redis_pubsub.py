@@ -23,28 +23,29 @@ import ssl
 from typing import Any
 
 import hiredis
+from redis.asyncio.connection import RedisSSLContext
 from redis.connection import SSLConnection, parse_url
 
 CONNECT_TIMEOUT = 5.0
 READ_SIZE = 256 * 1024
 
-_CERT_REQS = {"none": ssl.CERT_NONE, "optional": ssl.CERT_OPTIONAL, "required": ssl.CERT_REQUIRED}
-
-
 def tls_context(options: dict[str, Any]) -> ssl.SSLContext:
-    """The TLS context redis-py would build for a ``rediss://`` URL's options."""
-    context = ssl.create_default_context(cafile=options.get("ssl_ca_certs"))
-    reqs = options.get("ssl_cert_reqs", "required")
-    if isinstance(reqs, str):
-        if reqs not in _CERT_REQS:
-            raise ValueError(f"ssl_cert_reqs must be none, optional or required, not {reqs!r}")
-        reqs = _CERT_REQS[reqs]
-    check_hostname = options.get("ssl_check_hostname", reqs != ssl.CERT_NONE)
-    context.check_hostname = check_hostname not in (False, "False", "false", "0") and reqs != ssl.CERT_NONE
-    context.verify_mode = reqs
-    if options.get("ssl_certfile"):
-        context.load_cert_chain(options["ssl_certfile"], options.get("ssl_keyfile"))
-    return context
+    """The TLS context redis-py builds for a ``rediss://`` URL's ``ssl_*``
+    options (its own class and defaults: certificates and host name checked)."""
+    return RedisSSLContext(
+        keyfile=options.get("ssl_keyfile"),
+        certfile=options.get("ssl_certfile"),
+        cert_reqs=options.get("ssl_cert_reqs", "required"),
+        include_verify_flags=options.get("ssl_include_verify_flags"),
+        exclude_verify_flags=options.get("ssl_exclude_verify_flags"),
+        ca_certs=options.get("ssl_ca_certs"),
+        ca_data=options.get("ssl_ca_data"),
+        ca_path=options.get("ssl_ca_path"),
+        check_hostname=options.get("ssl_check_hostname", True),
+        min_version=options.get("ssl_min_version"),
+        ciphers=options.get("ssl_ciphers"),
+        password=options.get("ssl_password"),
+    ).get()
 
 
 class SubscriberConnection:
