@@ -1,13 +1,15 @@
-"""Cost of the once-a-minute usage flush with many rooms holding open sockets.
+"""Cost of the once-a-minute usage flush with many rooms used in the minute.
 
     .venv/bin/python bench/usage_flush.py                        # SQLite, 10,000 rooms
     .venv/bin/python bench/usage_flush.py --rooms 1000
     DATABASE_URL=postgres://postgres@127.0.0.1:5432/fbench .venv/bin/python bench/usage_flush.py
 
-A room with open sockets is billed every minute even when silent (its peak
-connections), so an idle server with 10,000 hibernated rooms writes 10,000
-usage rows a minute: the largest piece of its idle CPU (docs/performance.md,
-"Idle CPU"). This creates the rooms in a fresh database, then times
+Until connection spans (billing/spans.py), a room with open sockets got a
+usage row every minute even when silent, so an idle server with 10,000
+hibernated rooms wrote 10,000 rows a minute: the largest piece of its idle
+CPU (docs/performance.md, "Idle CPU"). Now only rooms used in the minute get
+a row; this is what a minute in which 10,000 rooms were used costs. It
+creates the rooms in a fresh database, then times
 ``billing.flush.write`` of one minute's counters for all of them (the
 upsert path the server's flush takes: half new rows, half added to), and
 prints the median milliseconds of CPU and of wall time per flush.

@@ -15,7 +15,8 @@ from typing import Any
 
 from asgiref.sync import async_to_sync
 from django.contrib import admin, messages
-from django.db.models import OuterRef, QuerySet, Subquery, Sum
+from django.db.models import OuterRef, Q, QuerySet, Subquery, Sum
+from django.db.models.functions import Coalesce, Greatest
 from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
 from django.shortcuts import get_object_or_404
 from django.urls import path, reverse
@@ -23,7 +24,7 @@ from django.utils import timezone
 
 from billing import budgets, costs, histogram, stats
 from billing.meter import meter
-from billing.models import Budget, LatencyBucket, OpsCount, Price, RoomOwner, UsageMinute
+from billing.models import Budget, ConnectionSpan, LatencyBucket, OpsCount, Price, RoomOwner, UsageMinute
 from rooms.admin import RoomAdmin
 from rooms.models import Event, Room, Snapshot
 
@@ -55,12 +56,17 @@ class BillingRoomAdmin(RoomAdmin):
         now = timezone.now()
         lm = stats.last_minute(now)
         usage = UsageMinute.objects.filter(room=OuterRef("pk"))
+        level = ConnectionSpan.objects.filter(Q(until__isnull=True) | Q(until__gt=lm), room=OuterRef("pk"), since__lte=lm)
         month = usage.filter(minute__gte=costs.month_start(now)).values("room")
         return (
             super()
             .get_queryset(request)
             .annotate(
-                _last_peak=Subquery(usage.filter(minute=lm).values("peak_connections")[:1]),
+                # The row's peak, or the open sockets of a silent minute (billing/peaks.py).
+                _last_peak=Greatest(
+                    Coalesce(Subquery(usage.filter(minute=lm).values("peak_connections")[:1]), 0),
+                    Coalesce(Subquery(level.order_by("-connections").values("connections")[:1]), 0),
+                ),
                 _last_messages=Subquery(usage.filter(minute=lm).values("messages_in")[:1]),
                 _month_cpu=Subquery(month.annotate(n=Sum("cpu_us")).values("n")[:1]),
                 _month_in=Subquery(month.annotate(n=Sum("messages_in")).values("n")[:1]),
@@ -227,6 +233,13 @@ class UsageMinuteAdmin(admin.ModelAdmin):
 class LatencyBucketAdmin(UsageMinuteAdmin):
     list_display = ("room", "minute", "metric", "bucket", "count")
     list_filter = ("metric",)
+
+
+@admin.register(ConnectionSpan)
+class ConnectionSpanAdmin(UsageMinuteAdmin):
+    list_display = ("room", "connections", "since", "until", "process")
+    date_hierarchy = "since"
+    search_fields = ("room__slug", "process")
 
 
 @admin.register(OpsCount)

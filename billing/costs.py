@@ -14,7 +14,7 @@ from datetime import datetime, timedelta
 from decimal import Decimal
 from importlib import import_module
 
-from django.db.models import Max, Sum
+from django.db.models import Sum
 from django.db.models.functions import Length
 
 MILLION = Decimal(1_000_000)
@@ -133,15 +133,18 @@ def load_prices() -> dict[str, Decimal]:
 
 
 def usage_between(start: datetime, end: datetime, room_ids: Iterable[int] | None = None) -> Usage:
-    """Usage summed over minutes in [start, end); peak = the largest minute's sum over rooms."""
+    """Usage summed over minutes in [start, end); peak = the largest minute's
+    sum over rooms (silent minutes' open sockets included: billing/peaks.py)."""
+    from billing import peaks
     from billing.models import COUNTER_FIELDS, UsageMinute
 
+    ids = None if room_ids is None else list(room_ids)
     rows = UsageMinute.objects.filter(minute__gte=start, minute__lt=end)
-    if room_ids is not None:
-        rows = rows.filter(room_id__in=list(room_ids))
+    if ids is not None:
+        rows = rows.filter(room_id__in=ids)
     sums = rows.aggregate(**{f: Sum(f) for f in COUNTER_FIELDS})
-    peak = rows.values("minute").annotate(p=Sum("peak_connections")).aggregate(m=Max("p"))["m"]
-    return Usage(peak_connections=int(peak or 0), **{f: int(sums[f] or 0) for f in COUNTER_FIELDS})
+    peak = peaks.load(start, end, ids).max_total()
+    return Usage(peak_connections=peak, **{f: int(sums[f] or 0) for f in COUNTER_FIELDS})
 
 
 def storage_bytes(room_ids: Iterable[int] | None = None) -> int:

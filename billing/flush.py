@@ -1,4 +1,6 @@
-"""Add what the meter counted to the database: once a minute per process.
+"""Add what the meter counted to the database: once a minute per process
+(nothing for a minute in which nothing happened: silent rooms' open sockets
+are billed through their connection spans, ``billing/spans.py``).
 
 Every write is an upsert that adds (``ON CONFLICT ... DO UPDATE SET n = n +
 excluded.n``; the peak takes the larger), so N processes flushing the same
@@ -26,9 +28,11 @@ from typing import Any
 from channels.db import database_sync_to_async
 from django.db import connection, transaction
 
+from billing import spans
 from billing.conf import billing_settings
 from billing.meter import Counters, Meter, meter
 from billing.models import COUNTER_FIELDS, LatencyBucket, Metric, OpsCount, UsageMinute
+from presence.process import PROCESS_ID
 from rooms.models import Room
 
 log = logging.getLogger("dorm.billing")
@@ -98,20 +102,30 @@ def apportion_cpu(taken: list[tuple[str, Counters]], cpu_us: int) -> None:
         c.cpu_us += cpu_us * w // total
 
 
-def write(taken: list[tuple[str, Counters]], ops: list[tuple[int, dict[tuple[str, str], int]]]) -> int:
-    """Upsert the counters; returns the number of usage rows written.
+def write(
+    taken: list[tuple[str, Counters]],
+    ops: list[tuple[int, dict[tuple[str, str], int]]],
+    span_changes: list[tuple[str, int, int]] | None = None,
+) -> int:
+    """Upsert the counters and apply the connection-span changes, in one
+    transaction; returns the number of usage rows written.
 
     A room that does not exist (refused before it was created) matches no
     row: nothing to bill."""
     adapt = connection.ops.adapt_datetimefield_value
     minutes: dict[int, Any] = {}  # one adapted datetime per minute, not per room
+
+    def minute_value(m: int) -> Any:
+        value = minutes.get(m)
+        if value is None:
+            value = minutes[m] = adapt(minute_start(m))
+        return value
+
     usage = []
     latency = []
     fields = COUNTER_FIELDS
     for room, c in taken:
-        minute = minutes.get(c.minute)
-        if minute is None:
-            minute = minutes[c.minute] = adapt(minute_start(c.minute))
+        minute = minute_value(c.minute)
         usage.append((minute, c.peak_connections, *[getattr(c, f) for f in fields], room))
         for metric, hist in ((Metric.PROCESSING, c.processing), (Metric.ROUND_TRIP, c.round_trip),
                              (Metric.ROUND_TRIP_LONG, c.round_trip_long)):
@@ -128,25 +142,39 @@ def write(taken: list[tuple[str, Counters]], ops: list[tuple[int, dict[tuple[str
                 cursor.executemany(_latency_sql(), latency)
             if op_rows:
                 cursor.executemany(_ops_sql(), op_rows)
+            if span_changes:
+                spans.write_changes(cursor, PROCESS_ID, span_changes, minute_value)
     return written
 
 
-def flush_sync(m: Meter | None = None) -> int:
-    """Flush the meter from a thread without an event loop (beat task, shell)."""
+def _take(m: Meter) -> tuple[list[tuple[str, Counters]], list[Any], list[tuple[str, int, int]]]:
+    """What the meter counted since the last flush, with its share of CPU."""
     global _last_cpu
-    m = m or meter
     taken, ops = m.take()
     now_cpu = time.process_time()
     apportion_cpu(taken, int((now_cpu - _last_cpu) * 1_000_000))
     _last_cpu = now_cpu
-    if not taken and not ops:
+    return taken, ops, m.span_changes(taken)
+
+
+def _failed(m: Meter, taken: list[tuple[str, Counters]], changes: list[tuple[str, int, int]]) -> None:
+    # Counts are lost rather than re-added twice: the upsert may have partly
+    # run. Span changes are idempotent: the next flush writes them again.
+    # Logged with sizes only.
+    log.exception("usage flush failed rooms=%d span_changes=%d", len(taken), len(changes))
+    m.span_failed(changes)
+
+
+def flush_sync(m: Meter | None = None) -> int:
+    """Flush the meter from a thread without an event loop (beat task, shell)."""
+    m = m or meter
+    taken, ops, changes = _take(m)
+    if not taken and not ops and not changes:
         return 0
     try:
-        return write(taken, ops)
+        return write(taken, ops, changes)
     except Exception:
-        # Counts are lost rather than re-added twice: the upsert may have
-        # partly run. Logged with sizes only.
-        log.exception("usage flush failed rooms=%d", len(taken))
+        _failed(m, taken, changes)
         return 0
 
 
@@ -155,19 +183,15 @@ _db_write = database_sync_to_async(write)
 
 async def flush_now() -> int:
     """Flush this process's counters (the plain function schedulers call)."""
-    global _last_cpu
-    taken, ops = meter.take()
-    now_cpu = time.process_time()
-    apportion_cpu(taken, int((now_cpu - _last_cpu) * 1_000_000))
-    _last_cpu = now_cpu
-    if not taken and not ops:
+    taken, ops, changes = _take(meter)
+    if not taken and not ops and not changes:
         return 0
     try:
-        rows = await _db_write(taken, ops)
+        rows = await _db_write(taken, ops, changes)
     except Exception:
-        log.exception("usage flush failed rooms=%d", len(taken))
+        _failed(meter, taken, changes)
         return 0
-    log.debug("usage flushed rows=%d", rows)
+    log.debug("usage flushed rows=%d span_changes=%d", rows, len(changes))
     return rows
 
 
@@ -221,3 +245,10 @@ async def stop_flusher(flush: bool = True) -> None:
             pass
     if flush:
         await flush_now()
+        # The process's sockets go with it: its connection levels end with
+        # the current minute.
+        try:
+            await database_sync_to_async(spans.close_process)(PROCESS_ID, spans.minute_after(datetime.now(UTC)))
+            meter.spans_closed()
+        except Exception:
+            log.exception("closing connection spans failed")

@@ -9,7 +9,11 @@ upsert, so the rows of N processes add up.
 
 Peak concurrent connections are counted where the room's joins and leaves all
 arrive: in the room's owner (embedded: the process; distributed: the process
-holding the lease), which keeps the set of connections it saw join.
+holding the lease), which keeps the set of connections it saw join. A minute
+with traffic, a join or a leave has its own counters and peak; a silent minute
+has none (an idle server counts and writes nothing): the room's level of
+connections carries over, and the flush writes a ``ConnectionSpan`` only when
+a minute ends with a level other than the one last written.
 """
 
 from __future__ import annotations
@@ -33,6 +37,10 @@ class Counters(Usage):
     counters the cost model prices, plus latency histograms)."""
 
     minute: int = 0
+    # Connections open at the end of the counted part of the minute, in a room
+    # this process counts the connections of (None: it does not, e.g. it
+    # holds some of the room's sockets but not its lease).
+    connections_after: int | None = None
     # bucket -> count, per metric (billing.models.Metric)
     processing: dict[int, int] = field(default_factory=dict)
     round_trip: dict[int, int] = field(default_factory=dict)
@@ -65,6 +73,12 @@ class Meter:
         self.live: dict[str, set[str]] = {}
         # Awake actors: room -> monotonic time awake time was counted up to.
         self.awake: dict[str, float] = {}
+        # room -> the level of this process's open ConnectionSpan (what the
+        # database holds; -1: unknown after a failed write).
+        self.span_levels: dict[str, int] = {}
+        # Span changes whose write failed, tried again by the next flush
+        # (each is idempotent): (room, first minute at the level, level).
+        self.span_retry: list[tuple[str, int, int]] = []
 
     # -- the current minute -----------------------------------------------------
 
@@ -81,17 +95,24 @@ class Meter:
         if minute == self.minute:
             return
         self.account_awake()
+        self._close_minute()
         self.pending.extend(self.rooms.items())
         self.rooms = {}
         if self.ops:
             self.ops_pending.append((self.minute, self.ops))
             self.ops = {}
         self.minute = minute
-        # A room with open sockets is in use even in a silent minute (its
-        # peak is what a per-connection service bills).
-        for room, conns in self.live.items():
-            if conns:
-                self._counters(room)
+        # A silent room gets no counters in the new minute: its open sockets
+        # are billed through its connection span (its level carries over).
+
+    def _close_minute(self) -> None:
+        """Note each counted room's connections at the end of the counted part."""
+        live = self.live
+        levels = self.span_levels
+        for room, c in self.rooms.items():
+            conns = live.get(room)
+            if conns or room in levels or c.connections_opened or c.connections_closed:
+                c.connections_after = len(conns) if conns else 0
 
     def account_awake(self) -> None:
         now = time.monotonic()
@@ -103,6 +124,7 @@ class Meter:
         """Everything counted so far (the current minute too); counting goes on."""
         self.rotate()
         self.account_awake()
+        self._close_minute()
         taken = self.pending + list(self.rooms.items())
         ops = self.ops_pending + ([(self.minute, self.ops)] if self.ops else [])
         self.pending = []
@@ -110,6 +132,34 @@ class Meter:
         self.ops = {}
         self.rooms = {}
         return taken, ops
+
+    def span_changes(self, taken: list[tuple[str, Counters]]) -> list[tuple[str, int, int]]:
+        """The connection-span writes the taken minutes call for, in order:
+        (room, first minute at the new level, level); the failed writes of the
+        last flush first. They count as written (``span_failed`` undoes that)."""
+        changes, self.span_retry = self.span_retry, []
+        levels = self.span_levels
+        for room, c in taken:
+            level = c.connections_after
+            if level is None or level == levels.get(room, 0):
+                continue
+            changes.append((room, c.minute + 1, level))
+            if level:
+                levels[room] = level
+            else:
+                levels.pop(room, None)
+        return changes
+
+    def span_failed(self, changes: list[tuple[str, int, int]]) -> None:
+        """The write of ``changes`` failed: try them again with the next flush."""
+        self.span_retry = changes + self.span_retry
+        for room, _minute, _level in changes:
+            self.span_levels[room] = -1
+
+    def spans_closed(self) -> None:
+        """This process's spans were closed (a clean stop)."""
+        self.span_levels = {}
+        self.span_retry = []
 
     # -- hot path ---------------------------------------------------------------
 

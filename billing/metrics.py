@@ -11,13 +11,14 @@ cost providers (three); never a room or user id.
 from __future__ import annotations
 
 from collections.abc import Iterator
+from datetime import timedelta
 
 from django.db.models import Sum
 from django.utils import timezone
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.registry import Collector, CollectorRegistry
 
-from billing import costs, histogram, stats
+from billing import costs, histogram, peaks, stats
 from billing.models import COUNTER_FIELDS, LatencyBucket, Metric, OpsCount, UsageMinute
 
 # Exported bucket bounds: every fourth bound (each doubling), 0.05 ms to ~52 s.
@@ -88,12 +89,16 @@ class DormCollector(Collector):
         yield errors
         now = timezone.now()
         board_minute = stats.last_minute(now)
-        last = UsageMinute.objects.filter(minute=board_minute)
-        yield GaugeMetricFamily("dorm_active_rooms", "Rooms with usage in the last complete minute", value=last.count())
+        after = board_minute + timedelta(minutes=1)
+        yield GaugeMetricFamily(
+            "dorm_active_rooms",
+            "Rooms with usage or an open connection in the last complete minute",
+            value=len(stats.active_rooms(board_minute, after)),
+        )
         yield GaugeMetricFamily(
             "dorm_connections",
             "Connections in the last complete minute (sum of rooms' peaks)",
-            value=int(last.aggregate(n=Sum("peak_connections"))["n"] or 0),
+            value=sum(peaks.load(board_minute, after).total_by_minute()),
         )
         _, month = costs.costs_between(costs.month_start(now), now)
         cost = GaugeMetricFamily("dorm_cost_month_usd", "Cost of this month so far, by provider", labels=["provider"])

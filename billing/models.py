@@ -1,5 +1,5 @@
-"""Per-room per-minute usage, latency histograms, close and error counts,
-prices and budgets.
+"""Per-room per-minute usage, connection levels, latency histograms, close
+and error counts, prices and budgets.
 
 Counter rows are shaped like zulip's analytics counts: one row per scope and
 minute, only ever added to (by upsert, so N processes flushing the same room
@@ -49,6 +49,46 @@ class UsageMinute(models.Model):
 
     def __str__(self) -> str:
         return f"{self.room_id} {self.minute:%Y-%m-%d %H:%M}"
+
+
+class ConnectionSpan(models.Model):
+    """Minutes during which a room had the same number of open connections.
+
+    A room's peak in a minute is the larger of its ``UsageMinute`` row's peak
+    (minutes with traffic, joins or leaves) and the level of the span covering
+    the minute: a room whose sockets stay open and silent is billed for them
+    without a row per minute (10,000 hibernated rooms would otherwise be
+    10,000 rows written every minute by an idle server; docs/performance.md).
+    ``billing/levels.py`` reads both.
+
+    Written by the room's owner when the number of connections at the end of
+    a flushed minute differs from the level it last wrote; ``until`` stays NULL
+    while the level holds. A clean stop closes its process's spans; the
+    presence sweep closes those of a process that stopped beating, at its
+    last beat.
+    """
+
+    room = models.ForeignKey(Room, on_delete=models.CASCADE, related_name="connection_spans")
+    # The process that counted the connections (presence.process.PROCESS_ID).
+    process = models.CharField(max_length=128)
+    # First minute (its start, UTC) at this level, and the first minute after
+    # it (NULL: the level holds).
+    since = models.DateTimeField()
+    until = models.DateTimeField(null=True, blank=True)
+    connections = models.IntegerField()
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["room", "process", "since"], name="billing_span_room_process_since")
+        ]
+        indexes = [
+            models.Index(fields=["since"], name="billing_span_since"),
+            models.Index(fields=["process", "until"], name="billing_span_process_until"),
+        ]
+
+    def __str__(self) -> str:
+        until = "now" if self.until is None else f"{self.until:%Y-%m-%d %H:%M}"
+        return f"{self.room_id}: {self.connections} from {self.since:%Y-%m-%d %H:%M} to {until}"
 
 
 COUNTER_FIELDS = (

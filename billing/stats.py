@@ -15,7 +15,7 @@ from django.db.models import Sum
 from django.db.models.functions import Length
 from django.utils import timezone
 
-from billing import costs, histogram
+from billing import costs, histogram, peaks
 from billing.conf import billing_settings
 from billing.models import LatencyBucket, Metric, OpsCount, UsageMinute
 
@@ -47,6 +47,12 @@ def latency_by_room(start: datetime, end: datetime, metric: int = Metric.PROCESS
     return out
 
 
+def active_rooms(start: datetime, end: datetime) -> set[int]:
+    """Rooms with usage or an open connection in [start, end)."""
+    used = set(UsageMinute.objects.filter(minute__gte=start, minute__lt=end).values_list("room_id", flat=True).distinct())
+    return used | peaks.load(start, end).rooms()
+
+
 def latency_series(start: datetime, end: datetime, room_ids: list[int] | None = None) -> dict[datetime, dict[int, int]]:
     rows = LatencyBucket.objects.filter(minute__gte=start, minute__lt=end, metric=Metric.PROCESSING)
     if room_ids is not None:
@@ -64,22 +70,23 @@ def usage_series(start: datetime, end: datetime, room_ids: list[int] | None = No
         rows = rows.filter(room_id__in=room_ids)
     per_minute = {
         r["minute"]: r
-        for r in rows.values("minute").annotate(
-            messages_in=Sum("messages_in"), messages_out=Sum("messages_out"), connections=Sum("peak_connections")
-        )
+        for r in rows.values("minute").annotate(messages_in=Sum("messages_in"), messages_out=Sum("messages_out"))
     }
+    room_peaks = peaks.load(start, end, room_ids)
+    connections = room_peaks.total_by_minute()
     lat = latency_series(start, end, room_ids)
     series = []
     minute = start
     while minute < end:
         r = per_minute.get(minute, {})
         h = lat.get(minute, {})
+        i = peaks.minute_of(minute) - room_peaks.first
         series.append(
             {
                 "t": int(minute.timestamp()),
                 "messages_in": int(r.get("messages_in") or 0),
                 "messages_out": int(r.get("messages_out") or 0),
-                "connections": int(r.get("connections") or 0),
+                "connections": connections[i] if 0 <= i < len(connections) else 0,
                 "p50": histogram.percentile(h, 0.5),
                 "p99": histogram.percentile(h, 0.99),
             }
@@ -110,15 +117,14 @@ def room_costs(start: datetime, end: datetime, prices: dict[str, Decimal] | None
         .values("room_id")
         .annotate(**{f: Sum(f) for f in COUNTER_FIELDS})
     )
-    peaks: dict[int, int] = {}
-    for room_id, peak in UsageMinute.objects.filter(minute__gte=start, minute__lt=end).values_list(
-        "room_id", "peak_connections"
-    ):
-        peaks[room_id] = max(peaks.get(room_id, 0), peak)
+    by_room = {r["room_id"]: r for r in rows}
+    room_peaks = peaks.load(start, end).max_by_room()
     out = {}
-    for r in rows:
-        usage = costs.Usage(peak_connections=peaks.get(r["room_id"], 0), **{f: int(r[f] or 0) for f in COUNTER_FIELDS})
-        out[r["room_id"]] = costs.compute(usage, storage.get(r["room_id"], 0), seconds, prices)
+    # A room with open sockets and no traffic has no usage row but a peak.
+    for room_id in by_room.keys() | room_peaks.keys():
+        r = by_room.get(room_id, {})
+        usage = costs.Usage(peak_connections=room_peaks.get(room_id, 0), **{f: int(r.get(f) or 0) for f in COUNTER_FIELDS})
+        out[room_id] = costs.compute(usage, storage.get(room_id, 0), seconds, prices)
     return out
 
 
@@ -152,7 +158,7 @@ def dashboard(now: datetime | None = None) -> dict[str, Any]:
     # The last hour and the current minute (partial: counted up to the last flush).
     series = usage_series(hour_ago, lm + timedelta(minutes=2))
     latest = series[-2]
-    active = UsageMinute.objects.filter(minute__gte=lm - timedelta(minutes=1)).values("room_id").distinct().count()
+    active = len(active_rooms(lm - timedelta(minutes=1), now))
     hour_latency = histogram.summary(latency(hour_ago, lm + timedelta(minutes=2)))
     month = costs.month_start(now)
     today = costs.day_start(now)

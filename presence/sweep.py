@@ -2,7 +2,9 @@
 
 ``sweep_stale()`` closes the open sessions of processes that stopped beating
 (``left_at`` = the process's last beat, close code 1006 and a reason that
-says so) and deletes closed sessions past the retention. It needs nothing but
+says so), tells other apps (``presence.signals.process_gone``: billing closes
+the process's connection spans) and deletes closed sessions past the
+retention. It needs nothing but
 the database, so it runs from Celery beat as well as from the periodic task
 every ASGI process runs (``service.py``); running it twice, or on several
 processes at once, is harmless.
@@ -24,6 +26,7 @@ from django.db.models import Value
 from django.db.models.functions import Greatest
 from django.utils import timezone
 
+from presence.signals import process_gone
 from presence.models import PROCESS_GONE_CODE, PROCESS_GONE_REASON, PresenceProcess, PresenceSession
 from rooms.conf import dorm_settings
 
@@ -58,6 +61,7 @@ def sweep_stale(now: datetime | None = None) -> dict[str, int]:
             )
         closed += n
         log.warning("presence sweep: process gone process=%s sessions_closed=%d", process.process, n)
+        process_gone.send(None, process=process.process, last_beat=process.beat_at)
     deleted = 0
     retention_days = dorm_settings.PRESENCE_LEDGER_RETENTION_DAYS
     if retention_days:
