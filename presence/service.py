@@ -71,6 +71,11 @@ class PresenceService:
         self.runtime = runtime
         self.buffer = LedgerBuffer()
         self.tracked: dict[str, Tracked] = {}
+        # The sockets that are not stale, least recently heard first (a dict
+        # keeps insertion order; a frame moves its socket to the end), so the
+        # sweep looks at the sockets past the TTL and no others: 10,000 idle
+        # sockets are not walked every sweep.
+        self._by_heard: dict[str, Tracked] = {}
         self._tasks: list[asyncio.Task[None]] = []
         self._ghosts: dict[str, float] = {}  # orphan entries already sent a leave
         self._stopped = False
@@ -90,12 +95,13 @@ class PresenceService:
 
     def opened(self, conn: Connection, user_agent: str, address: str) -> None:
         now = time.monotonic()
-        self.tracked[conn.id] = Tracked(conn, now, now)
+        self.tracked[conn.id] = self._by_heard[conn.id] = Tracked(conn, now, now)
         self.buffer.open(conn.id, conn.room, conn.user_id, user_agent, address)
         self._buffered()
 
     def closed(self, conn: Connection, code: int, reason: str) -> None:
         self.tracked.pop(conn.id, None)
+        self._by_heard.pop(conn.id, None)
         self.buffer.close(conn.id, code, reason)
         self._buffered()
 
@@ -111,6 +117,9 @@ class PresenceService:
             return heartbeat
         now = time.monotonic()
         t.last_heard = now
+        by_heard = self._by_heard
+        by_heard.pop(conn.id, None)
+        by_heard[conn.id] = t
         if t.stale:
             t.stale = False
             t.last_touch = now
@@ -176,11 +185,18 @@ class PresenceService:
     def _silent_sockets(self) -> None:
         ttl = dorm_settings.PRESENCE_TTL_SECONDS
         now = time.monotonic()
-        for t in list(self.tracked.values()):
-            if not t.stale and now - t.last_heard > ttl and not t.conn.closed:
-                t.stale = True
-                log.info("presence silent room=%s user=%s conn=%s", t.conn.room, t.conn.user_id, t.conn.id)
-                self.runtime.registry.submit(t.conn.room, Frame(t.conn, OFFLINE_FRAME, None, None))
+        silent = []
+        for t in self._by_heard.values():
+            if now - t.last_heard <= ttl:
+                break  # heard later than every socket before it: none after is silent
+            silent.append(t)
+        for t in silent:
+            del self._by_heard[t.conn.id]
+            if t.conn.closed:
+                continue  # its close is on the way
+            t.stale = True
+            log.info("presence silent room=%s user=%s conn=%s", t.conn.room, t.conn.user_id, t.conn.id)
+            self.runtime.registry.submit(t.conn.room, Frame(t.conn, OFFLINE_FRAME, None, None))
 
     async def _orphans(self) -> None:
         """Entries whose process stopped beating: their rooms get a leave."""

@@ -213,6 +213,17 @@ async def test_a_silent_connection_goes_offline_after_the_ttl_with_no_other_traf
         await b.send("heartbeat")
         back = await a.recv_type("presence")
         assert back["userId"] == "b" and back["payload"] == {"status": "online"}
+        # Silent again: offline again (the sweep looks only at sockets past
+        # the TTL, and b is back among them), while a stays fresh.
+        again = None
+        while time.monotonic() - started < 6:
+            await a.send("heartbeat")
+            if await a.nothing(0.2):
+                continue
+            again = await a.recv_type("presence")
+            break
+        assert again is not None and again["userId"] == "b" and again["payload"] == {"status": "offline"}
+        assert [m["userId"] for m in await runtime.presence.members("silent")] == ["a"]
 
 
 async def test_who_was_in_the_room_at_t_across_joins_and_leaves(runtime: Any, connect: Any) -> None:
