@@ -1,0 +1,220 @@
+"""Dorm's own Redis connections for the distributed mode's hot paths.
+
+redis-py spends tens of microseconds of CPU on every command besides the
+system calls: a connection pool checkout, a retry wrapper, an async timeout,
+an observability hook, its own argument encoding and reply objects. Two paths
+pay that per forwarded frame or per event, so they use these connections,
+which write hiredis-packed commands to an asyncio stream and parse replies
+with hiredis' C parser:
+
+- ``SubscriberConnection``: the room bus's pub/sub connection. It reads what
+  the socket has and parses every complete reply in one go: ~5 us of CPU per
+  message against ~51 us with ``PubSub.get_message`` (~27 us with hiredis)
+  (``bench/bus_read.py``, docs/performance.md "Seventh round").
+- ``CommandConnection``: one request and its reply at a time, for the
+  inbox's send and receive scripts (``channel_layer.py``;
+  ``bench/inbox.py``).
+
+Both take the same ``REDIS_URL`` as redis-py (``redis://``, ``rediss://``
+with its ``ssl_*`` options, ``unix://``, a password or a user and password).
+Every other command stays on redis-py.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import socket
+import ssl
+from typing import Any
+
+import hiredis
+from redis.asyncio.connection import RedisSSLContext
+from redis.connection import SSLConnection, parse_url
+from redis.exceptions import ResponseError
+
+CONNECT_TIMEOUT = 5.0
+READ_SIZE = 256 * 1024
+
+def tls_context(options: dict[str, Any]) -> ssl.SSLContext:
+    """The TLS context redis-py builds for a ``rediss://`` URL's ``ssl_*``
+    options (its own class and defaults: certificates and host name checked)."""
+    return RedisSSLContext(
+        keyfile=options.get("ssl_keyfile"),
+        certfile=options.get("ssl_certfile"),
+        cert_reqs=options.get("ssl_cert_reqs", "required"),
+        include_verify_flags=options.get("ssl_include_verify_flags"),
+        exclude_verify_flags=options.get("ssl_exclude_verify_flags"),
+        ca_certs=options.get("ssl_ca_certs"),
+        ca_data=options.get("ssl_ca_data"),
+        ca_path=options.get("ssl_ca_path"),
+        check_hostname=options.get("ssl_check_hostname", True),
+        min_version=options.get("ssl_min_version"),
+        ciphers=options.get("ssl_ciphers"),
+        password=options.get("ssl_password"),
+    ).get()
+
+
+class _Connection:
+    """Connecting (TLS, Unix socket, AUTH, keepalive), sending a command,
+    parsing replies; ``ConnectionError`` once the connection is gone."""
+
+    name = "redis"  # in error messages
+
+    def __init__(self, url: str) -> None:
+        self._options = parse_url(url)
+        self._reader: asyncio.StreamReader | None = None
+        self._writer: asyncio.StreamWriter | None = None
+        self._parser = hiredis.Reader()
+        self._closed = False
+
+    async def _connect(self) -> None:
+        if self._closed:
+            raise ConnectionError(f"{self.name} connection closed")
+        o = self._options
+        if "path" in o:
+            opening = asyncio.open_unix_connection(o["path"], limit=READ_SIZE)
+        else:
+            tls = tls_context(o) if o.get("connection_class") is SSLConnection else None
+            opening = asyncio.open_connection(o.get("host", "localhost"), o.get("port", 6379), ssl=tls, limit=READ_SIZE)
+        try:
+            self._reader, self._writer = await asyncio.wait_for(opening, CONNECT_TIMEOUT)
+        except (OSError, asyncio.TimeoutError) as exc:
+            raise ConnectionError(f"{self.name} connection failed: {type(exc).__name__}") from exc
+        sock = self._writer.get_extra_info("socket")
+        if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
+            # A peer that vanished without closing (a partition) is noticed.
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+        if o.get("password"):
+            auth = ("AUTH", o["username"], o["password"]) if o.get("username") else ("AUTH", o["password"])
+            self._writer.write(hiredis.pack_command(auth))
+            (reply,) = await asyncio.wait_for(self._replies(), CONNECT_TIMEOUT)
+            if isinstance(reply, Exception):
+                await self.aclose()
+                # Redis' own words ("WRONGPASS ...", "NOAUTH ..."), never the password.
+                raise ConnectionError(f"{self.name} authentication failed: {reply}")
+        if o.get("db"):  # the URL's database (pub/sub ignores it; keys do not)
+            self._writer.write(hiredis.pack_command(("SELECT", o["db"])))
+            (reply,) = await asyncio.wait_for(self._replies(), CONNECT_TIMEOUT)
+            if isinstance(reply, Exception):
+                await self.aclose()
+                raise ConnectionError(f"{self.name} could not select database {o['db']}: {reply}")
+
+    async def _send(self, *command: str | bytes | int | float) -> None:
+        if self._writer is None:
+            await self._connect()
+        assert self._writer is not None
+        if self._writer.is_closing():
+            raise ConnectionError(f"{self.name} connection closed")
+        self._writer.write(hiredis.pack_command(command))
+        try:
+            await self._writer.drain()
+        except OSError as exc:
+            raise ConnectionError(f"{self.name} connection lost: {type(exc).__name__}") from exc
+
+    async def _replies(self) -> list[Any]:
+        reader = self._reader
+        if reader is None:
+            raise ConnectionError(f"{self.name} connection not open")
+        parser = self._parser
+        while True:
+            replies = []
+            try:
+                reply = parser.gets()
+                while reply is not False:
+                    replies.append(reply)
+                    reply = parser.gets()
+            except hiredis.ProtocolError as exc:
+                raise ConnectionError(f"{self.name} connection sent a malformed reply") from exc
+            if replies:
+                return replies
+            try:
+                data = await reader.read(READ_SIZE)
+            except OSError as exc:
+                raise ConnectionError(f"{self.name} connection lost: {type(exc).__name__}") from exc
+            if not data:
+                raise ConnectionError(f"{self.name} connection closed by Redis")
+            parser.feed(data)
+
+    def _drop(self) -> None:
+        """Forget the connection (a reply may be left unread on it): the next
+        command opens a new one."""
+        writer, self._writer, self._reader = self._writer, None, None
+        self._parser = hiredis.Reader()
+        if writer is not None:
+            writer.close()
+
+    async def aclose(self) -> None:
+        self._closed = True
+        writer, self._writer, self._reader = self._writer, None, None
+        if writer is not None:
+            writer.close()
+            try:
+                await writer.wait_closed()
+            except (OSError, ssl.SSLError):
+                pass
+
+
+class SubscriberConnection(_Connection):
+    """One pub/sub connection. ``read()`` returns every complete reply that
+    has arrived (subscribe confirmations and messages, in order), waiting
+    for the first; it raises ``ConnectionError`` once the connection is
+    gone. Commands are sent by one caller at a time (the bus's lock)."""
+
+    name = "bus"
+
+    async def subscribe(self, channel: str) -> None:
+        await self._send("SUBSCRIBE", channel)
+
+    async def unsubscribe(self, channel: str) -> None:
+        await self._send("UNSUBSCRIBE", channel)
+
+    async def read(self) -> list[Any]:
+        replies = await self._replies()
+        for reply in replies:
+            if isinstance(reply, Exception):
+                # An error pushed on a subscribed connection: nothing on it can
+                # be trusted any more; the bus reconnects.
+                raise ConnectionError(f"bus connection error from Redis: {reply}")
+        return replies
+
+
+class CommandConnection(_Connection):
+    """One command and its reply at a time (callers queue on a lock). A call
+    that fails or is cancelled before its reply is read drops the
+    connection, so no later call reads another's reply; the next call
+    reconnects. An error reply raises redis-py's ``ResponseError``."""
+
+    def __init__(self, url: str) -> None:
+        super().__init__(url)
+        self._lock = asyncio.Lock()
+        self._shas: dict[str, str] = {}
+
+    async def call(self, *command: str | bytes | int | float) -> Any:
+        async with self._lock:
+            try:
+                await self._send(*command)
+                replies = await self._replies()
+            except BaseException:
+                self._drop()
+                raise
+        if len(replies) != 1:
+            self._drop()
+            raise ConnectionError(f"redis connection sent {len(replies)} replies to one command")
+        reply = replies[0]
+        if isinstance(reply, Exception):
+            raise ResponseError(str(reply))
+        return reply
+
+    async def script(self, body: str, keys: list[str], args: list[Any]) -> Any:
+        """Run a Lua script by its SHA1, loading it when Redis does not know it
+        (a restarted or flushed server)."""
+        sha = self._shas.get(body)
+        if sha is None:
+            sha = self._shas[body] = hashlib.sha1(body.encode()).hexdigest()
+        try:
+            return await self.call("EVALSHA", sha, len(keys), *keys, *args)
+        except ResponseError as exc:
+            if not str(exc).startswith("NOSCRIPT"):
+                raise
+        return await self.call("EVAL", body, len(keys), *keys, *args)
