@@ -74,7 +74,7 @@ class Meter:
         # Awake actors: room -> monotonic time awake time was counted up to.
         self.awake: dict[str, float] = {}
         # room -> the level of this process's open ConnectionSpan (what the
-        # database holds; -1: unknown after a failed write).
+        # database holds once the pending span writes are done).
         self.span_levels: dict[str, int] = {}
         # Span changes whose write failed, tried again by the next flush
         # (each is idempotent): (room, first minute at the level, level).
@@ -136,7 +136,8 @@ class Meter:
     def span_changes(self, taken: list[tuple[str, Counters]]) -> list[tuple[str, int, int]]:
         """The connection-span writes the taken minutes call for, in order:
         (room, first minute at the new level, level); the failed writes of the
-        last flush first. They count as written (``span_failed`` undoes that)."""
+        last flush first. They count as written (``span_failed`` has them
+        written again)."""
         changes, self.span_retry = self.span_retry, []
         levels = self.span_levels
         for room, c in taken:
@@ -151,10 +152,9 @@ class Meter:
         return changes
 
     def span_failed(self, changes: list[tuple[str, int, int]]) -> None:
-        """The write of ``changes`` failed: try them again with the next flush."""
+        """The write of ``changes`` failed: the next flush writes them first,
+        in order, which brings the database to ``span_levels``."""
         self.span_retry = changes + self.span_retry
-        for room, _minute, _level in changes:
-            self.span_levels[room] = -1
 
     def spans_closed(self) -> None:
         """This process's spans were closed (a clean stop)."""

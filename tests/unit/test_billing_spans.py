@@ -37,6 +37,16 @@ def at(minute: int) -> datetime:
     return datetime.fromtimestamp(minute * 60, tz=UTC)
 
 
+def room_with_sockets(slug: str, *connections: str) -> Meter:
+    """A new room, and a meter in MINUTE that saw ``connections`` join it."""
+    Room.objects.get_or_create(slug=slug)
+    m = Meter()
+    m.minute = MINUTE
+    for conn in connections:
+        m.joined(slug, conn)
+    return m
+
+
 def flush_minute(m: Meter, minute: int) -> int:
     """Flush what ``m`` counted in (test) minute ``minute``, then go on counting
     in the next one (``take`` rotates to the real minute; the counters keep
@@ -54,11 +64,7 @@ def spans_of(slug: str) -> list[tuple[int, int | None, int]]:
 
 
 def test_a_silent_room_with_open_sockets_writes_nothing_and_is_still_billed() -> None:
-    Room.objects.create(slug="quiet")
-    m = Meter()
-    m.minute = MINUTE
-    m.joined("quiet", "c1")
-    m.joined("quiet", "c2")
+    m = room_with_sockets("quiet", "c1", "c2")
     assert flush_minute(m, MINUTE) == 1
     # Twenty silent minutes: no counters, no rows, no span writes.
     for minute in range(MINUTE + 1, MINUTE + 21):
@@ -86,12 +92,7 @@ def test_a_silent_room_with_open_sockets_writes_nothing_and_is_still_billed() ->
 
 
 def test_levels_change_only_when_a_minute_ends_elsewhere() -> None:
-    Room.objects.create(slug="r")
-    m = Meter()
-    m.minute = MINUTE
-    m.joined("r", "a")
-    m.joined("r", "b")
-    m.joined("r", "c")
+    m = room_with_sockets("r", "a", "b", "c")
     flush_minute(m, MINUTE)
     # A join and a leave in one minute: peak 4 in its row, the level stays 3.
     m.rotate(MINUTE + 2)
@@ -114,10 +115,7 @@ def test_levels_change_only_when_a_minute_ends_elsewhere() -> None:
 
 
 def test_a_minute_flushed_in_parts_ends_at_its_last_level() -> None:
-    Room.objects.create(slug="r")
-    m = Meter()
-    m.minute = MINUTE
-    m.joined("r", "a")
+    m = room_with_sockets("r", "a")
     flush_minute(m, MINUTE)
     for conn in ("b", "c"):  # a second part of the same minute
         m.minute = MINUTE
@@ -133,10 +131,7 @@ def test_a_minute_flushed_in_parts_ends_at_its_last_level() -> None:
 
 
 def test_a_failed_span_write_is_written_by_the_next_flush(monkeypatch: pytest.MonkeyPatch) -> None:
-    Room.objects.create(slug="r")
-    m = Meter()
-    m.minute = MINUTE
-    m.joined("r", "a")
+    m = room_with_sockets("r", "a")
 
     def down(*args: object, **kwargs: object) -> None:
         raise RuntimeError("database down")
@@ -221,9 +216,7 @@ minute_ops = st.lists(
 def test_spans_and_rows_give_the_same_peaks_as_a_row_per_minute(script: list[list[tuple[str, str]]]) -> None:
     ConnectionSpan.objects.all().delete()
     UsageMinute.objects.all().delete()
-    Room.objects.get_or_create(slug="r")
-    m = Meter()
-    m.minute = MINUTE
+    m = room_with_sockets("r")
     for i, ops in enumerate(script):
         minute = MINUTE + i
         m.rotate(minute)
