@@ -54,6 +54,7 @@ import fanout
 from _loadgen import Recorder
 from _rooms import Measure, RoomsConfig, anonymous_path, open_welcomed, run_rooms_step
 from cluster import source_tree
+from qa_spike import cpu_and_wait
 from suite import raise_nofile, tree, tree_cpu
 
 HOST = fanout.HOST
@@ -169,6 +170,11 @@ def w_rooms(v: Variant, args: argparse.Namespace, rnd: int) -> dict[str, Any]:
     return step_row(v, "rooms", asyncio.run(run_rooms_step(cfg, measure(v, args, "rooms", rnd))), rnd)
 
 
+def tree_ran(pid: int) -> float:
+    """Seconds the process tree's threads ran (schedstat: nanoseconds)."""
+    return sum(cpu_and_wait(p)[0] for p in tree(pid))
+
+
 async def _idle(v: Variant, n: int, seconds: float, settle: float, py_spy: Path | None,
                 strace: Path | None = None) -> dict[str, Any]:
     rec = Recorder()
@@ -192,16 +198,21 @@ async def _idle(v: Variant, n: int, seconds: float, settle: float, py_spy: Path 
         strace.mkdir(parents=True, exist_ok=True)
         tracer = subprocess.Popen(["strace", "-f", "-c", "-S", "calls", "-o", str(strace / f"idle-{v.name}.txt"),
                                    "-p", str(v.pid)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    cpu0, w0 = tree_cpu(v.pid), time.perf_counter()
-    per_10s = []
-    last = cpu0
+    # utime + stime are counted in scheduler ticks (10 ms); the threads'
+    # run time from schedstat is in nanoseconds, the figure to read when
+    # what is left is a few milliseconds per 10 s.
+    cpu0, ran0, w0 = tree_cpu(v.pid), tree_ran(v.pid), time.perf_counter()
+    per_10s, ran_per_10s = [], []
+    last, last_ran = cpu0, ran0
     while time.perf_counter() - w0 < seconds:
         await asyncio.sleep(min(10.0, seconds - (time.perf_counter() - w0)))
-        now = tree_cpu(v.pid)
+        now, ran = tree_cpu(v.pid), tree_ran(v.pid)
         per_10s.append(round((now - last) * 1000))
-        last = now
+        ran_per_10s.append(round((ran - last_ran) * 1000, 1))
+        last, last_ran = now, ran
     wall = time.perf_counter() - w0
     idle_pct = (last - cpu0) / wall * 100
+    ran_pct = (last_ran - ran0) / wall * 100
     if spy is not None:
         spy.wait(timeout=seconds + 30)
     if tracer is not None:
@@ -211,7 +222,8 @@ async def _idle(v: Variant, n: int, seconds: float, settle: float, py_spy: Path 
         if c is not None and c.transport is not None:
             c.transport.close()
     await asyncio.sleep(3.0)
-    return {"held": n - failed, "open_s": open_s, "idle_cpu_pct": idle_pct, "cpu_ms_per_10s": per_10s}
+    return {"held": n - failed, "open_s": open_s, "idle_cpu_pct": idle_pct, "cpu_ms_per_10s": per_10s,
+            "ran_pct": ran_pct, "ran_ms_per_10s": ran_per_10s}
 
 
 def w_idle(v: Variant, args: argparse.Namespace, rnd: int) -> dict[str, Any]:
@@ -219,6 +231,7 @@ def w_idle(v: Variant, args: argparse.Namespace, rnd: int) -> dict[str, Any]:
     row = {"variant": v.name, "workload": "idle", "round": rnd, **d, "load": os.getloadavg()[0]}
     log(f"  round {rnd} idle    {v.name:12} {d['held']:,} rooms held (opened in {d['open_s']:.0f} s): idle CPU"
         f" {d['idle_cpu_pct']:.3f}% of a core over {args.idle_seconds:.0f} s; CPU ms per 10 s {d['cpu_ms_per_10s']};"
+        f" ran (schedstat) {d['ran_pct']:.3f}%, ms per 10 s {d['ran_ms_per_10s']};"
         f" load {row['load']:.2f}")
     return row
 
@@ -229,7 +242,8 @@ WORKLOADS = {"fanout": w_fanout, "rooms": w_rooms, "idle": w_idle}
 def summary(variants: list[Variant]) -> str:
     lines = ["| workload | variant | runs | p50 ms (median) | p99 ms (median) | p99 ms (each run) | server CPU us/msg (median) | other load % (each run) |",
              "|---|---|---|---|---|---|---|---|"]
-    idle = ["| variant | runs | idle CPU % of a core (each run) | CPU ms per 10 s |", "|---|---|---|---|"]
+    idle = ["| variant | runs | idle CPU % of a core (each run) | CPU ms per 10 s | ran % (schedstat, each run) | ran ms per 10 s |",
+            "|---|---|---|---|---|---|"]
     for w in ("fanout", "rooms"):
         for v in variants:
             rows = [r for r in v.rows if r["workload"] == w]
@@ -243,7 +257,9 @@ def summary(variants: list[Variant]) -> str:
         rows = [r for r in v.rows if r["workload"] == "idle"]
         if rows:
             idle.append(f"| {v.name} | {len(rows)} | {', '.join(format(r['idle_cpu_pct'], '.3f') for r in rows)}"
-                        f" | {'; '.join(str(r['cpu_ms_per_10s']) for r in rows)} |")
+                        f" | {'; '.join(str(r['cpu_ms_per_10s']) for r in rows)}"
+                        f" | {', '.join(format(r.get('ran_pct', float('nan')), '.3f') for r in rows)}"
+                        f" | {'; '.join(str(r.get('ran_ms_per_10s')) for r in rows)} |")
     out = "\n".join(lines)
     if len(idle) > 2:
         out += "\n\n" + "\n".join(idle)
