@@ -176,7 +176,7 @@ def tree_ran(pid: int) -> float:
 
 
 async def _idle(v: Variant, n: int, seconds: float, settle: float, py_spy: Path | None,
-                strace: Path | None = None) -> dict[str, Any]:
+                strace: Path | None = None, perf: Path | None = None) -> dict[str, Any]:
     rec = Recorder()
     prefix = f"h{secrets.token_hex(3)}"
     t0 = time.perf_counter()
@@ -201,6 +201,12 @@ async def _idle(v: Variant, n: int, seconds: float, settle: float, py_spy: Path 
     # utime + stime are counted in scheduler ticks (10 ms); the threads'
     # run time from schedstat is in nanoseconds, the figure to read when
     # what is left is a few milliseconds per 10 s.
+    perf_rec = None
+    if perf is not None:
+        # Where the CPU goes, kernel included (py-spy sees Python frames only).
+        perf.mkdir(parents=True, exist_ok=True)
+        perf_rec = subprocess.Popen(["perf", "record", "-g", "-p", str(v.pid), "-o", str(perf / f"idle-{v.name}.data"),
+                                     "--", "sleep", str(int(seconds))], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     cpu0, ran0, w0 = tree_cpu(v.pid), tree_ran(v.pid), time.perf_counter()
     per_10s, ran_per_10s = [], []
     last, last_ran = cpu0, ran0
@@ -215,6 +221,8 @@ async def _idle(v: Variant, n: int, seconds: float, settle: float, py_spy: Path 
     ran_pct = (last_ran - ran0) / wall * 100
     if spy is not None:
         spy.wait(timeout=seconds + 30)
+    if perf_rec is not None:
+        perf_rec.wait(timeout=seconds + 60)
     if tracer is not None:
         tracer.send_signal(signal.SIGINT)
         tracer.wait(timeout=30)
@@ -227,7 +235,7 @@ async def _idle(v: Variant, n: int, seconds: float, settle: float, py_spy: Path 
 
 
 def w_idle(v: Variant, args: argparse.Namespace, rnd: int) -> dict[str, Any]:
-    d = asyncio.run(_idle(v, args.idle_rooms, args.idle_seconds, args.idle_settle, args.py_spy, args.strace))
+    d = asyncio.run(_idle(v, args.idle_rooms, args.idle_seconds, args.idle_settle, args.py_spy, args.strace, args.perf))
     row = {"variant": v.name, "workload": "idle", "round": rnd, **d, "load": os.getloadavg()[0]}
     log(f"  round {rnd} idle    {v.name:12} {d['held']:,} rooms held (opened in {d['open_s']:.0f} s): idle CPU"
         f" {d['idle_cpu_pct']:.3f}% of a core over {args.idle_seconds:.0f} s; CPU ms per 10 s {d['cpu_ms_per_10s']};"
@@ -284,6 +292,7 @@ def main(argv: list[str] | None = None) -> int:
                    " presence TTL of 60 s, the sweep that follows and the billing flush of the rooms' last minute)")
     p.add_argument("--strace", type=Path, help="count each idle window's system calls with strace -c -f into DIR")
     p.add_argument("--py-spy", type=Path, help="record each idle window with py-spy (raw collapsed stacks) into DIR")
+    p.add_argument("--perf", type=Path, help="record each idle window with perf record -g (kernel too) into DIR")
     p.add_argument("--json", type=Path)
     args = p.parse_args(argv)
     variants = [parse_variant(s) for s in (args.variant or ["default=daphne"])]
