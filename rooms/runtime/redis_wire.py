@@ -90,14 +90,16 @@ class _Connection:
             self._writer.write(hiredis.pack_command(auth))
             (reply,) = await asyncio.wait_for(self._replies(), CONNECT_TIMEOUT)
             if isinstance(reply, Exception):
-                await self.aclose()
+                # Dropped, not closed for good: the next command tries again
+                # (a password being rotated, a restarting Redis).
+                self._drop()
                 # Redis' own words ("WRONGPASS ...", "NOAUTH ..."), never the password.
                 raise ConnectionError(f"{self.name} authentication failed: {reply}")
         if o.get("db"):  # the URL's database (pub/sub ignores it; keys do not)
             self._writer.write(hiredis.pack_command(("SELECT", o["db"])))
             (reply,) = await asyncio.wait_for(self._replies(), CONNECT_TIMEOUT)
             if isinstance(reply, Exception):
-                await self.aclose()
+                self._drop()
                 raise ConnectionError(f"{self.name} could not select database {o['db']}: {reply}")
 
     async def _send(self, *command: str | bytes | int | float) -> None:
