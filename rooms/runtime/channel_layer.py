@@ -1,5 +1,4 @@
-"""channels-redis's layer for the inbox, with fewer round trips to Redis and
-less CPU per round trip.
+"""channels-redis's layer for the inbox, with fewer round trips to Redis.
 
 The inbox's cost is its round trips: each is a write that wakes Redis and a
 read that waits for it, and in the two-process fan-out they were a third of
@@ -26,28 +25,16 @@ twice), never by position, so a receive cancelled mid-script loses nothing:
 its popped message waits in the backup queue and the next receive puts it
 back, the duplicate channels-redis documents for cancellations (forwarded
 frames carry client ids, which the room de-duplicates).
-
-**The scripts' connections**: both scripts go over Dorm's own connections
-(``redis_wire.CommandConnection``: hiredis-packed commands on an asyncio
-stream, one per event loop, Redis host and direction), not redis-py's pool,
-whose checkout, retry wrapper, timeout and encoding were most of a send's
-CPU besides the system calls (``bench/inbox.py``). A host given as anything
-but a URL (a dict of connection options, Sentinel) keeps redis-py's. The
-empty inbox's blocking pop stays on redis-py (a blocking command holds its
-connection; redis-py's handles a cancelled wait).
 """
 
 from __future__ import annotations
 
-import asyncio
 import time
 from typing import Any
 
 from channels.exceptions import ChannelFull
 from channels_redis.core import RedisChannelLayer
 from redis.commands.core import AsyncScript
-
-from rooms.runtime.redis_wire import CommandConnection
 
 # channels-redis' send in one step: drop expired entries, refuse at capacity,
 # add the member, renew the key's expiry. 1: sent, 0: full.
@@ -93,28 +80,6 @@ class DormRedisChannelLayer(RedisChannelLayer):
         # (its copy is dropped by the next receive).
         self._popped: dict[str, bytes] = {}
         self._handed_over: dict[str, bytes] = {}
-        # (event loop, host index, "send" | "receive") -> the scripts' connection
-        self._wires: dict[tuple[asyncio.AbstractEventLoop, int, str], CommandConnection] = {}
-
-    def _wire(self, index: int, direction: str) -> CommandConnection | None:
-        """The scripts' own connection to host ``index`` in this event loop
-        (None: the host is not a plain URL, redis-py's pool is used)."""
-        loop = asyncio.get_running_loop()
-        wire = self._wires.get((loop, index, direction))
-        if wire is None:
-            host = self.hosts[index]
-            if set(host) != {"address"} or not isinstance(host["address"], str):
-                return None
-            for key in [k for k in self._wires if k[0].is_closed()]:
-                del self._wires[key]  # a finished loop's (tests run one per test)
-            wire = self._wires[(loop, index, direction)] = CommandConnection(host["address"])
-        return wire
-
-    async def close_pools(self) -> None:
-        loop = asyncio.get_running_loop()
-        for key in [k for k in self._wires if k[0] is loop]:
-            await self._wires.pop(key).aclose()
-        await super().close_pools()
 
     async def send(self, channel: str, message: dict[str, Any]) -> None:
         """channels-redis' ``send`` (same checks, keys, member and score) in one round trip."""
@@ -129,31 +94,25 @@ class DormRedisChannelLayer(RedisChannelLayer):
             index = self.consistent_hash(channel)
         else:
             index = next(self._send_index_generator)
+        connection = self.connection(index)
+        if self._send_script is None:
+            self._send_script = connection.register_script(SEND)
         now = time.time()
-        keys = [self.prefix + channel_non_local_name]
-        args = [int(now) - int(self.expiry), self.get_capacity(channel), now, self.serialize(message), int(self.expiry)]
-        wire = self._wire(index, "send")
-        if wire is not None:
-            sent = await wire.script(SEND, keys, args)
-        else:
-            connection = self.connection(index)
-            if self._send_script is None:
-                self._send_script = connection.register_script(SEND)
-            sent = await self._send_script(keys=keys, args=args, client=connection)
+        sent = await self._send_script(
+            keys=[self.prefix + channel_non_local_name],
+            args=[int(now) - int(self.expiry), self.get_capacity(channel), now, self.serialize(message), int(self.expiry)],
+            client=connection,
+        )
         if not sent:
             raise ChannelFull()
 
     async def _brpop_with_clean(self, index: int, channel: str, timeout: float) -> bytes | None:
         backup = self._backup_channel_name(channel)
         connection = self.connection(index)
+        if self._receive_script is None:
+            self._receive_script = connection.register_script(RECEIVE)
         handed_over = self._handed_over.get(channel, b"")
-        wire = self._wire(index, "receive")
-        if wire is not None:
-            member = await wire.script(RECEIVE, [channel, backup], [handed_over])
-        else:
-            if self._receive_script is None:
-                self._receive_script = connection.register_script(RECEIVE)
-            member = await self._receive_script(keys=[channel, backup], args=[handed_over], client=connection)
+        member = await self._receive_script(keys=[channel, backup], args=[handed_over], client=connection)
         if handed_over:
             del self._handed_over[channel]  # its copy is gone (the next one is set after this returns)
         if member is None:

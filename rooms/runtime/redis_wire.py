@@ -1,29 +1,23 @@
-"""Dorm's own Redis connections for the distributed mode's hot paths.
+"""Dorm's own Redis connection for the room bus: pub/sub read in bulk.
 
-redis-py spends tens of microseconds of CPU on every command besides the
-system calls: a connection pool checkout, a retry wrapper, an async timeout,
-an observability hook, its own argument encoding and reply objects. Two paths
-pay that per forwarded frame or per event, so they use these connections,
-which write hiredis-packed commands to an asyncio stream and parse replies
-with hiredis' C parser:
+Every event of a room goes through the bus once per subscribed process (the
+owner reads its own back too, and drops it), so the read is on the hot path of
+the distributed mode. redis-py's ``PubSub.get_message`` cost ~51 us of CPU per
+message read (~27 us with hiredis): per message a health check, a retry
+wrapper, an async timeout, an observability hook and a dict. This connection
+reads what the socket has and parses every complete reply in one go with
+hiredis' C parser: ~5 us per message (``bench/bus_read.py``,
+docs/performance.md "Seventh round").
 
-- ``SubscriberConnection``: the room bus's pub/sub connection. It reads what
-  the socket has and parses every complete reply in one go: ~5 us of CPU per
-  message against ~51 us with ``PubSub.get_message`` (~27 us with hiredis)
-  (``bench/bus_read.py``, docs/performance.md "Seventh round").
-- ``CommandConnection``: one request and its reply at a time, for the
-  inbox's send and receive scripts (``channel_layer.py``;
-  ``bench/inbox.py``).
-
-Both take the same ``REDIS_URL`` as redis-py (``redis://``, ``rediss://``
-with its ``ssl_*`` options, ``unix://``, a password or a user and password).
-Every other command stays on redis-py.
+It speaks only what the bus needs (AUTH, SUBSCRIBE, UNSUBSCRIBE and the
+pushes that follow) and takes the same ``REDIS_URL`` as redis-py
+(``redis://``, ``rediss://`` with its ``ssl_*`` options, ``unix://``).
+Publishing and every other command stay on redis-py.
 """
 
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import socket
 import ssl
 from typing import Any
@@ -31,7 +25,6 @@ from typing import Any
 import hiredis
 from redis.asyncio.connection import RedisSSLContext
 from redis.connection import SSLConnection, parse_url
-from redis.exceptions import ResponseError
 
 CONNECT_TIMEOUT = 5.0
 READ_SIZE = 256 * 1024
@@ -95,12 +88,6 @@ class _Connection:
                 self._drop()
                 # Redis' own words ("WRONGPASS ...", "NOAUTH ..."), never the password.
                 raise ConnectionError(f"{self.name} authentication failed: {reply}")
-        if o.get("db"):  # the URL's database (pub/sub ignores it; keys do not)
-            self._writer.write(hiredis.pack_command(("SELECT", o["db"])))
-            (reply,) = await asyncio.wait_for(self._replies(), CONNECT_TIMEOUT)
-            if isinstance(reply, Exception):
-                self._drop()
-                raise ConnectionError(f"{self.name} could not select database {o['db']}: {reply}")
 
     async def _send(self, *command: str | bytes | int | float) -> None:
         if self._writer is None:
@@ -179,44 +166,3 @@ class SubscriberConnection(_Connection):
                 # be trusted any more; the bus reconnects.
                 raise ConnectionError(f"bus connection error from Redis: {reply}")
         return replies
-
-
-class CommandConnection(_Connection):
-    """One command and its reply at a time (callers queue on a lock). A call
-    that fails or is cancelled before its reply is read drops the
-    connection, so no later call reads another's reply; the next call
-    reconnects. An error reply raises redis-py's ``ResponseError``."""
-
-    def __init__(self, url: str) -> None:
-        super().__init__(url)
-        self._lock = asyncio.Lock()
-        self._shas: dict[str, str] = {}
-
-    async def call(self, *command: str | bytes | int | float) -> Any:
-        async with self._lock:
-            try:
-                await self._send(*command)
-                replies = await self._replies()
-            except BaseException:
-                self._drop()
-                raise
-        if len(replies) != 1:
-            self._drop()
-            raise ConnectionError(f"redis connection sent {len(replies)} replies to one command")
-        reply = replies[0]
-        if isinstance(reply, Exception):
-            raise ResponseError(str(reply))
-        return reply
-
-    async def script(self, body: str, keys: list[str], args: list[Any]) -> Any:
-        """Run a Lua script by its SHA1, loading it when Redis does not know it
-        (a restarted or flushed server)."""
-        sha = self._shas.get(body)
-        if sha is None:
-            sha = self._shas[body] = hashlib.sha1(body.encode()).hexdigest()
-        try:
-            return await self.call("EVALSHA", sha, len(keys), *keys, *args)
-        except ResponseError as exc:
-            if not str(exc).startswith("NOSCRIPT"):
-                raise
-        return await self.call("EVAL", body, len(keys), *keys, *args)
