@@ -10,7 +10,7 @@ peak. An open span holds until the current minute.
 ``load(start, end)`` reads the rows with a peak and the spans of [start, end)
 once; the methods answer what each page needs (the largest minute's total over
 rooms for a cost, a total per minute for a chart, each room's largest minute,
-one minute's rooms) without a value per room and minute in memory.
+one room's minutes) without a value per room and minute in memory.
 """
 
 from __future__ import annotations
@@ -111,16 +111,6 @@ class Peaks:
 
     def max_by_room(self) -> dict[int, int]:
         return {room_id: max((p for _, _, p in self.segments(room_id)), default=0) for room_id in self.rooms()}
-
-    def at(self, minute: int) -> dict[int, int]:
-        """Each room's peak in one minute (rooms with a connection)."""
-        out = {}
-        for room_id in self.rooms():
-            for a, b, peak in self.segments(room_id):
-                if a <= minute < b:
-                    out[room_id] = peak
-                    break
-        return out
 
     def of_room(self, room_id: int) -> dict[int, int]:
         """One room's peak per minute (minutes with a connection)."""

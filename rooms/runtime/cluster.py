@@ -42,7 +42,7 @@ from rooms.conf import dorm_settings
 from rooms.protocol import CloseCode, ErrorReason
 from rooms.runtime.connection import SCOPE_RANK, Connection, ConnectionState
 from rooms.runtime.messages import AlarmDue, Binary, Call, Frame, Item, Join, Leave, Peer, Tick
-from rooms.runtime.redis_wire import SubscriberConnection
+from rooms.runtime.redis_pubsub import SubscriberConnection
 
 if TYPE_CHECKING:
     from rooms.runtime.registry import ActorRegistry, Runtime

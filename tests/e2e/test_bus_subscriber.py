@@ -1,4 +1,4 @@
-"""The room bus's subscriber connection (rooms/runtime/redis_wire.py)
+"""The room bus's subscriber connection (rooms/runtime/redis_pubsub.py)
 against real redis-servers: the machine's, and private ones with TLS, a
 password and a Unix socket; and against a server of the test's own that
 sends replies cut anywhere, or garbage.
@@ -24,7 +24,7 @@ import redis
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from rooms.runtime.redis_wire import SubscriberConnection
+from rooms.runtime.redis_pubsub import SubscriberConnection
 from tests.e2e.server import free_port
 from tests.e2e.services import REDIS_TEST_URL, PrivateRedis, check_redis
 

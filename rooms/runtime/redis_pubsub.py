@@ -1,4 +1,4 @@
-"""Dorm's own Redis connection for the room bus: pub/sub read in bulk.
+"""The room bus's subscriber connection: Redis pub/sub read in bulk.
 
 Every event of a room goes through the bus once per subscribed process (the
 owner reads its own back too, and drops it), so the read is on the hot path of
@@ -48,11 +48,11 @@ def tls_context(options: dict[str, Any]) -> ssl.SSLContext:
     ).get()
 
 
-class _Connection:
-    """Connecting (TLS, Unix socket, AUTH, keepalive), sending a command,
-    parsing replies; ``ConnectionError`` once the connection is gone."""
-
-    name = "redis"  # in error messages
+class SubscriberConnection:
+    """One pub/sub connection. ``read()`` returns every complete reply that
+    has arrived (subscribe confirmations and messages, in order), waiting
+    for the first; it raises ``ConnectionError`` once the connection is
+    gone. Commands are sent by one caller at a time (the bus's lock)."""
 
     def __init__(self, url: str) -> None:
         self._options = parse_url(url)
@@ -63,7 +63,7 @@ class _Connection:
 
     async def _connect(self) -> None:
         if self._closed:
-            raise ConnectionError(f"{self.name} connection closed")
+            raise ConnectionError("bus connection closed")
         o = self._options
         if "path" in o:
             opening = asyncio.open_unix_connection(o["path"], limit=READ_SIZE)
@@ -73,7 +73,7 @@ class _Connection:
         try:
             self._reader, self._writer = await asyncio.wait_for(opening, CONNECT_TIMEOUT)
         except (OSError, asyncio.TimeoutError) as exc:
-            raise ConnectionError(f"{self.name} connection failed: {type(exc).__name__}") from exc
+            raise ConnectionError(f"bus connection failed: {type(exc).__name__}") from exc
         sock = self._writer.get_extra_info("socket")
         if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
             # A peer that vanished without closing (a partition) is noticed.
@@ -83,28 +83,32 @@ class _Connection:
             self._writer.write(hiredis.pack_command(auth))
             (reply,) = await asyncio.wait_for(self._replies(), CONNECT_TIMEOUT)
             if isinstance(reply, Exception):
-                # Dropped, not closed for good: the next command tries again
-                # (a password being rotated, a restarting Redis).
-                self._drop()
+                await self.aclose()
                 # Redis' own words ("WRONGPASS ...", "NOAUTH ..."), never the password.
-                raise ConnectionError(f"{self.name} authentication failed: {reply}")
+                raise ConnectionError(f"bus authentication failed: {reply}")
 
-    async def _send(self, *command: str | bytes | int | float) -> None:
+    async def _send(self, *command: str) -> None:
         if self._writer is None:
             await self._connect()
         assert self._writer is not None
         if self._writer.is_closing():
-            raise ConnectionError(f"{self.name} connection closed")
+            raise ConnectionError("bus connection closed")
         self._writer.write(hiredis.pack_command(command))
         try:
             await self._writer.drain()
         except OSError as exc:
-            raise ConnectionError(f"{self.name} connection lost: {type(exc).__name__}") from exc
+            raise ConnectionError(f"bus connection lost: {type(exc).__name__}") from exc
+
+    async def subscribe(self, channel: str) -> None:
+        await self._send("SUBSCRIBE", channel)
+
+    async def unsubscribe(self, channel: str) -> None:
+        await self._send("UNSUBSCRIBE", channel)
 
     async def _replies(self) -> list[Any]:
         reader = self._reader
         if reader is None:
-            raise ConnectionError(f"{self.name} connection not open")
+            raise ConnectionError("bus connection not open")
         parser = self._parser
         while True:
             replies = []
@@ -114,24 +118,25 @@ class _Connection:
                     replies.append(reply)
                     reply = parser.gets()
             except hiredis.ProtocolError as exc:
-                raise ConnectionError(f"{self.name} connection sent a malformed reply") from exc
+                raise ConnectionError("bus connection sent a malformed reply") from exc
             if replies:
                 return replies
             try:
                 data = await reader.read(READ_SIZE)
             except OSError as exc:
-                raise ConnectionError(f"{self.name} connection lost: {type(exc).__name__}") from exc
+                raise ConnectionError(f"bus connection lost: {type(exc).__name__}") from exc
             if not data:
-                raise ConnectionError(f"{self.name} connection closed by Redis")
+                raise ConnectionError("bus connection closed by Redis")
             parser.feed(data)
 
-    def _drop(self) -> None:
-        """Forget the connection (a reply may be left unread on it): the next
-        command opens a new one."""
-        writer, self._writer, self._reader = self._writer, None, None
-        self._parser = hiredis.Reader()
-        if writer is not None:
-            writer.close()
+    async def read(self) -> list[Any]:
+        replies = await self._replies()
+        for reply in replies:
+            if isinstance(reply, Exception):
+                # An error pushed on a subscribed connection: nothing on it can
+                # be trusted any more; the bus reconnects.
+                raise ConnectionError(f"bus connection error from Redis: {reply}")
+        return replies
 
     async def aclose(self) -> None:
         self._closed = True
@@ -142,27 +147,3 @@ class _Connection:
                 await writer.wait_closed()
             except (OSError, ssl.SSLError):
                 pass
-
-
-class SubscriberConnection(_Connection):
-    """One pub/sub connection. ``read()`` returns every complete reply that
-    has arrived (subscribe confirmations and messages, in order), waiting
-    for the first; it raises ``ConnectionError`` once the connection is
-    gone. Commands are sent by one caller at a time (the bus's lock)."""
-
-    name = "bus"
-
-    async def subscribe(self, channel: str) -> None:
-        await self._send("SUBSCRIBE", channel)
-
-    async def unsubscribe(self, channel: str) -> None:
-        await self._send("UNSUBSCRIBE", channel)
-
-    async def read(self) -> list[Any]:
-        replies = await self._replies()
-        for reply in replies:
-            if isinstance(reply, Exception):
-                # An error pushed on a subscribed connection: nothing on it can
-                # be trusted any more; the bus reconnects.
-                raise ConnectionError(f"bus connection error from Redis: {reply}")
-        return replies
