@@ -25,6 +25,11 @@ Workloads (issue 12's latency targets and idle CPU):
   (DORM_HIBERNATE_AFTER_SECONDS=3), then the server's CPU (utime + stime of
   the whole process, /proc/<pid>/stat) over ``--idle-seconds``; the idle
   variants run one after the other (each holds N sockets), in each round.
+  With ``--idle-heartbeat S`` every client instead does what the shipped
+  clients do while nothing happens (clients/js/dorm.js, ``heartbeatMs``):
+  a ``heartbeat`` and a ``ping`` every S seconds (the clients spread evenly
+  over the period); the row then also has the server's CPU per keepalive
+  (the two frames and the pong).
 
 Besides wall-clock latency, every row has the server's CPU time per message
 (us/msg), which the other load on a shared machine distorts least.
@@ -175,14 +180,50 @@ def tree_ran(pid: int) -> float:
     return sum(cpu_and_wait(p)[0] for p in tree(pid))
 
 
+HEARTBEAT = b'{"type":"heartbeat"}'
+
+
+class Keepalives:
+    """What the shipped clients send while nothing happens: every ``period``
+    seconds a ``heartbeat`` and a ``ping`` per client (clients/js/dorm.js),
+    the clients spread evenly over the period."""
+
+    def __init__(self, clients: list[Any], period: float) -> None:
+        self.clients = [c for c in clients if c is not None]
+        self.period = period
+        self.sent = 0  # keepalives (heartbeat + ping), each two frames
+        self.task = asyncio.ensure_future(self._run())
+
+    async def _run(self) -> None:
+        n, tick = len(self.clients), 0.05
+        if not n:
+            return
+        start, done = time.perf_counter(), 0
+        while True:
+            await asyncio.sleep(tick)
+            due = int((time.perf_counter() - start) / self.period * n)
+            while done < due:
+                c = self.clients[done % n]
+                done += 1
+                if c.transport is None or c.transport.is_closing():
+                    continue
+                c.send_text(HEARTBEAT)
+                c.send_text(b'{"type":"ping","payload":{"t":%d}}' % time.time_ns())
+                self.sent += 1
+
+    def stop(self) -> None:
+        self.task.cancel()
+
+
 async def _idle(v: Variant, n: int, seconds: float, settle: float, py_spy: Path | None,
-                strace: Path | None = None, perf: Path | None = None) -> dict[str, Any]:
+                strace: Path | None = None, perf: Path | None = None, heartbeat: float = 0.0) -> dict[str, Any]:
     rec = Recorder()
     prefix = f"h{secrets.token_hex(3)}"
     t0 = time.perf_counter()
     clients = await open_welcomed(rec, HOST, v.port, [anonymous_path(f"{prefix}-{i}", "a") for i in range(n)])
     failed = clients.count(None)
     open_s = time.perf_counter() - t0
+    keepalives = Keepalives(clients, heartbeat) if heartbeat > 0 else None
     await asyncio.sleep(settle)  # hibernate after 3 s without items, the sleep snapshots, the billing flush
     spy = None
     if py_spy is not None:
@@ -208,6 +249,7 @@ async def _idle(v: Variant, n: int, seconds: float, settle: float, py_spy: Path 
         perf_rec = subprocess.Popen(["perf", "record", "-g", "-p", str(v.pid), "-o", str(perf / f"idle-{v.name}.data"),
                                      "--", "sleep", str(int(seconds))], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     cpu0, ran0, w0 = tree_cpu(v.pid), tree_ran(v.pid), time.perf_counter()
+    sent0 = keepalives.sent if keepalives is not None else 0
     per_10s, ran_per_10s = [], []
     last, last_ran = cpu0, ran0
     while time.perf_counter() - w0 < seconds:
@@ -219,6 +261,11 @@ async def _idle(v: Variant, n: int, seconds: float, settle: float, py_spy: Path 
     wall = time.perf_counter() - w0
     idle_pct = (last - cpu0) / wall * 100
     ran_pct = (last_ran - ran0) / wall * 100
+    keepalive_us = None
+    if keepalives is not None:
+        sent = keepalives.sent - sent0
+        keepalive_us = (last_ran - ran0) / sent * 1e6 if sent else None
+        keepalives.stop()
     if spy is not None:
         spy.wait(timeout=seconds + 30)
     if perf_rec is not None:
@@ -231,15 +278,17 @@ async def _idle(v: Variant, n: int, seconds: float, settle: float, py_spy: Path 
             c.transport.close()
     await asyncio.sleep(3.0)
     return {"held": n - failed, "open_s": open_s, "idle_cpu_pct": idle_pct, "cpu_ms_per_10s": per_10s,
-            "ran_pct": ran_pct, "ran_ms_per_10s": ran_per_10s}
+            "ran_pct": ran_pct, "ran_ms_per_10s": ran_per_10s, "keepalive_us": keepalive_us}
 
 
 def w_idle(v: Variant, args: argparse.Namespace, rnd: int) -> dict[str, Any]:
-    d = asyncio.run(_idle(v, args.idle_rooms, args.idle_seconds, args.idle_settle, args.py_spy, args.strace, args.perf))
+    d = asyncio.run(_idle(v, args.idle_rooms, args.idle_seconds, args.idle_settle, args.py_spy, args.strace, args.perf,
+                          args.idle_heartbeat))
     row = {"variant": v.name, "workload": "idle", "round": rnd, **d, "load": os.getloadavg()[0]}
+    per_keepalive = "" if d["keepalive_us"] is None else f"; {d['keepalive_us']:.1f} us of server CPU per keepalive"
     log(f"  round {rnd} idle    {v.name:12} {d['held']:,} rooms held (opened in {d['open_s']:.0f} s): idle CPU"
         f" {d['idle_cpu_pct']:.3f}% of a core over {args.idle_seconds:.0f} s; CPU ms per 10 s {d['cpu_ms_per_10s']};"
-        f" ran (schedstat) {d['ran_pct']:.3f}%, ms per 10 s {d['ran_ms_per_10s']};"
+        f" ran (schedstat) {d['ran_pct']:.3f}%, ms per 10 s {d['ran_ms_per_10s']}{per_keepalive};"
         f" load {row['load']:.2f}")
     return row
 
@@ -250,8 +299,8 @@ WORKLOADS = {"fanout": w_fanout, "rooms": w_rooms, "idle": w_idle}
 def summary(variants: list[Variant]) -> str:
     lines = ["| workload | variant | runs | p50 ms (median) | p99 ms (median) | p99 ms (each run) | server CPU us/msg (median) | other load % (each run) |",
              "|---|---|---|---|---|---|---|---|"]
-    idle = ["| variant | runs | idle CPU % of a core (each run) | CPU ms per 10 s | ran % (schedstat, each run) | ran ms per 10 s |",
-            "|---|---|---|---|---|---|"]
+    idle = ["| variant | runs | idle CPU % of a core (each run) | CPU ms per 10 s | ran % (schedstat, each run) | ran ms per 10 s | us per keepalive |",
+            "|---|---|---|---|---|---|---|"]
     for w in ("fanout", "rooms"):
         for v in variants:
             rows = [r for r in v.rows if r["workload"] == w]
@@ -267,7 +316,8 @@ def summary(variants: list[Variant]) -> str:
             idle.append(f"| {v.name} | {len(rows)} | {', '.join(format(r['idle_cpu_pct'], '.3f') for r in rows)}"
                         f" | {'; '.join(str(r['cpu_ms_per_10s']) for r in rows)}"
                         f" | {', '.join(format(r.get('ran_pct', float('nan')), '.3f') for r in rows)}"
-                        f" | {'; '.join(str(r.get('ran_ms_per_10s')) for r in rows)} |")
+                        f" | {'; '.join(str(r.get('ran_ms_per_10s')) for r in rows)}"
+                        f" | {', '.join(fanout.fmt(r.get('keepalive_us'), 1) for r in rows)} |")
     out = "\n".join(lines)
     if len(idle) > 2:
         out += "\n\n" + "\n".join(idle)
@@ -290,6 +340,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--idle-settle", type=float, default=80.0,
                    help="seconds between the last room opened and the idle window (default: %(default)s: past the"
                    " presence TTL of 60 s, the sweep that follows and the billing flush of the rooms' last minute)")
+    p.add_argument("--idle-heartbeat", type=float, default=0.0, metavar="S",
+                   help="idle clients send a heartbeat and a ping every S seconds, as the shipped clients (15);"
+                   " default: silent clients")
     p.add_argument("--strace", type=Path, help="count each idle window's system calls with strace -c -f into DIR")
     p.add_argument("--py-spy", type=Path, help="record each idle window with py-spy (raw collapsed stacks) into DIR")
     p.add_argument("--perf", type=Path, help="record each idle window with perf record -g (kernel too) into DIR")

@@ -53,15 +53,20 @@ def _daphne_writer(send: Any) -> FrameWriter | None:
     def write(frame: bytes) -> int:
         if proto.state != open_state or proto._perMessageCompress is not None:
             return NOT_WRITTEN
-        transport = proto.transport
-        if _twisted_idle_tcp(transport):
-            frame = _send_now(transport.socket, frame)
-            if not frame:
-                return SENT
-        transport.write(frame)
-        return QUEUED
+        return twisted_write(proto.transport, frame)
 
     return write
+
+
+def twisted_write(transport: Any, data: bytes) -> int:
+    """Write to a twisted transport, sending at once what the socket takes
+    when nothing is queued before it (``_twisted_idle_tcp``); SENT or QUEUED."""
+    if _twisted_idle_tcp(transport):
+        data = _send_now(transport.socket, data)
+        if not data:
+            return SENT
+    transport.write(data)
+    return QUEUED
 
 
 def _twisted_idle_tcp(transport: Any) -> bool:

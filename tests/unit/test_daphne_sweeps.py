@@ -411,3 +411,80 @@ def test_an_open_socket_lets_the_handshake_data_go() -> None:
     assert dict(protocol.http_headers) == {} and dict(protocol.request.headers) == {}
     assert dict(protocol.request.params) == {}
     assert protocol.request.path == "/ws/lobby"  # what daphne reads later
+
+
+# -- keepalive pings (LeanPings) --------------------------------------------------------
+
+PONG = b"\x8a\x80" + b"abcd"  # a client's masked empty pong
+
+
+class _PingingServer(_NoServer):
+    def __init__(self) -> None:
+        super().__init__()
+        self.pinged: list[tuple[Any, float]] = []
+
+    def ping_sent(self, protocol: Any, when: float) -> None:
+        self.pinged.append((protocol, when))
+
+
+def _open(server: Any) -> Any:
+    """An open socket's protocol (the handshake's end state autobahn's parser reads)."""
+    factory = LeanWebSocketFactory(_NoServer(), server="daphne")
+    factory.setProtocolOptions(autoPingTimeout=5)
+    protocol = _connected(factory)
+    protocol.state, protocol.current_frame, protocol.data = protocol.STATE_OPEN, None, b""
+    protocol.server = server
+    return protocol
+
+
+def test_a_ping_is_one_empty_frame_and_a_lone_pong_skips_autobahns_parser(clock: Clock) -> None:
+    server = _PingingServer()
+    protocol = _open(server)
+    parsed: list[bytes] = []
+    protocol.processData = lambda: parsed.append(protocol.data) and False
+    protocol._sendAutoPing()
+    assert protocol.transport.value() == b"\x89\x00"
+    assert server.pinged == [(protocol, clock.now)] and protocol.ping_sent_at == clock.now
+    clock.now += 1
+    protocol._sendAutoPing()  # unanswered: pinged again, timed from the first
+    assert protocol.transport.value() == b"\x89\x00" * 2 and server.pinged == [(protocol, clock.now - 1)]
+    protocol.dataReceived(PONG)
+    assert protocol.ping_sent_at == 0.0 and parsed == []  # answered, autobahn never saw it
+    protocol.dataReceived(PONG)  # no ping waiting: autobahn's, as any other read
+    assert parsed == [PONG]
+
+
+def test_a_pong_in_pieces_or_with_more_goes_to_autobahn_and_still_answers(clock: Clock) -> None:
+    for reads in ([PONG[:2], PONG[2:]], [PONG + b"\x81\x80abcd"], [b"\x81\x80abcd"]):
+        protocol = _open(_PingingServer())
+        parsed: list[bytes] = []
+        protocol.processData = lambda protocol=protocol, parsed=parsed: parsed.append(protocol.data) and False
+        protocol._sendAutoPing()
+        for data in reads:
+            protocol.dataReceived(data)
+        assert protocol.ping_sent_at == 0.0, reads
+        assert b"".join(reads).startswith(parsed[0]) and parsed[-1] == b"".join(reads), reads
+
+
+def test_a_sweeps_pongs_are_checked_by_one_timer_which_drops_only_the_silent(
+    clock: Clock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    server = make(LeanDaphneServer)
+    timers: list[tuple[float, Any, tuple[Any, ...]]] = []
+    monkeypatch.setattr(daphne_server.reactor, "callLater", lambda delay, f, *args: timers.append((delay, f, args)))
+    answered, silent, closed, talked = sockets = [_open(server) for _ in range(4)]
+    dropped: list[Any] = []
+    for p in sockets:
+        p.onAutoPingTimeout = lambda p=p: dropped.append(p)
+        p._sendAutoPing()
+    timers.clear()  # autobahn's own (the handshake's timeout)
+    server.timeout_checker()
+    (delay, pongs_due, (pinged,)), _next_sweep = timers
+    assert delay == server.ping_timeout and [p for p, _ in pinged] == sockets
+    answered.dataReceived(PONG)
+    talked.processData = lambda: False
+    talked.dataReceived(b"\x81\x80abcd")  # a frame, no pong: as good as one
+    closed.state = closed.STATE_CLOSED
+    clock.now += server.ping_timeout
+    pongs_due(pinged)
+    assert dropped == [silent]
