@@ -19,8 +19,9 @@ sockets that was ~3.9 % of a core of pure bookkeeping (docs/performance.md,
   does.
 - each connection's application queue is an ``ApplicationQueue``, not an
   ``asyncio.Queue`` (~3.2 KB less per idle socket).
-- keepalive pings are one prebuilt frame, their pongs checked by one timer
-  per sweep and read without autobahn's parser (``LeanPings``);
+- small client frames are read without autobahn's frame parser, and
+  keepalive pings are one prebuilt frame whose pongs one timer per sweep
+  checks (``LeanFrames``);
 - autobahn's configuration (29 options, the same for every socket) is read
   from the protocol class instead of copied into every protocol's
   ``__dict__``, and what the handshake alone needed is let go once the socket
@@ -133,35 +134,44 @@ class HandshakeReleased:
             request.params = _NOTHING
 
 
-# An empty ping (FIN, opcode 9, no payload). Its pong from a client is six
-# bytes: FIN + opcode 10, the mask bit with length 0, then the 4-byte mask.
+# An empty ping (FIN, opcode 9, no payload).
 PING_FRAME = b"\x89\x00"
-EMPTY_PONG_HEAD = b"\x8a\x80"
 
 
-class LeanPings:
-    """A protocol mixin: daphne's keepalive pings without autobahn's frame
-    machinery on either side.
+def unmask(mask: bytes, payload: bytes) -> bytes:
+    """A client frame's payload XOR its 4-byte mask, as two Python ints."""
+    n = len(payload)
+    key = (mask * ((n >> 2) + 1))[:n]
+    return (int.from_bytes(payload, "little") ^ int.from_bytes(key, "little")).to_bytes(n, "little")
 
-    daphne sends a ping from its timeout sweep through autobahn's
+
+class LeanFrames:
+    """A protocol mixin: small client frames and keepalive pings without
+    autobahn's frame machinery.
+
+    **Reads.** autobahn parses every frame through a dozen Python calls
+    (``processData``, ``onFrameBegin``/``Data``/``End``, the message
+    callbacks, a UTF-8 validator and a masker per frame). A read whose
+    frames are whole, masked, final text or binary frames of at most
+    ``SMALL_FRAME_BYTES``, or pongs, while autobahn's parser sits between
+    frames, is handled here: unmasked, its text checked as UTF-8, each
+    message handed to ``onMessage`` as autobahn would. From the first frame
+    that is anything else (a fragment, a ping or close, a bigger or invalid
+    frame, an unmasked one) the rest of the read goes to autobahn, which
+    answers or fails it as before. Most of what clients send is small: the
+    shipped clients' ``heartbeat`` and ``ping`` every 15 s, cursors,
+    chat lines, draws.
+
+    **Pings.** daphne sends a ping from its timeout sweep through autobahn's
     ``_sendAutoPing``: a timestamped random payload (``os.urandom``),
     ``sendFrame``, a write twisted queues for the next reactor turn (two
-    ``epoll_ctl``), and a timeout call per ping; the pong then goes through
-    autobahn's frame parser. ~75 us of a core per ping and pong, ~80 % of it
-    Python (docs/performance.md): at 10,000 idle sockets and a ping every
-    300 s, the largest cost of an idle server. Here:
-
-    - the ping is one prebuilt empty frame, sent at once when nothing is
-      queued before it (``twisted_write``);
-    - the server checks all the pongs of one sweep's pings with one timer
-      (``LeanDaphneServer.ping_sent``);
-    - any bytes from the peer answer a ping (as autobahn's
-      ``autoPingRestartOnAnyTraffic``); a read that is exactly a masked empty
-      pong, between frames, ends there.
-
-    A peer that sends nothing for ``autoPingTimeout`` (daphne's
-    ``--ping-timeout``) after a ping is dropped as autobahn drops it
-    (``onAutoPingTimeout``).
+    ``epoll_ctl``) and a timeout call per ping. Here the ping is one
+    prebuilt empty frame sent at once when nothing is queued before it
+    (``twisted_write``); the server checks all the pongs of one sweep with one
+    timer (``LeanDaphneServer.ping_sent``); any bytes from the peer answer it
+    (as autobahn's ``autoPingRestartOnAnyTraffic``). A peer that sends
+    nothing for ``autoPingTimeout`` (daphne's ``--ping-timeout``) after a
+    ping is dropped as autobahn drops it (``onAutoPingTimeout``).
     """
 
     # When the oldest unanswered ping went out (time.time()); 0.0: none.
@@ -181,17 +191,55 @@ class LeanPings:
 
     def dataReceived(self, data: bytes) -> None:
         if self.ping_sent_at:
-            # Anything from the peer says it is there.
-            self.ping_sent_at = 0.0
-            if (
-                len(data) == 6
-                and data[:2] == EMPTY_PONG_HEAD
-                and self.current_frame is None  # type: ignore[attr-defined]
-                and not self.data  # type: ignore[attr-defined]
-                and self.state == self.STATE_OPEN  # type: ignore[attr-defined]
-            ):
-                return  # the pong to our empty ping, alone in the read: nothing more to do
+            self.ping_sent_at = 0.0  # anything from the peer says it is there
+        if (
+            self.state == self.STATE_OPEN  # type: ignore[attr-defined]
+            and self.current_frame is None  # type: ignore[attr-defined]
+            and not self.data  # type: ignore[attr-defined]
+            and not self.inside_message  # type: ignore[attr-defined]
+            and self._perMessageCompress is None  # type: ignore[attr-defined]
+        ):
+            data = self._small_frames(data)
+            if not data:
+                return
         super().dataReceived(data)  # type: ignore[misc]
+
+    def _small_frames(self, data: bytes) -> bytes:
+        """Hand over the whole small frames at the start of ``data``; return the rest."""
+        pos, size = 0, len(data)
+        max_message, max_frame = self.maxMessagePayloadSize, self.maxFramePayloadSize  # type: ignore[attr-defined]
+        while size - pos >= 6:
+            b0, n = data[pos], data[pos + 1] ^ 0x80  # the mask bit set: n is the length
+            head = pos + 2
+            if n == 126:
+                if size - pos < 8:
+                    break
+                n = int.from_bytes(data[head : head + 2], "big")
+                if n < 126 or n > SMALL_FRAME_BYTES:
+                    break  # not minimal (autobahn's violation) or a big frame: autobahn's
+                head += 2
+            elif n > 125:
+                break  # unmasked (autobahn fails it) or a 64-bit length
+            end = head + 4 + n
+            if end > size:
+                break  # not all here yet
+            if b0 == 0x81 or b0 == 0x82:  # final text or binary frame, no RSV bits
+                if (max_message and n > max_message) or (max_frame and n > max_frame):
+                    break  # autobahn closes with 1009
+                payload = unmask(data[head : head + 4], data[head + 4 : end])
+                if b0 == 0x81:
+                    try:
+                        payload.decode()
+                    except UnicodeDecodeError:
+                        break  # autobahn closes with 1007
+                self.onMessage(payload, b0 == 0x82)  # type: ignore[attr-defined]
+            elif b0 != 0x8A:
+                break  # ping, close, fragment, reserved bits: autobahn's
+            # (a pong needs nothing: autobahn's own auto-ping is never pending)
+            pos = end
+            if self.state != self.STATE_OPEN:  # type: ignore[attr-defined]
+                break
+        return data[pos:] if pos else data
 
 
 class LeanWebSocketFactory(WebSocketFactory):
@@ -221,7 +269,7 @@ class LeanWebSocketFactory(WebSocketFactory):
             # A function (perMessageCompressionAccept) would bind to the
             # protocol as a class attribute: kept a plain callable.
             options = {name: _unbound(getattr(self, name)) for name in base.CONFIG_ATTRS}
-            config_class = self._config_class = type(base.__name__, (HandshakeReleased, LeanPings, base), options)
+            config_class = self._config_class = type(base.__name__, (HandshakeReleased, LeanFrames, base), options)
         protocol = config_class()
         protocol.factory = self
         return protocol
@@ -258,7 +306,7 @@ class LeanDaphneServer(Server):
         self.timeout_checks: list[tuple[float, int, Any]] = []
         self._tie = itertools.count()
         # (protocol, when) for each ping sent since the last sweep ended: its
-        # pong is checked by one timer for the whole sweep (``LeanPings``).
+        # pong is checked by one timer for the whole sweep (``LeanFrames``).
         self._pinged: list[tuple[Any, float]] = []
 
     # daphne's run() assigns a plain factory to each; the same object is kept

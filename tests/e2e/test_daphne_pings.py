@@ -1,6 +1,6 @@
 """daphne's pings under Dorm's server class (rooms.daphne_server, which
 checks each socket when its ping is due instead of sweeping all of them, and
-sends its own empty pings, ``LeanPings``): a client that stops answering is
+sends its own empty pings, ``LeanFrames``): a client that stops answering is
 cut within interval + 2 s sweep + timeout, one that answers (a pong, or any
 frame) stays, with real daphne and real sockets."""
 

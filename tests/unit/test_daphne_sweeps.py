@@ -26,6 +26,7 @@ from rooms.daphne_server import (
     LeanDaphneServer,
     LeanWebSocketFactory,
     small_frames_unmasked_in_python,
+    unmask,
 )
 
 
@@ -413,7 +414,7 @@ def test_an_open_socket_lets_the_handshake_data_go() -> None:
     assert protocol.request.path == "/ws/lobby"  # what daphne reads later
 
 
-# -- keepalive pings (LeanPings) --------------------------------------------------------
+# -- small frames and keepalive pings (LeanFrames) --------------------------------------------------------
 
 PONG = b"\x8a\x80" + b"abcd"  # a client's masked empty pong
 
@@ -432,7 +433,7 @@ def _open(server: Any) -> Any:
     factory = LeanWebSocketFactory(_NoServer(), server="daphne")
     factory.setProtocolOptions(autoPingTimeout=5)
     protocol = _connected(factory)
-    protocol.state, protocol.current_frame, protocol.data = protocol.STATE_OPEN, None, b""
+    protocol.state, protocol.current_frame, protocol.data, protocol.inside_message = protocol.STATE_OPEN, None, b"", False
     protocol.server = server
     return protocol
 
@@ -450,12 +451,12 @@ def test_a_ping_is_one_empty_frame_and_a_lone_pong_skips_autobahns_parser(clock:
     assert protocol.transport.value() == b"\x89\x00" * 2 and server.pinged == [(protocol, clock.now - 1)]
     protocol.dataReceived(PONG)
     assert protocol.ping_sent_at == 0.0 and parsed == []  # answered, autobahn never saw it
-    protocol.dataReceived(PONG)  # no ping waiting: autobahn's, as any other read
-    assert parsed == [PONG]
+    protocol.dataReceived(PONG)  # unsolicited (allowed as a heartbeat): nothing to do either
+    assert parsed == [] and protocol.ping_sent_at == 0.0
 
 
-def test_a_pong_in_pieces_or_with_more_goes_to_autobahn_and_still_answers(clock: Clock) -> None:
-    for reads in ([PONG[:2], PONG[2:]], [PONG + b"\x81\x80abcd"], [b"\x81\x80abcd"]):
+def test_a_pong_in_pieces_goes_to_autobahn_and_still_answers(clock: Clock) -> None:
+    for reads in ([PONG[:2], PONG[2:]], [b"\x89\x80abcd"]):  # a pong in two reads; a ping from the client
         protocol = _open(_PingingServer())
         parsed: list[bytes] = []
         protocol.processData = lambda protocol=protocol, parsed=parsed: parsed.append(protocol.data) and False
@@ -463,7 +464,85 @@ def test_a_pong_in_pieces_or_with_more_goes_to_autobahn_and_still_answers(clock:
         for data in reads:
             protocol.dataReceived(data)
         assert protocol.ping_sent_at == 0.0, reads
-        assert b"".join(reads).startswith(parsed[0]) and parsed[-1] == b"".join(reads), reads
+        assert parsed and parsed[-1] == b"".join(reads), reads
+
+
+# Frames a client may send: (first byte, payload, masked), any kind, size
+# and validity; a read may hold several and cut any anywhere.
+_frame = st.one_of(
+    st.tuples(st.just(0x81), st.text(max_size=300).map(str.encode), st.just(True)),  # text
+    st.tuples(st.just(0x82), st.binary(max_size=700), st.just(True)),  # binary
+    st.tuples(st.sampled_from([0x81, 0x82]), st.integers(0, 700).map(b"x".__mul__), st.just(True)),  # any size, some above SMALL_FRAME_BYTES
+    st.tuples(st.sampled_from([0x81, 0x01]), st.binary(max_size=40), st.booleans()),  # bad UTF-8, fragments, unmasked
+    st.tuples(st.sampled_from([0x8A, 0x89]), st.binary(max_size=130), st.just(True)),  # pong, ping (> 125: invalid)
+    st.tuples(st.just(0x80), st.binary(max_size=20), st.just(True)),  # a continuation with no message begun
+    st.tuples(st.sampled_from([0x91, 0xC1, 0x83]), st.binary(max_size=8), st.just(True)),  # reserved bits, opcode 3
+    st.tuples(st.just(0x88), st.sampled_from([b"", b"\x03\xe8", b"\x03\xe8bye"]), st.just(True)),  # close
+)
+
+
+def _wire(b0: int, payload: bytes, masked: bool, mask: bytes, long_form: bool) -> bytes:
+    n = len(payload)
+    if n < 126 and not long_form:
+        head = bytes((b0, n | (0x80 if masked else 0)))
+    elif n < 65536:
+        head = bytes((b0, 126 | (0x80 if masked else 0))) + n.to_bytes(2, "big")
+    else:
+        head = bytes((b0, 127 | (0x80 if masked else 0))) + n.to_bytes(8, "big")
+    return head + (mask + unmask(mask, payload) if masked else payload)
+
+
+@settings(max_examples=400, deadline=None)
+@given(
+    frames=st.lists(st.tuples(_frame, st.binary(min_size=4, max_size=4), st.integers(0, 20)), max_size=8),
+    cuts=st.lists(st.integers(0, 3000), max_size=6),
+    max_message=st.sampled_from([0, 100, 1 << 20]),
+)
+def test_small_frames_reach_the_application_exactly_as_through_autobahn(
+    frames: list[Any], cuts: list[int], max_message: int
+) -> None:
+    """Any frames, in any reads: the messages handed on, the bytes written
+    back (pongs, closes, failures) and the end state are autobahn's own."""
+    stream = b"".join(_wire(*f, mask, long_form=(k == 0)) for f, mask, k in frames)  # now and then 126 + 2 bytes for a small one
+    edges = sorted({0, len(stream), *(c for c in cuts if c <= len(stream))})
+    from twisted.internet.testing import StringTransport
+
+    class Transport(StringTransport):
+        def unregisterProducer(self) -> None:  # a failed connection's drop calls it, registered or not
+            self.producer = None
+
+    outcomes = []
+    for factory_class in (WebSocketFactory, LeanWebSocketFactory):
+        factory = factory_class(_NoServer(), server="daphne")
+        factory.setProtocolOptions(maxMessagePayloadSize=max_message)
+        protocol = factory.buildProtocol(None)
+        protocol.makeConnection(Transport())
+        # What autobahn's handshake leaves (RFC 6455, no extension).
+        protocol.state, protocol.current_frame, protocol.data, protocol.inside_message = protocol.STATE_OPEN, None, b"", False
+        protocol.websocket_version, protocol.websocket_extensions_in_use = 13, []
+        messages: list[tuple[bytes, bool]] = []
+        protocol.onMessage = lambda payload, binary, messages=messages: messages.append((payload, binary))
+        for start, end in zip(edges, edges[1:]):
+            protocol.dataReceived(stream[start:end])
+        outcomes.append((messages, protocol.transport.value(), protocol.state, protocol.transport.disconnecting))
+    assert outcomes[1] == outcomes[0]
+
+
+def test_small_frames_of_one_read_skip_autobahns_parser() -> None:
+    protocol = _open(_PingingServer())
+    parsed: list[bytes] = []
+    protocol.processData = lambda: parsed.append(protocol.data) and False
+    messages: list[tuple[bytes, bool]] = []
+    protocol.onMessage = lambda payload, binary: messages.append((payload, binary))
+    mask = b"\x01\x02\x03\x04"
+    heartbeat, ping = b'{"type":"heartbeat"}', b'{"type":"ping","payload":{"t":1}}'
+    protocol.dataReceived(_wire(0x81, heartbeat, True, mask, False) + _wire(0x81, ping, True, mask, False) + PONG)
+    assert messages == [(heartbeat, False), (ping, False)] and parsed == []
+    protocol.dataReceived(_wire(0x82, b"\x00" * 300, True, mask, False))  # 126 + 2 bytes of length
+    assert messages[-1] == (b"\x00" * 300, True) and parsed == []
+    big = _wire(0x82, b"\x00" * (SMALL_FRAME_BYTES + 1), True, mask, False)
+    protocol.dataReceived(big)
+    assert parsed == [big]  # above SMALL_FRAME_BYTES: autobahn's
 
 
 def test_a_sweeps_pongs_are_checked_by_one_timer_which_drops_only_the_silent(
@@ -482,7 +561,7 @@ def test_a_sweeps_pongs_are_checked_by_one_timer_which_drops_only_the_silent(
     (delay, pongs_due, (pinged,)), _next_sweep = timers
     assert delay == server.ping_timeout and [p for p, _ in pinged] == sockets
     answered.dataReceived(PONG)
-    talked.processData = lambda: False
+    talked.onMessage = lambda payload, binary: None
     talked.dataReceived(b"\x81\x80abcd")  # a frame, no pong: as good as one
     closed.state = closed.STATE_CLOSED
     clock.now += server.ping_timeout
