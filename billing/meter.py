@@ -208,7 +208,7 @@ class Meter:
             (self.rooms.get(room) or self._counters(room)).alarms_fired += 1
 
     def op(self, what: str, code: str) -> None:
-        """A close code or an error reason (all rooms, bounded labels)."""
+        """A close code, an error reason or a keepalive's type (all rooms, bounded labels)."""
         if self.enabled:
             key = (what, code)
             self.ops[key] = self.ops.get(key, 0) + 1
@@ -261,6 +261,10 @@ class Meter:
 # never replaced, only reset.
 meter = Meter()
 
+
+# ``op`` kind of a keepalive frame (``ping``, ``heartbeat``: the code), counted
+# for all rooms instead of as the room's messages (docs/billing.md).
+KEEPALIVE_OP = "alive"
 
 # Close codes a client can receive or send; anything else is "other", so the
 # close-code counts (admin, /metrics) have a bounded set of labels.

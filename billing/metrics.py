@@ -19,6 +19,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Histo
 from prometheus_client.registry import Collector, CollectorRegistry
 
 from billing import costs, histogram, peaks, stats
+from billing.meter import KEEPALIVE_OP
 from billing.models import COUNTER_FIELDS, LatencyBucket, Metric, OpsCount, UsageMinute
 
 # Exported bucket bounds: every fourth bound (each doubling), 0.05 ms to ~52 s.
@@ -27,7 +28,7 @@ EXPORTED = list(range(0, histogram.BUCKETS, histogram.STEPS_PER_DOUBLING))
 HELP = {
     "connections_opened": "Connections that joined a room",
     "connections_closed": "Connections that left a room",
-    "messages_in": "Frames received from clients",
+    "messages_in": "Frames received from clients (keepalives are dorm_keepalives)",
     "bytes_in": "Bytes of frames received from clients",
     "messages_out": "Fan-out deliveries to sockets",
     "bytes_out": "Bytes of fan-out deliveries",
@@ -83,10 +84,17 @@ class DormCollector(Collector):
             yield _histogram(name, doc, counts)
         closes = CounterMetricFamily("dorm_closes", "WebSocket closes and refusals by close code", labels=["code"])
         errors = CounterMetricFamily("dorm_errors", "Error frames sent, by reason", labels=["reason"])
+        keepalives = CounterMetricFamily(
+            "dorm_keepalives", "Keepalive frames received (ping, heartbeat; not in messages_in)", labels=["type"]
+        )
+        families = {"close": closes, "error": errors, KEEPALIVE_OP: keepalives}
         for what, code, n in OpsCount.objects.values("what", "code").annotate(n=Sum("count")).values_list("what", "code", "n"):
-            (closes if what == "close" else errors).add_metric([code], int(n))
+            family = families.get(what)
+            if family is not None:
+                family.add_metric([code], int(n))
         yield closes
         yield errors
+        yield keepalives
         now = timezone.now()
         board_minute = stats.last_minute(now)
         after = board_minute + timedelta(minutes=1)

@@ -134,10 +134,10 @@ class LatencyBucket(models.Model):
 
 
 class OpsCount(models.Model):
-    """Close codes and error reasons per minute, all rooms (bounded labels)."""
+    """Close codes, error reasons and keepalives per minute, all rooms (bounded labels)."""
 
     minute = models.DateTimeField()
-    # "close" (code as text) or "error" (reason).
+    # "close" (code as text), "error" (reason) or "alive" (a keepalive's type).
     what = models.CharField(max_length=8)
     code = models.CharField(max_length=32)
     count = models.BigIntegerField(default=0)

@@ -28,7 +28,7 @@ from django.db import DatabaseError
 from billing import budgets
 from billing.conf import billing_settings
 from billing.flush import ensure_flusher
-from billing.meter import close_label, meter
+from billing.meter import KEEPALIVE_OP, close_label, meter
 from rooms import limits, validation
 from rooms.access import db_load_access
 from rooms.auth import Identity, Refusal, identify
@@ -251,30 +251,44 @@ class RoomConsumer(AsyncConsumer):
                 return
             await conn.error(ErrorReason.INVALID_MESSAGE, None, "binary frames are not accepted by this room kind")
             return
-        meter.frame_in(self.room, len(text) if text.isascii() else len(text.encode()))
+        keepalive = None
+        try:
+            keepalive = await self._text(conn, text, received)
+        finally:
+            if keepalive is None:
+                meter.frame_in(self.room, len(text) if text.isascii() else len(text.encode()))
+            else:
+                # A keepalive is the socket's, not the room's traffic: counted
+                # for all rooms (billing_opscount), so a room whose clients
+                # only keep their sockets alive has a silent minute (no usage
+                # row; its connection span bills the sockets).
+                meter.op(KEEPALIVE_OP, keepalive)
+
+    async def _text(self, conn: Connection, text: str, received: float) -> str | None:
+        """Handle one text frame; its type when it was a keepalive (``ping``, ``heartbeat``)."""
         size = _utf8_size_at_least(text, dorm_settings.SOFT_FRAME_LIMIT_BYTES)
         if size > dorm_settings.SOFT_FRAME_LIMIT_BYTES:
             if len(text.encode()) > dorm_settings.HARD_FRAME_LIMIT_BYTES:
                 await conn.close(CloseCode.MESSAGE_TOO_BIG, "frame larger than the hard limit")
             else:
                 await conn.error(ErrorReason.TOO_LARGE)
-            return
+            return None
         try:
             obj = orjson.loads(text)
         except orjson.JSONDecodeError:
             await conn.error(ErrorReason.INVALID_JSON)
-            return
+            return None
         if type(obj) is not dict:
             await conn.error(ErrorReason.INVALID_JSON, None, "a frame is one JSON object")
-            return
+            return None
         client_id = obj.get("id")
         if client_id is not None and (type(client_id) is not str or not 0 < len(client_id) <= MAX_CLIENT_ID_CHARS):
             await conn.error(ErrorReason.INVALID_MESSAGE, None, f"id must be a string of 1-{MAX_CLIENT_ID_CHARS} characters")
-            return
+            return None
         type_ = obj.get("type")
         if type(type_) is not str or not MESSAGE_TYPE_RE.fullmatch(type_):
             await conn.error(ErrorReason.INVALID_MESSAGE, client_id, "type must match [a-z_]{1,32}")
-            return
+            return None
         payload = obj.get("payload")
         runtime = get_runtime()
         # Any frame says the socket is alive; the backend's last-seen is
@@ -298,15 +312,15 @@ class RoomConsumer(AsyncConsumer):
                 # an optional field (docs/billing.md), metered for latency.
                 long_session = time.monotonic() - self._connected_at >= billing_settings.ALERT_MIN_SESSION_SECONDS
                 meter.round_trip(self.room, float(rtt), long_session)
-            return
+            return type_
         if type_ == "heartbeat":
-            return
+            return type_
         kind = self._kind
         if kind is not None:
             refused = validation.refuse(kind, conn.scope, type_, payload)
             if refused is not None:
                 await conn.error(refused[0], client_id, refused[1])
-                return
+                return None
         # After validation: an invalid frame costs no token (and, in the
         # distributed mode, no Redis round trip); the abuse counter bounds it.
         wait_ms = await limits.admit_message(self.identity, self.room)  # type: ignore[arg-type]
@@ -318,8 +332,9 @@ class RoomConsumer(AsyncConsumer):
             if client_id is not None:
                 limited["id"] = client_id
             await conn.reply(dumps(limited))
-            return
+            return None
         runtime.registry.submit(self.room, Frame(conn, type_, client_id, payload, received))
+        return None
 
     # -- disconnect -------------------------------------------------------------
 

@@ -38,12 +38,16 @@ RTTS = (3.0, 42.5)
 async def scripted_session(urls: Sequence[str]) -> dict[str, Any]:
     """Run the script against ``urls`` (one per client: u1, u2, u3); the expected numbers."""
     sent: list[str] = []
+    keepalives: dict[str, int] = {}  # counted for all rooms, not in the room's messages_in
     payloads: list[bytes] = []
     clients: list[WsClient] = []
 
     async def send(client: WsClient, frame: dict[str, Any] | str) -> None:
         text = frame if isinstance(frame, str) else orjson.dumps(frame).decode()
-        sent.append(text)
+        if isinstance(frame, dict) and frame["type"] in ("ping", "heartbeat"):
+            keepalives[frame["type"]] = keepalives.get(frame["type"], 0) + 1
+        else:
+            sent.append(text)
         await client.send_raw(text)
 
     c1 = await WsClient.open(urls[0], name="meter-u1")
@@ -70,6 +74,7 @@ async def scripted_session(urls: Sequence[str]) -> dict[str, Any]:
     for rtt in RTTS:  # answered to the sender only; the rtt is metered
         await send(c3, {"type": "ping", "payload": {"t": 1, "rtt": rtt}})
     await c3.wait_for(of_type("pong"), count=2)
+    await send(c2, {"type": "heartbeat"})
     await send(c1, "not json")  # counted in, answered with an error
     await c1.recv_until(lambda f: f.get("type") == "error" and f.get("reason") == "invalid_json")
 
@@ -98,6 +103,7 @@ async def scripted_session(urls: Sequence[str]) -> dict[str, Any]:
         "_deliveries_seen": len(received),
         "_processing_count": 8,  # 5 draws + 3 cursors
         "_round_trip": {bucket_of(r): 1 for r in RTTS},
+        "_keepalives": keepalives,
     }
 
 

@@ -47,14 +47,23 @@ def read_usage(server: DormServer, room: str) -> dict:
     return got
 
 
+def keepalives(server: DormServer) -> dict[str, int]:
+    return {c: int(n) for c, n in server.query("SELECT code, SUM(count) FROM billing_opscount WHERE what = 'alive' GROUP BY code")}
+
+
 async def test_scripted_session_rows_match_exactly(billing_server: DormServer) -> None:
     room = room_name("meter")
     started = time.monotonic()
+    alive_before = keepalives(billing_server)
     urls = [billing_server.url(room, userId=u) for u in ("u1", "u2", "u3")]
     expected = await scripted_session(urls)
     assert expected["_deliveries_seen"] == expected["messages_out"]
     got = await wait_for_rows(lambda: read_usage(billing_server, room), expected)
     assert {k: got[k] for k in COUNTERS} == {k: expected[k] for k in COUNTERS}
+    # Pings and heartbeats are not the room's messages: counted for all rooms.
+    assert expected["_keepalives"] == {"ping": 2, "heartbeat": 1}
+    alive = keepalives(billing_server)
+    assert {k: alive.get(k, 0) - alive_before.get(k, 0) for k in expected["_keepalives"]} == expected["_keepalives"]
     # One row per minute touched (the script may straddle a minute boundary).
     assert 1 <= got["_rows"] <= 2
     minutes = billing_server.query(
