@@ -27,9 +27,11 @@ Workloads (issue 12's latency targets and idle CPU):
   variants run one after the other (each holds N sockets), in each round.
   With ``--idle-heartbeat S`` every client instead does what the shipped
   clients do while nothing happens (clients/js/dorm.js, ``heartbeatMs``):
-  a ``heartbeat`` and a ``ping`` every S seconds (the clients spread evenly
-  over the period); the row then also has the server's CPU per keepalive
-  (the two frames and the pong).
+  a ``ping`` every S seconds (the clients spread evenly over the period;
+  ``--idle-keepalive heartbeat+ping``, or ``BENCH_KEEPALIVE=heartbeat+ping``
+  in one variant, sends a ``heartbeat`` before each ping, as the clients did
+  before 2026-11-26); the row then also has the server's CPU per keepalive
+  (its frames and the pong).
 
 Besides wall-clock latency, every row has the server's CPU time per message
 (us/msg), which the other load on a shared machine distorts least.
@@ -183,15 +185,20 @@ def tree_ran(pid: int) -> float:
 HEARTBEAT = b'{"type":"heartbeat"}'
 
 
+KEEPALIVES = ("ping", "heartbeat+ping")
+
+
 class Keepalives:
     """What the shipped clients send while nothing happens: every ``period``
-    seconds a ``heartbeat`` and a ``ping`` per client (clients/js/dorm.js),
-    the clients spread evenly over the period."""
+    seconds a ``ping`` per client (clients/js/dorm.js), with ``frames`` =
+    "heartbeat+ping" a ``heartbeat`` before it; the clients spread evenly over
+    the period."""
 
-    def __init__(self, clients: list[Any], period: float) -> None:
+    def __init__(self, clients: list[Any], period: float, frames: str = "ping") -> None:
         self.clients = [c for c in clients if c is not None]
         self.period = period
-        self.sent = 0  # keepalives (heartbeat + ping), each two frames
+        self.heartbeat = frames == "heartbeat+ping"
+        self.sent = 0  # keepalives (a ping, or a heartbeat and a ping)
         self.task = asyncio.ensure_future(self._run())
 
     async def _run(self) -> None:
@@ -207,7 +214,8 @@ class Keepalives:
                 done += 1
                 if c.transport is None or c.transport.is_closing():
                     continue
-                c.send_text(HEARTBEAT)
+                if self.heartbeat:
+                    c.send_text(HEARTBEAT)
                 c.send_text(b'{"type":"ping","payload":{"t":%d}}' % time.time_ns())
                 self.sent += 1
 
@@ -216,14 +224,15 @@ class Keepalives:
 
 
 async def _idle(v: Variant, n: int, seconds: float, settle: float, py_spy: Path | None,
-                strace: Path | None = None, perf: Path | None = None, heartbeat: float = 0.0) -> dict[str, Any]:
+                strace: Path | None = None, perf: Path | None = None, heartbeat: float = 0.0,
+                keepalive: str = "ping") -> dict[str, Any]:
     rec = Recorder()
     prefix = f"h{secrets.token_hex(3)}"
     t0 = time.perf_counter()
     clients = await open_welcomed(rec, HOST, v.port, [anonymous_path(f"{prefix}-{i}", "a") for i in range(n)])
     failed = clients.count(None)
     open_s = time.perf_counter() - t0
-    keepalives = Keepalives(clients, heartbeat) if heartbeat > 0 else None
+    keepalives = Keepalives(clients, heartbeat, keepalive) if heartbeat > 0 else None
     await asyncio.sleep(settle)  # hibernate after 3 s without items, the sleep snapshots, the billing flush
     spy = None
     if py_spy is not None:
@@ -282,8 +291,11 @@ async def _idle(v: Variant, n: int, seconds: float, settle: float, py_spy: Path 
 
 
 def w_idle(v: Variant, args: argparse.Namespace, rnd: int) -> dict[str, Any]:
+    keepalive = v.env.get("BENCH_KEEPALIVE", args.idle_keepalive)  # the generator's, per variant
+    if keepalive not in KEEPALIVES:
+        raise SystemExit(f"BENCH_KEEPALIVE / --idle-keepalive: one of {', '.join(KEEPALIVES)}")
     d = asyncio.run(_idle(v, args.idle_rooms, args.idle_seconds, args.idle_settle, args.py_spy, args.strace, args.perf,
-                          args.idle_heartbeat))
+                          args.idle_heartbeat, keepalive))
     row = {"variant": v.name, "workload": "idle", "round": rnd, **d, "load": os.getloadavg()[0]}
     per_keepalive = "" if d["keepalive_us"] is None else f"; {d['keepalive_us']:.1f} us of server CPU per keepalive"
     log(f"  round {rnd} idle    {v.name:12} {d['held']:,} rooms held (opened in {d['open_s']:.0f} s): idle CPU"
@@ -343,6 +355,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--idle-heartbeat", type=float, default=0.0, metavar="S",
                    help="idle clients send a heartbeat and a ping every S seconds, as the shipped clients (15);"
                    " default: silent clients")
+    p.add_argument("--idle-keepalive", default="ping", choices=KEEPALIVES,
+                   help="what each idle client sends every --idle-heartbeat seconds (default: %(default)s, as the shipped clients)")
     p.add_argument("--strace", type=Path, help="count each idle window's system calls with strace -c -f into DIR")
     p.add_argument("--py-spy", type=Path, help="record each idle window with py-spy (raw collapsed stacks) into DIR")
     p.add_argument("--perf", type=Path, help="record each idle window with perf record -g (kernel too) into DIR")

@@ -292,8 +292,10 @@ class RoomConsumer(AsyncConsumer):
         payload = obj.get("payload")
         runtime = get_runtime()
         # Any frame says the socket is alive; the backend's last-seen is
-        # refreshed on heartbeats and at most every quarter TTL otherwise.
-        if runtime.presence_service.heard(conn, type_ == "heartbeat"):
+        # refreshed on keepalives (a ping is a heartbeat with a reply: the
+        # shipped clients send only pings) and at most every quarter TTL
+        # otherwise.
+        if runtime.presence_service.heard(conn, type_ == "heartbeat" or type_ == "ping"):
             try:
                 await runtime.presence.touch(self.room, conn.id, conn.user_id)
             except Exception as exc:

@@ -44,7 +44,7 @@ export const States = Object.freeze({
 const DEFAULTS = {
   backoffBaseMs: 500,
   backoffMaxMs: 30_000, // the cap, jitter included
-  heartbeatMs: 15_000, // ping (latency) + heartbeat (presence) period
+  heartbeatMs: 15_000, // ping period (latency, and presence: the server takes a ping as a heartbeat)
   connectTimeoutMs: 10_000, // socket open + welcome
   internalRetries: 3, // `error: internal` (failed commit) is retried with the same id
 };
@@ -630,7 +630,8 @@ export class DormClient {
         this.dropConnection();
         return;
       }
-      this._raw({ type: "heartbeat" });
+      // One frame a period: the server takes a ping as a heartbeat too
+      // (presence), and its pong is what tells this client the socket lives.
       this.ping();
     }, period);
   }

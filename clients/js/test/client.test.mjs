@@ -359,8 +359,8 @@ test("heartbeats: periodic ping and heartbeat frames, and a silent socket is dro
     c.connect();
     await until(() => peers.length >= 2, "a second connection after the silent one was dropped", 5000);
     const types = peers[0].received.map((f) => f.type);
-    assert.ok(types.filter((t) => t === "heartbeat").length >= 3, types.join(","));
     assert.ok(types.filter((t) => t === "ping").length >= 3, types.join(","));
+    assert.ok(!types.includes("heartbeat"), types.join(",")); // one frame a period: the ping
     assert.ok(states.some((s) => s.state === "reconnecting" && s.code === 1006));
   } finally {
     srv.close();

@@ -364,7 +364,8 @@ class DormClient:
         while True:
             await asyncio.sleep(self.heartbeat)
             if self.state == OPEN:
-                self._raw({"type": "heartbeat"})
+                # One frame a period: the server takes a ping as a heartbeat
+                # too (presence).
                 self.ping()
 
     def _stop(self, code: int, reason: str) -> None:
