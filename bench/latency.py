@@ -353,7 +353,7 @@ def main(argv: list[str] | None = None) -> int:
                    help="seconds between the last room opened and the idle window (default: %(default)s: past the"
                    " presence TTL of 60 s, the sweep that follows and the billing flush of the rooms' last minute)")
     p.add_argument("--idle-heartbeat", type=float, default=0.0, metavar="S",
-                   help="idle clients send a heartbeat and a ping every S seconds, as the shipped clients (15);"
+                   help="idle clients send a keepalive (--idle-keepalive) every S seconds, as the shipped clients (15);"
                    " default: silent clients")
     p.add_argument("--idle-keepalive", default="ping", choices=KEEPALIVES,
                    help="what each idle client sends every --idle-heartbeat seconds (default: %(default)s, as the shipped clients)")

@@ -159,8 +159,7 @@ class LeanFrames:
     that is anything else (a fragment, a ping or close, a bigger or invalid
     frame, an unmasked one) the rest of the read goes to autobahn, which
     answers or fails it as before. Most of what clients send is small: the
-    shipped clients' ``heartbeat`` and ``ping`` every 15 s, cursors,
-    chat lines, draws.
+    shipped clients' ``ping`` every 15 s, cursors, chat lines, draws.
 
     **Pings.** daphne sends a ping from its timeout sweep through autobahn's
     ``_sendAutoPing``: a timestamped random payload (``os.urandom``),
