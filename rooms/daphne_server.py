@@ -183,10 +183,7 @@ class LeanFrames:
         twisted_write(self.transport, PING_FRAME)  # type: ignore[attr-defined]
         if not self.ping_sent_at and self.autoPingTimeout:  # type: ignore[attr-defined]
             self.ping_sent_at = sent = time.time()
-            server = getattr(self, "server", None)
-            ping_sent = getattr(server, "ping_sent", None)
-            if ping_sent is not None:
-                ping_sent(self, sent)
+            self.server.ping_sent(self, sent)  # type: ignore[attr-defined]
 
     def dataReceived(self, data: bytes) -> None:
         if self.ping_sent_at:
@@ -462,12 +459,9 @@ class IntXorMasker:
         self._ptr = 0
 
     def process(self, data: bytes) -> bytes:
-        n = len(data)
         shift = self._ptr & 3  # a frame may arrive in pieces: continue the mask where the last piece ended
-        mask = self._mask[shift:] + self._mask[:shift]
-        key = (mask * ((n >> 2) + 1))[:n]
-        self._ptr += n
-        return (int.from_bytes(data, "little") ^ int.from_bytes(key, "little")).to_bytes(n, "little")
+        self._ptr += len(data)
+        return unmask(self._mask[shift:] + self._mask[:shift], data)
 
 
 def small_frames_unmasked_in_python() -> None:
