@@ -49,6 +49,7 @@ PROCESS_GAUGES = {
     "connections": "WebSockets open on this process",
     "rooms_with_connections": "Rooms with at least one socket on this process",
     "slow_clients_closed": "Sockets this process closed with 4408 (too slow) since it started",
+    "keepalives_at_edge": "Keepalives this process answered in the server's read, without waking their consumer, since it started",
 }
 
 

@@ -49,6 +49,9 @@ log = logging.getLogger("dorm.presence")
 ORPHAN_PAGE_SIZE = 500
 ORPHAN_PAGES = 10
 
+# Edge-answered keepalives' last-seen refreshes wait at most this long.
+TOUCH_BATCH_MAX_SECONDS = 1.0
+
 OFFLINE_FRAME = "$offline"
 ONLINE_FRAME = "$online"
 
@@ -81,6 +84,11 @@ class PresenceService:
         self._stopped = False
         self._ledger_wake: asyncio.Event | None = None
         self.sweeps = 0
+        # Keepalives answered at the edge refresh the backend's last-seen in
+        # batches (``touch_soon``): the sockets due, and the flush's timer.
+        self._touches: dict[str, Connection] = {}
+        self._touch_flush: asyncio.TimerHandle | None = None
+        self._touch_task: asyncio.Task[None] | None = None
 
     def ensure_started(self) -> None:
         if self._tasks or self._stopped:
@@ -104,6 +112,35 @@ class PresenceService:
         self._by_heard.pop(conn.id, None)
         self.buffer.close(conn.id, code, reason)
         self._buffered()
+
+    def touch_soon(self, conn: Connection) -> None:
+        """Refresh the socket's last-seen in the backend within a short batch
+        window, without an await on the socket's path.
+
+        One backend call per window for every socket due (in Redis, one
+        pipelined round trip instead of one per keepalive). The window is a
+        sixtieth of the TTL, at most a second: a last-seen at most that much
+        older than the frame, against a TTL of 60 s.
+        """
+        self._touches[conn.id] = conn
+        if self._touch_flush is None and not self._stopped:
+            delay = min(TOUCH_BATCH_MAX_SECONDS, dorm_settings.PRESENCE_TTL_SECONDS / 60)
+            self._touch_flush = asyncio.get_running_loop().call_later(delay, self._flush_touches)
+
+    def _flush_touches(self) -> None:
+        self._touch_flush = None
+        due, self._touches = self._touches, {}
+        entries = [(c.room, c.id, c.user_id) for c in due.values() if not c.closed]
+        if entries:
+            self._touch_task = asyncio.get_running_loop().create_task(self._touch_all(entries))
+
+    async def _touch_all(self, entries: list[tuple[str, str, str]]) -> None:
+        try:
+            await self.runtime.presence.touch_many(entries)
+        except Exception as exc:
+            # As a failed touch on the consumer's path: the sockets stay, the
+            # next keepalive refreshes them (a restarted Redis lost them anyway).
+            log.warning("presence touch failed sockets=%d error=%s", len(entries), type(exc).__name__)
 
     def _buffered(self) -> None:
         wake = self._ledger_wake
@@ -243,6 +280,9 @@ class PresenceService:
         if self._stopped:
             return
         self._stopped = True
+        if self._touch_flush is not None:
+            self._touch_flush.cancel()
+            self._touch_flush = None
         for task in self._tasks:
             task.cancel()
         for task in self._tasks:

@@ -16,7 +16,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from typing import Any
+from typing import Any, NamedTuple
 from urllib.parse import parse_qsl
 
 import orjson
@@ -46,7 +46,7 @@ from rooms.protocol import (
     now_ms,
 )
 from rooms.runtime.connection import Connection, ConnectionState
-from rooms.runtime.direct_write import close_cleanly_on_protocol_errors, close_socket
+from rooms.runtime.direct_write import answer_at_edge, close_cleanly_on_protocol_errors, close_socket
 from rooms.runtime.messages import Binary, Frame, Join, Leave
 from rooms.runtime.registry import get_runtime
 
@@ -66,6 +66,11 @@ class RoomConsumer(AsyncConsumer):
     _kind: type[RoomKind] | None = None
     # time.monotonic() at the handshake (billing: long-session latency).
     _connected_at = 0.0
+    # The server's queue of this socket's messages (``qsize``), and whether
+    # this consumer waits on it with nothing of the socket's in hand: then a
+    # keepalive can be answered in the server's read (``_answer_at_edge``).
+    _queue: Any = None
+    _waiting = False
 
     @classmethod
     def as_asgi(cls, **initkwargs: Any) -> Any:
@@ -96,9 +101,13 @@ class RoomConsumer(AsyncConsumer):
         self.scope = scope
         self.channel_layer = None
         self.base_send = send
+        self._queue = getattr(receive, "__self__", None)
         try:
             while True:
-                await self.dispatch(await receive())
+                self._waiting = True
+                message = await receive()
+                self._waiting = False
+                await self.dispatch(message)
                 # Other sockets' frames go in between, as with Channels' new
                 # task per frame: a socket whose queue holds many frames
                 # (one network read) does not run them all in one go.
@@ -193,6 +202,8 @@ class RoomConsumer(AsyncConsumer):
         service = runtime.presence_service
         service.ensure_started()
         service.opened(conn, _header(self.scope, b"user-agent"), str(client[0]))
+        if not conn.binary and conn.write_frame is not None and hasattr(self._queue, "qsize"):
+            answer_at_edge(self.base_send, self._answer_at_edge)
         if self.identity.expires_at is not None:
             delay = max(0.0, self.identity.expires_at - time.time())
             self._expiry = asyncio.get_running_loop().call_later(delay, self._token_expired)
@@ -264,38 +275,64 @@ class RoomConsumer(AsyncConsumer):
                 # row; its connection span bills the sockets).
                 meter.op(KEEPALIVE_OP, keepalive)
 
+    def _answer_at_edge(self, text: str) -> bool:
+        """Answer a keepalive in the server's read of the socket, before it
+        is queued for this consumer; False: queue it as any other message.
+
+        What ``_text`` does for a ``ping`` or ``heartbeat`` (the pong, the
+        socket's liveness, the round trip and keepalive meters), in this
+        call: no task wake, no queue, one JSON parse. Taken only while the
+        consumer waits with nothing of this socket's in hand, so a pong never
+        overtakes a reply to an earlier frame. The backend's last-seen is
+        refreshed within the presence service's batch window
+        (``touch_soon``), not awaited. Anything else, an invalid frame
+        included, goes the usual way and gets the usual answer.
+        """
+        if '"ping"' not in text and '"heartbeat"' not in text:
+            return False
+        conn = self.conn
+        if conn is None or not self._waiting or self._queue.qsize() or conn.state is not ConnectionState.OPEN:
+            return False
+        envelope = _envelope(text)
+        if type(envelope) is _Fault or envelope[0] not in KEEPALIVES:
+            return False
+        type_, _, payload = envelope
+        if type_ == "ping" and not conn.reply_now(_pong(payload)):
+            return False  # nothing done yet: the consumer sends it
+        runtime = get_runtime()
+        service = runtime.presence_service
+        if service.heard(conn, True):
+            service.touch_soon(conn)
+        if type_ == "ping":
+            self._round_trip(payload)
+        meter.op(KEEPALIVE_OP, type_)
+        runtime.keepalives_at_edge += 1
+        return True
+
+    def _round_trip(self, payload: Any) -> None:
+        rtt = payload.get("rtt") if type(payload) is dict else None
+        if type(rtt) in (int, float) and 0 <= rtt <= 600_000:
+            # The client's measured round trip of an earlier ping (ms):
+            # an optional field (docs/billing.md), metered for latency.
+            long_session = time.monotonic() - self._connected_at >= billing_settings.ALERT_MIN_SESSION_SECONDS
+            meter.round_trip(self.room, float(rtt), long_session)
+
     async def _text(self, conn: Connection, text: str, received: float) -> str | None:
         """Handle one text frame; its type when it was a keepalive (``ping``, ``heartbeat``)."""
-        size = _utf8_size_at_least(text, dorm_settings.SOFT_FRAME_LIMIT_BYTES)
-        if size > dorm_settings.SOFT_FRAME_LIMIT_BYTES:
-            if len(text.encode()) > dorm_settings.HARD_FRAME_LIMIT_BYTES:
+        envelope = _envelope(text)
+        if type(envelope) is _Fault:
+            if envelope.reason == ErrorReason.TOO_LARGE and len(text.encode()) > dorm_settings.HARD_FRAME_LIMIT_BYTES:
                 await conn.close(CloseCode.MESSAGE_TOO_BIG, "frame larger than the hard limit")
             else:
-                await conn.error(ErrorReason.TOO_LARGE)
+                await conn.error(envelope.reason, envelope.client_id, envelope.detail)
             return None
-        try:
-            obj = orjson.loads(text)
-        except orjson.JSONDecodeError:
-            await conn.error(ErrorReason.INVALID_JSON)
-            return None
-        if type(obj) is not dict:
-            await conn.error(ErrorReason.INVALID_JSON, None, "a frame is one JSON object")
-            return None
-        client_id = obj.get("id")
-        if client_id is not None and (type(client_id) is not str or not 0 < len(client_id) <= MAX_CLIENT_ID_CHARS):
-            await conn.error(ErrorReason.INVALID_MESSAGE, None, f"id must be a string of 1-{MAX_CLIENT_ID_CHARS} characters")
-            return None
-        type_ = obj.get("type")
-        if type(type_) is not str or not MESSAGE_TYPE_RE.fullmatch(type_):
-            await conn.error(ErrorReason.INVALID_MESSAGE, client_id, "type must match [a-z_]{1,32}")
-            return None
-        payload = obj.get("payload")
+        type_, client_id, payload = envelope
         runtime = get_runtime()
         # Any frame says the socket is alive; the backend's last-seen is
         # refreshed on keepalives (a ping is a heartbeat with a reply: the
         # shipped clients send only pings) and at most every quarter TTL
         # otherwise.
-        if runtime.presence_service.heard(conn, type_ == "heartbeat" or type_ == "ping"):
+        if runtime.presence_service.heard(conn, type_ in KEEPALIVES):
             try:
                 await runtime.presence.touch(self.room, conn.id, conn.user_id)
             except Exception as exc:
@@ -305,15 +342,8 @@ class RoomConsumer(AsyncConsumer):
                 # entries anyway, and the cluster resets its sockets).
                 log.warning("presence touch failed room=%s user=%s error=%s", self.room, conn.user_id, type(exc).__name__)
         if type_ == "ping":
-            t = payload.get("t") if type(payload) is dict else None
-            pong: dict[str, Any] = {"type": "pong", "payload": {"t": t} if t is not None and _small_scalar(t) else {}, "ts": now_ms()}
-            await conn.reply(dumps(pong))
-            rtt = payload.get("rtt") if type(payload) is dict else None
-            if type(rtt) in (int, float) and 0 <= rtt <= 600_000:
-                # The client's measured round trip of an earlier ping (ms):
-                # an optional field (docs/billing.md), metered for latency.
-                long_session = time.monotonic() - self._connected_at >= billing_settings.ALERT_MIN_SESSION_SECONDS
-                meter.round_trip(self.room, float(rtt), long_session)
+            await conn.reply(_pong(payload))
+            self._round_trip(payload)
             return type_
         if type_ == "heartbeat":
             return type_
@@ -350,6 +380,7 @@ class RoomConsumer(AsyncConsumer):
         if self._placed:
             self._placed = False
             limits.release_occupancy(self.room, conn.id)
+        answer_at_edge(self.base_send, None)  # the protocol lets go of this consumer
         runtime = get_runtime()
         runtime.hub.remove(conn)
         if conn.close_code is not None:  # we closed it: our code says why
@@ -385,6 +416,43 @@ def _kind_or_none(name: str) -> type[RoomKind] | None:
     except UnknownKind:
         # A room whose kind is no longer configured: the actor refuses it.
         return None
+
+
+# The client frames that only keep a socket alive (not the room's traffic).
+KEEPALIVES = frozenset(("ping", "heartbeat"))
+
+
+class _Fault(NamedTuple):
+    """Why a text frame's envelope is refused: ``conn.error``'s arguments."""
+
+    reason: str
+    client_id: str | None = None
+    detail: str | None = None
+
+
+def _envelope(text: str) -> tuple[str, str | None, Any] | _Fault:
+    """A text frame's envelope, ``(type, id, payload)``, or why it is refused."""
+    if _utf8_size_at_least(text, dorm_settings.SOFT_FRAME_LIMIT_BYTES) > dorm_settings.SOFT_FRAME_LIMIT_BYTES:
+        return _Fault(ErrorReason.TOO_LARGE)
+    try:
+        obj = orjson.loads(text)
+    except orjson.JSONDecodeError:
+        return _Fault(ErrorReason.INVALID_JSON)
+    if type(obj) is not dict:
+        return _Fault(ErrorReason.INVALID_JSON, None, "a frame is one JSON object")
+    client_id = obj.get("id")
+    if client_id is not None and (type(client_id) is not str or not 0 < len(client_id) <= MAX_CLIENT_ID_CHARS):
+        return _Fault(ErrorReason.INVALID_MESSAGE, None, f"id must be a string of 1-{MAX_CLIENT_ID_CHARS} characters")
+    type_ = obj.get("type")
+    if type(type_) is not str or not MESSAGE_TYPE_RE.fullmatch(type_):
+        return _Fault(ErrorReason.INVALID_MESSAGE, client_id, "type must match [a-z_]{1,32}")
+    return type_, client_id, obj.get("payload")
+
+
+def _pong(payload: Any) -> str:
+    """The reply to a ``ping``: its small scalar ``t`` echoed, the server's time."""
+    t = payload.get("t") if type(payload) is dict else None
+    return dumps({"type": "pong", "payload": {"t": t} if t is not None and _small_scalar(t) else {}, "ts": now_ms()})
 
 
 def _utf8_size_at_least(text: str, limit: int) -> int:

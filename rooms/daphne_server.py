@@ -171,11 +171,24 @@ class LeanFrames:
     (as autobahn's ``autoPingRestartOnAnyTraffic``). A peer that sends
     nothing for ``autoPingTimeout`` (daphne's ``--ping-timeout``) after a
     ping is dropped as autobahn drops it (``onAutoPingTimeout``).
+
+    **Answers at the edge.** An application may answer some small text
+    messages itself, in this call, instead of having each one queued for its
+    task (``edge_answer``, set through ``direct_write.answer_at_edge``): the
+    consumer answers a keepalive ``ping`` this way while it has nothing else
+    of this socket's in hand, as Durable Objects' hibernation API answers a
+    ping without waking the object. The message is then not queued: no
+    ``onMessage``, no task wake, no second JSON parse.
     """
 
     # When the oldest unanswered ping went out (time.time()); 0.0: none.
     # A class default, so an idle socket that answers holds no entry for it.
     ping_sent_at = 0.0
+    # What the application set with ``answer_at_edge`` (direct_write.py):
+    # called with each small text message this mixin reads; True when it
+    # answered the message itself, which then never reaches the application's
+    # queue. None: every message is queued, as daphne does.
+    edge_answer: Any = None
 
     def _sendAutoPing(self) -> None:
         if self.state != self.STATE_OPEN:  # type: ignore[attr-defined]
@@ -225,10 +238,16 @@ class LeanFrames:
                 payload = unmask(data[head : head + 4], data[head + 4 : end])
                 if b0 == 0x81:
                     try:
-                        payload.decode()
+                        text = payload.decode()
                     except UnicodeDecodeError:
                         break  # autobahn closes with 1007
-                self.onMessage(payload, b0 == 0x82)  # type: ignore[attr-defined]
+                    answer = self.edge_answer
+                    if answer is None or self.muted or not answer(text):  # type: ignore[attr-defined]
+                        self.onMessage(payload, False)  # type: ignore[attr-defined]
+                    else:
+                        self.last_ping = time.time()  # as daphne's onMessage: the peer is there
+                else:
+                    self.onMessage(payload, True)  # type: ignore[attr-defined]
             elif b0 != 0x8A:
                 break  # ping, close, fragment, reserved bits: autobahn's
             # (a pong needs nothing: autobahn's own auto-ping is never pending)

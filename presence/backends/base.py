@@ -55,6 +55,10 @@ class PresenceBackend(Protocol):
     async def touch(self, room: str, connection_id: str, user_id: str) -> bool:
         """Refresh last-seen (heartbeat); False if the entry is unknown."""
 
+    async def touch_many(self, entries: list[tuple[str, str, str]]) -> None:
+        """``touch`` each ``(room, connection_id, user_id)``, in one round trip
+        where the backend has them."""
+
     async def is_online(self, room: str, user_id: str) -> bool:
         """Whether the user has a fresh connection in the room."""
 

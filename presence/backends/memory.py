@@ -97,6 +97,10 @@ class MemoryPresence:
         entry.last_seen = _now_ms()
         return True
 
+    async def touch_many(self, entries: list[tuple[str, str, str]]) -> None:
+        for room, connection_id, user_id in entries:
+            await self.touch(room, connection_id, user_id)
+
     async def is_online(self, room: str, user_id: str) -> bool:
         fresh_after = self._fresh_after()
         return any(e.last_seen > fresh_after for e in self._user_conns(room, user_id))

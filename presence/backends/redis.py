@@ -144,6 +144,10 @@ return out
 """
 
 
+# Keepalive refreshes per pipelined request (``touch_many``).
+TOUCH_PIPELINE_SLICE = 1000
+
+
 class RedisPresence:
     def __init__(self, url: str, prefix: str | None = None) -> None:
         self.prefix = prefix if prefix is not None else str(dorm_settings.PRESENCE_KEY_PREFIX)
@@ -199,6 +203,18 @@ class RedisPresence:
     async def touch(self, room: str, connection_id: str, user_id: str) -> bool:
         keys = self._keys(room, user_id)
         return bool(await self._touch(keys=keys, args=[connection_id, self._expire_ms(), f"{room}|{connection_id}"]))
+
+    async def touch_many(self, entries: list[tuple[str, str, str]]) -> None:
+        # One pipelined round trip (not a transaction: each touch is its own
+        # script, atomic by itself), in slices so one batch never builds an
+        # unbounded request.
+        expire_ms = self._expire_ms()
+        for start in range(0, len(entries), TOUCH_PIPELINE_SLICE):
+            pipe = self.client.pipeline(transaction=False)
+            for room, connection_id, user_id in entries[start : start + TOUCH_PIPELINE_SLICE]:
+                args = [connection_id, expire_ms, f"{room}|{connection_id}"]
+                await self._touch(keys=self._keys(room, user_id), args=args, client=pipe)
+            await pipe.execute()
 
     async def forget(self, room: str, connection_id: str, user_id: str) -> None:
         await self.leave(room, connection_id, user_id)

@@ -182,6 +182,22 @@ class Connection:
                 return
             self._written()
 
+    def reply_now(self, text: str) -> bool:
+        """Write a reply straight to the open socket, in this call; False
+        where only ``reply`` can send it (not open, no direct writes).
+
+        Framed here and written as the fan-out writes (one ack per durable
+        event: autobahn's path cost ~10 us). Same transport, written
+        synchronously: order with the ASGI ``send`` path is kept.
+        """
+        write = self.write_frame
+        if write is None or self.state is not ConnectionState.OPEN:
+            return False
+        written = write(text_frame(text))
+        if written is QUEUED:
+            self._written()
+        return bool(written)
+
     async def reply(self, text: str) -> None:
         if self.binary:
             return  # JSON replies (acks, errors, pong) mean nothing to a binary client
@@ -191,17 +207,8 @@ class Connection:
             # waits with the events, in order.
             self.buffer(None, {"type": "websocket.send", "text": text})
             return
-        write = self.write_frame
-        if write is not None and self.state is ConnectionState.OPEN:
-            # Framed here and written straight to the socket, as the fan-out
-            # does (one ack per durable event: autobahn's path cost ~10 us).
-            # Same transport, written synchronously: order with the ASGI
-            # ``send`` path is kept.
-            written = write(text_frame(text))
-            if written:
-                if written is QUEUED:
-                    self._written()
-                return
+        if self.reply_now(text):
+            return
         if self.state is not ConnectionState.CLOSED:
             try:
                 await self.send({"type": "websocket.send", "text": text})

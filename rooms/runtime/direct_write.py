@@ -177,6 +177,23 @@ def close_cleanly_on_protocol_errors(send: Any) -> None:
         proto.failByDrop = False
 
 
+def answer_at_edge(send: Any, answer: Callable[[str], bool] | None) -> bool:
+    """Have the server call ``answer(text)`` with each small text message of
+    this socket as it reads it; a message it returns True for is answered
+    and not queued for the application (None stops it).
+
+    ``answer`` runs in the server's read, on the event loop, before any later
+    message of the socket is queued. Only Dorm's daphne protocol
+    (``rooms/daphne_server.LeanFrames``) can do this; False elsewhere, where
+    every message comes through ``receive``.
+    """
+    proto = _daphne_protocol(send)
+    if proto is None or not hasattr(type(proto), "edge_answer"):
+        return False
+    proto.edge_answer = answer
+    return True
+
+
 def outbound_meter(send: Any) -> Callable[[], int] | None:
     """A function giving the bytes queued for this socket and not yet sent.
 

@@ -117,6 +117,9 @@ class Runtime:
         self.presence_service = PresenceService(self)
         self.registry = ActorRegistry(self)
         self.shutting_down = False
+        # Keepalives answered in the server's read, their consumer left
+        # asleep (rooms/consumer.py, ``_answer_at_edge``), since the start.
+        self.keepalives_at_edge = 0
         self.cluster: Cluster | None = None
         # Embedded mode: the alarm scheduler on this process's loop.
         self.scheduler: EmbeddedScheduler | None = None
@@ -203,7 +206,8 @@ def process_gauges(timeout: float = 2.0) -> dict[str, int] | None:
     here, slow sockets closed with 4408 so far. None without a running runtime.
 
     The leak tests read these through /metrics: after connect/disconnect and
-    wake/hibernate cycles they must come back to their baseline.
+    wake/hibernate cycles they must come back to their baseline. Also the
+    keepalives answered at the edge so far.
     """
     runtime = _runtime
     loop = runtime.loop if runtime is not None else None
@@ -219,6 +223,7 @@ def process_gauges(timeout: float = 2.0) -> dict[str, int] | None:
             "connections": sum(hub.count(r) for r in rooms),
             "rooms_with_connections": len(rooms),
             "slow_clients_closed": runtime.outbound_watch.closed_for_lag,
+            "keepalives_at_edge": runtime.keepalives_at_edge,
         }
 
     try:
