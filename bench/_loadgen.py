@@ -276,6 +276,18 @@ def cpu_seconds(pid: int) -> float | None:
     return (int(fields[11]) + int(fields[12])) / _CLK_TCK
 
 
+def user_seconds(pid: int) -> float | None:
+    """User-space CPU seconds of a process (utime), from /proc: the share a
+    change to Python code moves; system calls and the kernel's network
+    stack (on loopback, the peer's receive too) are in stime."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            fields = f.read().rsplit(b")", 1)[1].split()
+    except OSError:
+        return None
+    return int(fields[11]) / _CLK_TCK
+
+
 def core_times(cores: tuple[int, ...]) -> dict[int, tuple[int, int]]:
     """(busy, total) jiffies per core, from /proc/stat."""
     out: dict[int, tuple[int, int]] = {}

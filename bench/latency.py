@@ -58,7 +58,7 @@ from pathlib import Path
 from typing import Any
 
 import fanout
-from _loadgen import Recorder
+from _loadgen import Recorder, user_seconds
 from _rooms import Measure, RoomsConfig, anonymous_path, open_welcomed, run_rooms_step
 from cluster import source_tree
 from qa_spike import cpu_and_wait
@@ -177,6 +177,11 @@ def w_rooms(v: Variant, args: argparse.Namespace, rnd: int) -> dict[str, Any]:
     return step_row(v, "rooms", asyncio.run(run_rooms_step(cfg, measure(v, args, "rooms", rnd))), rnd)
 
 
+def tree_user(pid: int) -> float:
+    """User-space CPU seconds of the process tree (utime)."""
+    return sum(user_seconds(p) or 0.0 for p in tree(pid))
+
+
 def tree_ran(pid: int) -> float:
     """Seconds the process tree's threads ran (schedstat: nanoseconds)."""
     return sum(cpu_and_wait(p)[0] for p in tree(pid))
@@ -258,6 +263,7 @@ async def _idle(v: Variant, n: int, seconds: float, settle: float, py_spy: Path 
         perf_rec = subprocess.Popen(["perf", "record", "-g", "-p", str(v.pid), "-o", str(perf / f"idle-{v.name}.data"),
                                      "--", "sleep", str(int(seconds))], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     cpu0, ran0, w0 = tree_cpu(v.pid), tree_ran(v.pid), time.perf_counter()
+    user0 = tree_user(v.pid)
     sent0 = keepalives.sent if keepalives is not None else 0
     per_10s, ran_per_10s = [], []
     last, last_ran = cpu0, ran0
@@ -270,10 +276,12 @@ async def _idle(v: Variant, n: int, seconds: float, settle: float, py_spy: Path 
     wall = time.perf_counter() - w0
     idle_pct = (last - cpu0) / wall * 100
     ran_pct = (last_ran - ran0) / wall * 100
-    keepalive_us = None
+    user = tree_user(v.pid) - user0
+    keepalive_us = keepalive_user_us = None
     if keepalives is not None:
         sent = keepalives.sent - sent0
         keepalive_us = (last_ran - ran0) / sent * 1e6 if sent else None
+        keepalive_user_us = user / sent * 1e6 if sent else None
         keepalives.stop()
     if spy is not None:
         spy.wait(timeout=seconds + 30)
@@ -287,7 +295,8 @@ async def _idle(v: Variant, n: int, seconds: float, settle: float, py_spy: Path 
             c.transport.close()
     await asyncio.sleep(3.0)
     return {"held": n - failed, "open_s": open_s, "idle_cpu_pct": idle_pct, "cpu_ms_per_10s": per_10s,
-            "ran_pct": ran_pct, "ran_ms_per_10s": ran_per_10s, "keepalive_us": keepalive_us}
+            "ran_pct": ran_pct, "ran_ms_per_10s": ran_per_10s, "keepalive_us": keepalive_us,
+            "user_pct": user / wall * 100, "keepalive_user_us": keepalive_user_us}
 
 
 def w_idle(v: Variant, args: argparse.Namespace, rnd: int) -> dict[str, Any]:
@@ -297,10 +306,11 @@ def w_idle(v: Variant, args: argparse.Namespace, rnd: int) -> dict[str, Any]:
     d = asyncio.run(_idle(v, args.idle_rooms, args.idle_seconds, args.idle_settle, args.py_spy, args.strace, args.perf,
                           args.idle_heartbeat, keepalive))
     row = {"variant": v.name, "workload": "idle", "round": rnd, **d, "load": os.getloadavg()[0]}
-    per_keepalive = "" if d["keepalive_us"] is None else f"; {d['keepalive_us']:.1f} us of server CPU per keepalive"
+    per_keepalive = "" if d["keepalive_us"] is None else (
+        f"; {d['keepalive_us']:.1f} us of server CPU per keepalive ({d['keepalive_user_us']:.1f} in user space)")
     log(f"  round {rnd} idle    {v.name:12} {d['held']:,} rooms held (opened in {d['open_s']:.0f} s): idle CPU"
         f" {d['idle_cpu_pct']:.3f}% of a core over {args.idle_seconds:.0f} s; CPU ms per 10 s {d['cpu_ms_per_10s']};"
-        f" ran (schedstat) {d['ran_pct']:.3f}%, ms per 10 s {d['ran_ms_per_10s']}{per_keepalive};"
+        f" ran (schedstat) {d['ran_pct']:.3f}%, ms per 10 s {d['ran_ms_per_10s']}; user {d['user_pct']:.3f}%{per_keepalive};"
         f" load {row['load']:.2f}")
     return row
 
@@ -311,8 +321,8 @@ WORKLOADS = {"fanout": w_fanout, "rooms": w_rooms, "idle": w_idle}
 def summary(variants: list[Variant]) -> str:
     lines = ["| workload | variant | runs | p50 ms (median) | p99 ms (median) | p99 ms (each run) | server CPU us/msg (median) | other load % (each run) |",
              "|---|---|---|---|---|---|---|---|"]
-    idle = ["| variant | runs | idle CPU % of a core (each run) | CPU ms per 10 s | ran % (schedstat, each run) | ran ms per 10 s | us per keepalive |",
-            "|---|---|---|---|---|---|---|"]
+    idle = ["| variant | runs | idle CPU % of a core (each run) | CPU ms per 10 s | ran % (schedstat, each run) | ran ms per 10 s | us per keepalive | of which user space |",
+            "|---|---|---|---|---|---|---|---|"]
     for w in ("fanout", "rooms"):
         for v in variants:
             rows = [r for r in v.rows if r["workload"] == w]
@@ -329,7 +339,8 @@ def summary(variants: list[Variant]) -> str:
                         f" | {'; '.join(str(r['cpu_ms_per_10s']) for r in rows)}"
                         f" | {', '.join(format(r.get('ran_pct', float('nan')), '.3f') for r in rows)}"
                         f" | {'; '.join(str(r.get('ran_ms_per_10s')) for r in rows)}"
-                        f" | {', '.join(fanout.fmt(r.get('keepalive_us'), 1) for r in rows)} |")
+                        f" | {', '.join(fanout.fmt(r.get('keepalive_us'), 1) for r in rows)}"
+                        f" | {', '.join(fanout.fmt(r.get('keepalive_user_us'), 1) for r in rows)} |")
     out = "\n".join(lines)
     if len(idle) > 2:
         out += "\n\n" + "\n".join(idle)
