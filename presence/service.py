@@ -88,7 +88,7 @@ class PresenceService:
         # batches (``touch_soon``): the sockets due, and the flush's timer.
         self._touches: dict[str, Connection] = {}
         self._touch_flush: asyncio.TimerHandle | None = None
-        self._touch_task: asyncio.Task[None] | None = None
+        self._touch_tasks: set[asyncio.Task[None]] = set()  # referenced until done
 
     def ensure_started(self) -> None:
         if self._tasks or self._stopped:
@@ -132,7 +132,9 @@ class PresenceService:
         due, self._touches = self._touches, {}
         entries = [(c.room, c.id, c.user_id) for c in due.values() if not c.closed]
         if entries:
-            self._touch_task = asyncio.get_running_loop().create_task(self._touch_all(entries))
+            task = asyncio.get_running_loop().create_task(self._touch_all(entries))
+            self._touch_tasks.add(task)
+            task.add_done_callback(self._touch_tasks.discard)
 
     async def _touch_all(self, entries: list[tuple[str, str, str]]) -> None:
         try:
