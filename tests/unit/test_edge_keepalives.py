@@ -89,7 +89,7 @@ payloads = st.one_of(
 )
 envelopes = st.fixed_dictionaries(
     {"type": st.sampled_from(["ping", "heartbeat", "draw", "pong", "PING", "ping ", 7])},
-    optional={"payload": payloads, "id": st.one_of(st.text(max_size=70), st.integers(), st.none())},
+    optional={"payload": payloads, "id": st.one_of(st.text(max_size=70), st.integers(-(2**63), 2**63 - 1), st.none())},
 )
 frames = st.one_of(
     envelopes.map(lambda e: orjson.dumps(e).decode()),
