@@ -299,14 +299,20 @@ class RoomConsumer(AsyncConsumer):
         type_, _, payload = envelope
         if type_ == "ping" and not conn.reply_now(_pong(payload)):
             return False  # nothing done yet: the consumer sends it
-        runtime = get_runtime()
-        service = runtime.presence_service
-        if service.heard(conn, True):
-            service.touch_soon(conn)
-        if type_ == "ping":
-            self._round_trip(payload)
-        meter.op(KEEPALIVE_OP, type_)
-        runtime.keepalives_at_edge += 1
+        try:
+            runtime = get_runtime()
+            service = runtime.presence_service
+            if service.heard(conn, True):
+                service.touch_soon(conn)
+            if type_ == "ping":
+                self._round_trip(payload)
+            meter.op(KEEPALIVE_OP, type_)
+            runtime.keepalives_at_edge += 1
+        except Exception:
+            # The answer went out; this only notes it. An exception must not
+            # reach daphne's read, which would drop the socket, nor send the
+            # frame on to be answered twice.
+            log.exception("keepalive bookkeeping failed room=%s type=%s", self.room, type_)
         return True
 
     def _round_trip(self, payload: Any) -> None:

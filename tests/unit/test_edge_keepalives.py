@@ -209,3 +209,17 @@ async def test_touch_many_refreshes_known_entries_and_creates_none(redis_url: st
             assert await backend.online(["w"]) == {}
         if isinstance(backend, RedisPresence):
             await backend.close()
+
+
+async def test_a_failure_after_the_pong_is_logged_and_the_ping_not_answered_twice(
+    runtime: Any, monkeypatch: Any, caplog: Any
+) -> None:
+    def broken(conn: Connection, heartbeat: bool = False) -> bool:
+        raise RuntimeError("presence bookkeeping broke")
+
+    monkeypatch.setattr(runtime.presence_service, "heard", broken)
+    conn, written = _open_conn("broken", "u")
+    with caplog.at_level(logging.ERROR, logger="dorm.rooms"):
+        assert _consumer(conn)._answer_at_edge('{"type":"ping","payload":{"t":3}}')
+    assert _texts(written) == [{"type": "pong", "payload": {"t": 3}}]
+    assert [r.getMessage() for r in caplog.records] == ["keepalive bookkeeping failed room=broken type=ping"]
