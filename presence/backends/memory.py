@@ -91,15 +91,21 @@ class MemoryPresence:
         return True
 
     async def touch(self, room: str, connection_id: str, user_id: str = "") -> bool:
+        return self._touch(room, connection_id, _now_ms())
+
+    async def touch_many(self, entries: list[tuple[str, str, str]]) -> None:
+        # One clock read and no coroutine per entry: a window holds every
+        # socket that kept alive in it.
+        now = _now_ms()
+        for room, connection_id, _ in entries:
+            self._touch(room, connection_id, now)
+
+    def _touch(self, room: str, connection_id: str, now: float) -> bool:
         entry = self._rooms.get(room, {}).get(connection_id)
         if entry is None:
             return False
-        entry.last_seen = _now_ms()
+        entry.last_seen = now
         return True
-
-    async def touch_many(self, entries: list[tuple[str, str, str]]) -> None:
-        for room, connection_id, user_id in entries:
-            await self.touch(room, connection_id, user_id)
 
     async def is_online(self, room: str, user_id: str) -> bool:
         fresh_after = self._fresh_after()
