@@ -31,7 +31,8 @@ Workloads (issue 12's latency targets and idle CPU):
   ``--idle-keepalive heartbeat+ping``, or ``BENCH_KEEPALIVE=heartbeat+ping``
   in one variant, sends a ``heartbeat`` before each ping, as the clients did
   before 2026-11-26); the row then also has the server's CPU per keepalive
-  (its frames and the pong).
+  (its frames and the pong), and the user-space part of it (utime: what a
+  change to Python code moves; the system calls are the rest).
 
 Besides wall-clock latency, every row has the server's CPU time per message
 (us/msg), which the other load on a shared machine distorts least.

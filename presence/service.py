@@ -285,8 +285,11 @@ class PresenceService:
         if self._touch_flush is not None:
             self._touch_flush.cancel()
             self._touch_flush = None
-        for task in self._tasks:
+        # Touches in flight: the sockets are closing, nothing to refresh.
+        for task in (*self._tasks, *self._touch_tasks):
             task.cancel()
+        if self._touch_tasks:
+            await asyncio.gather(*self._touch_tasks, return_exceptions=True)
         for task in self._tasks:
             try:
                 await task

@@ -223,3 +223,23 @@ async def test_a_failure_after_the_pong_is_logged_and_the_ping_not_answered_twic
         assert _consumer(conn)._answer_at_edge('{"type":"ping","payload":{"t":3}}')
     assert _texts(written) == [{"type": "pong", "payload": {"t": 3}}]
     assert [r.getMessage() for r in caplog.records] == ["keepalive bookkeeping failed room=broken type=ping"]
+
+
+async def test_stopping_cancels_touches_in_flight_without_a_warning(runtime: Any, monkeypatch: Any, caplog: Any) -> None:
+    service = runtime.presence_service
+    started = asyncio.Event()
+
+    async def slow(entries: list[tuple[str, str, str]]) -> None:
+        started.set()
+        await asyncio.sleep(60)  # a Redis that does not answer
+
+    monkeypatch.setattr(runtime.presence, "touch_many", slow)
+    with dorm(PRESENCE_TTL_SECONDS=0.6), caplog.at_level(logging.WARNING, logger="dorm.presence"):
+        service.touch_soon(_open_conn("stop", "a")[0])
+        await asyncio.wait_for(started.wait(), 2)
+        in_flight = set(service._touch_tasks)
+        await asyncio.wait_for(service.stop(), 5)
+        service.touch_soon(_open_conn("stop", "b")[0])  # after the stop: no new window
+    assert in_flight and all(task.cancelled() for task in in_flight)
+    assert service._touch_flush is None
+    assert not [r for r in caplog.records if "touch failed" in r.getMessage()]
