@@ -66,11 +66,10 @@ class RoomConsumer(AsyncConsumer):
     _kind: type[RoomKind] | None = None
     # time.monotonic() at the handshake (billing: long-session latency).
     _connected_at = 0.0
-    # The server's queue of this socket's messages (``qsize``), and whether
-    # this consumer waits on it with nothing of the socket's in hand: then a
-    # keepalive can be answered in the server's read (``_answer_at_edge``).
+    # The server's queue of this socket's messages: while this consumer waits
+    # on it with nothing queued (``awaited_empty``), a keepalive can be
+    # answered in the server's read (``_answer_at_edge``).
     _queue: Any = None
-    _waiting = False
 
     @classmethod
     def as_asgi(cls, **initkwargs: Any) -> Any:
@@ -104,10 +103,7 @@ class RoomConsumer(AsyncConsumer):
         self._queue = getattr(receive, "__self__", None)
         try:
             while True:
-                self._waiting = True
-                message = await receive()
-                self._waiting = False
-                await self.dispatch(message)
+                await self.dispatch(await receive())
                 # Other sockets' frames go in between, as with Channels' new
                 # task per frame: a socket whose queue holds many frames
                 # (one network read) does not run them all in one go.
@@ -202,7 +198,7 @@ class RoomConsumer(AsyncConsumer):
         service = runtime.presence_service
         service.ensure_started()
         service.opened(conn, _header(self.scope, b"user-agent"), str(client[0]))
-        if not conn.binary and conn.write_frame is not None and hasattr(self._queue, "qsize"):
+        if not conn.binary and conn.write_frame is not None and hasattr(self._queue, "awaited_empty"):
             answer_at_edge(self.base_send, self._answer_at_edge)
         if self.identity.expires_at is not None:
             delay = max(0.0, self.identity.expires_at - time.time())
@@ -291,7 +287,7 @@ class RoomConsumer(AsyncConsumer):
         if '"ping"' not in text and '"heartbeat"' not in text:
             return False
         conn = self.conn
-        if conn is None or not self._waiting or self._queue.qsize() or conn.state is not ConnectionState.OPEN:
+        if conn is None or not self._queue.awaited_empty() or conn.state is not ConnectionState.OPEN:
             return False
         envelope = _envelope(text)
         if type(envelope) is _Fault or envelope[0] not in KEEPALIVES:

@@ -93,6 +93,12 @@ class ApplicationQueue:
     def qsize(self) -> int:
         return 0 if self._items is None else len(self._items)
 
+    def awaited_empty(self) -> bool:
+        """A getter waits and nothing is queued: the reader (one task) has
+        nothing of this queue in hand."""
+        waiter = self._waiter
+        return waiter is not None and not waiter.done()
+
     async def get(self) -> Any:
         while not self._items:
             waiter = self._waiter

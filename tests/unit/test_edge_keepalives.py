@@ -21,6 +21,7 @@ from hypothesis import HealthCheck, given, settings as hsettings, strategies as 
 from presence.process import PROCESS_ID
 from rooms.auth import Identity
 from rooms.consumer import RoomConsumer
+from rooms.daphne_server import ApplicationQueue
 from rooms.runtime.connection import Connection, ConnectionState
 from rooms.runtime.direct_write import SENT
 from rooms.runtime.registry import get_runtime, reset_runtime
@@ -51,19 +52,19 @@ def _open_conn(room: str, user: str) -> tuple[Connection, list[bytes]]:
 
 
 class _Queue:
-    """The server's queue of the socket, as the consumer sees it (``qsize``)."""
+    """The server's queue of the socket, as the consumer sees it (``awaited_empty``)."""
 
-    def __init__(self, size: int = 0) -> None:
-        self.size = size
+    def __init__(self, waiting: bool, queued: int) -> None:
+        self.waiting, self.queued = waiting, queued
 
-    def qsize(self) -> int:
-        return self.size
+    def awaited_empty(self) -> bool:
+        return self.waiting and not self.queued
 
 
 def _consumer(conn: Connection, waiting: bool = True, queued: int = 0) -> RoomConsumer:
     consumer = RoomConsumer()
     consumer.conn, consumer.room = conn, conn.room
-    consumer._queue, consumer._waiting = _Queue(queued), waiting
+    consumer._queue = _Queue(waiting, queued)
     consumer.identity = Identity(conn.user_id, conn.scope)
     return consumer
 
@@ -144,6 +145,22 @@ async def test_the_edge_passes_on_while_the_consumer_has_something_of_the_socket
     assert _consumer(conn)._answer_at_edge(ping)
     assert _texts(written) == [{"type": "pong", "payload": {"t": 1}}]
     assert runtime.keepalives_at_edge == before + 1
+
+
+async def test_the_queue_is_awaited_empty_only_while_its_reader_waits_on_nothing() -> None:
+    queue = ApplicationQueue()
+    assert not queue.awaited_empty()  # nobody reads yet
+    reader = asyncio.ensure_future(queue.get())
+    await asyncio.sleep(0)
+    assert queue.awaited_empty()
+    queue.put_nowait("frame")
+    assert not queue.awaited_empty()  # queued, the reader not yet run
+    assert await reader == "frame"
+    assert not queue.awaited_empty()  # the reader has it in hand
+    reader = asyncio.ensure_future(queue.get())
+    await asyncio.sleep(0)
+    assert queue.awaited_empty()
+    reader.cancel()
 
 
 # -- presence touches from the edge, in batches ------------------------------------------
