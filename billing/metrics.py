@@ -122,12 +122,19 @@ class DormCollector(Collector):
             value=float("nan") if alert["median_ms"] is None else alert["median_ms"],
         )
         yield GaugeMetricFamily("dorm_latency_alert_threshold_ms", "The alert's threshold", value=alert["threshold_ms"])
-        from rooms.runtime.registry import process_gauges
+        from rooms.runtime.registry import event_loop_kind, process_gauges
 
         gauges = process_gauges()
         if gauges is not None:
             for key, doc in PROCESS_GAUGES.items():
                 yield GaugeMetricFamily(f"dorm_process_{key}", doc, value=gauges[key])
+        loop_kind = event_loop_kind()
+        if loop_kind is not None:
+            loop = GaugeMetricFamily(
+                "dorm_process_event_loop", "1 for the event loop this process runs on (DORM_EVENT_LOOP)", labels=["loop"]
+            )
+            loop.add_metric([loop_kind], 1)
+            yield loop
 
 
 def exposition() -> bytes:

@@ -236,8 +236,12 @@ def lazy_autobahn_debug_formatting() -> None:
         protocol.Timings.__str__ = timings_text  # type: ignore[method-assign]
 
 
-def start_with_daphne() -> None:
-    """daphne has no lifespan: start the runtime once its reactor loop runs."""
+def start_with_daphne(event_loop: str = "uvloop") -> None:
+    """daphne has no lifespan: start the runtime once its reactor loop runs.
+
+    ``event_loop`` (``DORM_EVENT_LOOP``): "uvloop" moves daphne's reactor onto
+    uvloop's event loop (asyncio's if uvloop is missing), "asyncio" keeps
+    asyncio's own (``daphne_server.install``)."""
     import sys
 
     if "daphne.server" not in sys.modules:
@@ -247,7 +251,7 @@ def start_with_daphne() -> None:
 
     # daphne's command line imports the application before it builds its
     # server, so the server it builds is this one.
-    daphne_server.install()
+    daphne_server.install(event_loop.strip().lower() or "uvloop")
     from twisted.internet import reactor
 
     # callLater, not callWhenRunning: the latter runs before the asyncio

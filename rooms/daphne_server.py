@@ -25,7 +25,10 @@ sockets that was ~3.9 % of a core of pure bookkeeping (docs/performance.md,
 - autobahn's configuration (29 options, the same for every socket) is read
   from the protocol class instead of copied into every protocol's
   ``__dict__``, and what the handshake alone needed is let go once the socket
-  is open (``LeanWebSocketFactory``: ~2.5 KB less per idle socket).
+  is open (``LeanWebSocketFactory``: ~2.5 KB less per idle socket);
+- the reactor dispatches socket events without twisted's logging context
+  (``call_logging_errors``) and runs on uvloop's event loop instead of
+  asyncio's (``move_reactor_to_uvloop``, ``DORM_EVENT_LOOP``).
 
 The sweeps keep daphne's periods (1 s and 2 s), so every check happens in
 the same sweep daphne's would have acted in. Small client frames are
@@ -507,11 +510,113 @@ def small_frames_unmasked_in_python() -> None:
     protocol.create_xor_masker = create_xor_masker
 
 
-def install() -> None:
+def call_logging_errors(selectable: Any, func: Any, *args: Any) -> Any:
+    """twisted's ``log.callWithLogger`` for the reactor's socket events,
+    without the logging context it sets up around every call.
+
+    The asyncio reactor calls each ready socket's ``doRead``/``doWrite``
+    through ``callWithLogger``: the socket's log prefix, a context dict copied
+    and pushed and popped (``twisted.python.context``), ~1.1 us per event,
+    for every client frame and keepalive. That context only names the
+    ``system`` of legacy twisted log lines written during the call, and
+    daphne sends twisted's log nowhere (verbosity 1, the default) or to
+    Python logging, whose records do not show it. What matters is kept: an
+    exception is logged with the socket's prefix and goes no further, as
+    ``callWithLogger`` does.
+    """
+    try:
+        return func(*args)
+    except KeyboardInterrupt:
+        raise
+    except BaseException:
+        from twisted.python import log
+
+        try:
+            system = selectable.logPrefix()
+        except BaseException:  # as callWithLogger: a broken logPrefix must not hide the error
+            system = "(buggy logPrefix method)"
+        log.err(system=system)
+        return None
+
+
+def reactor_events_without_log_context() -> None:
+    """Have the asyncio reactor dispatch socket events through
+    ``call_logging_errors`` (idempotent; sockets registered after this)."""
+    from twisted.internet import asyncioreactor
+
+    asyncioreactor.callWithLogger = call_logging_errors  # type: ignore[attr-defined]
+
+
+EVENT_LOOPS = ("uvloop", "asyncio")
+
+
+def move_reactor_to_uvloop(reactor: Any) -> bool:
+    """Give daphne's asyncio reactor a uvloop loop instead of asyncio's own,
+    before it runs; True when it now has one.
+
+    daphne builds its reactor on ``asyncio.new_event_loop()`` when its
+    command line starts, before the application (and any setting of it) is
+    imported, so the loop cannot be chosen by policy. It is swapped here
+    instead, while nothing runs on it: the reactor's registered sockets (its
+    waker) move to the new loop through the reactor's own remove/add calls,
+    and the loop's default executor (daphne's ``ASGI_THREADS``) goes with
+    them. A loop that already has a call scheduled (by the reactor or
+    directly) or runs is kept. uvloop runs the loop in C (libuv): every turn,
+    socket event, timer and ``call_soon`` costs less Python
+    (docs/performance.md, "Eleventh round").
+    """
+    try:
+        import uvloop
+    except ImportError:
+        logger.warning("DORM_EVENT_LOOP=uvloop but uvloop is not installed: asyncio's event loop stays")
+        return False
+    current = reactor._asyncioEventloop
+    if isinstance(current, uvloop.Loop):
+        return True
+    if (
+        reactor.running
+        or current.is_running()
+        or reactor.getDelayedCalls()
+        or getattr(current, "_ready", ())
+        or getattr(current, "_scheduled", ())
+    ):
+        logger.warning("daphne's event loop already has work scheduled: it stays asyncio's, not uvloop")
+        return False
+    loop = uvloop.new_event_loop()
+    executor = getattr(current, "_default_executor", None)
+    if executor is not None:
+        loop.set_default_executor(executor)
+        current._default_executor = None  # closing the old loop would shut it down
+    readers, writers = reactor.getReaders(), reactor.getWriters()
+    for reader in readers:
+        reactor.removeReader(reader)
+    for writer in writers:
+        reactor.removeWriter(writer)
+    reactor._asyncioEventloop = loop
+    for reader in readers:
+        reactor.addReader(reader)
+    for writer in writers:
+        reactor.addWriter(writer)
+    import daphne.server
+
+    if getattr(daphne.server, "twisted_loop", None) is current:
+        daphne.server.twisted_loop = loop
+    current.close()
+    return True
+
+
+def install(event_loop: str = "uvloop") -> None:
     """Make daphne's command line start this server class, with small frames'
-    masks done in Python."""
+    masks done in Python, socket events dispatched without twisted's logging
+    context, and (``event_loop`` "uvloop", ``DORM_EVENT_LOOP``) uvloop's
+    event loop."""
     from daphne import cli
 
+    if event_loop not in EVENT_LOOPS:
+        raise ValueError(f"DORM_EVENT_LOOP must be one of {', '.join(EVENT_LOOPS)}, not {event_loop!r}")
     if cli.CommandLineInterface.server_class is Server:
         cli.CommandLineInterface.server_class = LeanDaphneServer
     small_frames_unmasked_in_python()
+    reactor_events_without_log_context()
+    if event_loop == "uvloop":
+        move_reactor_to_uvloop(reactor)

@@ -200,6 +200,16 @@ class Runtime:
         log.info("shutdown done ms=%d", int((time.monotonic() - started) * 1000))
 
 
+def event_loop_kind() -> str | None:
+    """"uvloop" or "asyncio": the event loop this process's runtime runs on
+    (``DORM_EVENT_LOOP`` under daphne; uvicorn's ``--loop``). None without a runtime."""
+    runtime = _runtime
+    loop = runtime.loop if runtime is not None else None
+    if loop is None:
+        return None
+    return "uvloop" if type(loop).__module__.partition(".")[0] == "uvloop" else "asyncio"
+
+
 def process_gauges(timeout: float = 2.0) -> dict[str, int] | None:
     """This process's live runtime, read on its event loop (callable from any
     thread): asyncio tasks, live actors, open sockets and rooms with sockets

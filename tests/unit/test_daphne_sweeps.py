@@ -242,10 +242,10 @@ def test_daphnes_command_line_builds_this_server() -> None:
     saved = cli.CommandLineInterface.server_class
     try:
         cli.CommandLineInterface.server_class = Server
-        daphne_server.install()
+        daphne_server.install("asyncio")
         assert cli.CommandLineInterface.server_class is LeanDaphneServer
         cli.CommandLineInterface.server_class = other = type("Other", (Server,), {})
-        daphne_server.install()  # someone else's choice stands
+        daphne_server.install("asyncio")  # someone else's choice stands
         assert cli.CommandLineInterface.server_class is other
     finally:
         cli.CommandLineInterface.server_class = saved
