@@ -256,6 +256,16 @@ def test_the_reactor_moves_to_uvloop_with_its_sockets_and_executor() -> None:
     assert move_reactor_to_uvloop(reactor)  # idempotent
     assert reactor._asyncioEventloop is loop
 
+    # The waker (what a signal or wakeUp() writes to) is watched by the new
+    # loop: a wake is read there.
+    drained: list[bool] = []
+    waker = reactor.waker
+    original_read = waker.doRead
+    waker.doRead = lambda: (drained.append(True), original_read())[1]  # type: ignore[method-assign]
+    reactor.wakeUp()
+    loop.run_until_complete(asyncio.sleep(0.05))
+    assert drained
+
     # It runs: a timer, a call from another thread (call_soon_threadsafe),
     # then a stop, on the new loop.
     seen: list[str] = []
