@@ -53,6 +53,6 @@ application = Lifespan(
         }
     )
 )
-start_with_daphne(os.environ.get("DORM_EVENT_LOOP", "uvloop"))
+start_with_daphne(os.environ.get("DORM_EVENT_LOOP", ""))
 tune_gc(os.environ.get("DORM_GC_THRESHOLDS", ""))
 

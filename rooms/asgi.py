@@ -239,7 +239,7 @@ def lazy_autobahn_debug_formatting() -> None:
 def start_with_daphne(event_loop: str = "uvloop") -> None:
     """daphne has no lifespan: start the runtime once its reactor loop runs.
 
-    ``event_loop`` (``DORM_EVENT_LOOP``): "uvloop" moves daphne's reactor onto
+    ``event_loop`` (``DORM_EVENT_LOOP``): "uvloop" (or empty) moves daphne's reactor onto
     uvloop's event loop (asyncio's if uvloop is missing), "asyncio" keeps
     asyncio's own (``daphne_server.install``)."""
     import sys
@@ -251,7 +251,7 @@ def start_with_daphne(event_loop: str = "uvloop") -> None:
 
     # daphne's command line imports the application before it builds its
     # server, so the server it builds is this one.
-    daphne_server.install(event_loop.strip().lower() or "uvloop")
+    daphne_server.install(event_loop)
     from twisted.internet import reactor
 
     # callLater, not callWhenRunning: the latter runs before the asyncio

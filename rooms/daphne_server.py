@@ -612,6 +612,7 @@ def install(event_loop: str = "uvloop") -> None:
     event loop."""
     from daphne import cli
 
+    event_loop = event_loop.strip().lower() or EVENT_LOOPS[0]
     if event_loop not in EVENT_LOOPS:
         raise ValueError(f"DORM_EVENT_LOOP must be one of {', '.join(EVENT_LOOPS)}, not {event_loop!r}")
     if cli.CommandLineInterface.server_class is Server:

@@ -46,6 +46,23 @@ class Recorder(Protocol):
         self.events.append(("lost", reason.type.__name__ if reason is not None else None))
 
 
+class Recording(Factory):
+    """Builds a ``Recorder`` per connection, all writing to ``events``."""
+
+    def __init__(self, events: list[Any]) -> None:
+        self.events = events
+        self.protocols: list[Recorder] = []
+
+    def buildProtocol(self, addr: Any) -> Protocol:
+        self.protocols.append(Recorder(self.events))
+        return self.protocols[-1]
+
+
+def read_callback(loop: asyncio.AbstractEventLoop, transport: Any) -> Any:
+    """What asyncio's loop calls when ``transport``'s socket is readable."""
+    return loop._selector.get_key(transport.fileno()).data[0]._callback  # type: ignore[attr-defined]
+
+
 @pytest.fixture
 def dispatch(monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable[[str], None]]:
     """Choose how the asyncio reactor dispatches socket events ("twisted" or
@@ -77,15 +94,9 @@ def run_scenario(sends: list[bytes], ending: str, *, uv: bool = False) -> tuple[
             failures.append(event)
 
     globalLogPublisher.addObserver(observe)
-    protocols: list[Any] = []
-
-    class Recording(Factory):
-        def buildProtocol(self, addr: Any) -> Protocol:
-            protocol = Recorder(events)
-            protocols.append(protocol)
-            return protocol
-
-    port = reactor.listenTCP(0, Recording(), interface="127.0.0.1")
+    factory = Recording(events)
+    protocols = factory.protocols
+    port = reactor.listenTCP(0, factory, interface="127.0.0.1")
     client = socket.create_connection(("127.0.0.1", port.getHost().port))
 
     def turn(seconds: float = 0.02) -> None:
@@ -95,9 +106,7 @@ def run_scenario(sends: list[bytes], ending: str, *, uv: bool = False) -> tuple[
         turn()
         handle = None
         if protocols and not uv:
-            transport = protocols[0].transport
-            key = loop._selector.get_key(transport.fileno())  # type: ignore[attr-defined]
-            handle = key.data[0]._callback
+            handle = read_callback(loop, protocols[0].transport)
         for data in sends:
             client.sendall(data)
             turn()
@@ -178,14 +187,9 @@ def test_paused_socket_is_not_read_until_resumed(dispatch: Callable[[str], None]
     loop = asyncio.new_event_loop()
     reactor = asyncioreactor.AsyncioSelectorReactor(loop)
     events: list[Any] = []
-    protocols: list[Recorder] = []
-
-    class Recording(Factory):
-        def buildProtocol(self, addr: Any) -> Protocol:
-            protocols.append(Recorder(events))
-            return protocols[-1]
-
-    port = reactor.listenTCP(0, Recording(), interface="127.0.0.1")
+    factory = Recording(events)
+    protocols = factory.protocols
+    port = reactor.listenTCP(0, factory, interface="127.0.0.1")
     client = socket.create_connection(("127.0.0.1", port.getHost().port))
     try:
         loop.run_until_complete(asyncio.sleep(0.02))
@@ -195,7 +199,7 @@ def test_paused_socket_is_not_read_until_resumed(dispatch: Callable[[str], None]
         loop.run_until_complete(asyncio.sleep(0.05))
         assert events == []
         transport.resumeProducing()
-        assert loop._selector.get_key(transport.fileno()).data[0]._callback is call_logging_errors  # type: ignore[attr-defined]
+        assert read_callback(loop, transport) is call_logging_errors
         loop.run_until_complete(asyncio.sleep(0.05))
         assert events == [("data", b"held")]
     finally:
