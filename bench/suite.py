@@ -27,6 +27,11 @@ Workloads:
 - ``connect``: new connections per second with token auth (HS256 room tokens
   minted here with the server's secret; 50 connecting at a time).
   Miniflare's worker does not check tokens (it takes ?userId=).
+- ``storm``: a join storm into one room: ``--storm-connections`` (5,000) with
+  token auth, 50 connecting at a time, none leaving; joins/s, server CPU and
+  frames received per join for each tenth of the storm and each half. The
+  second half is what a join costs in a big room (every join is announced
+  to the room, and every welcome lists the room).
 - ``idle``: RSS per idle connection at 15,000 connections (this process and
   the servers get the hard open-files limit as their soft limit).
 - ``hibernation``: Dorm only: 10,000 rooms with one open connection each,
@@ -386,6 +391,94 @@ async def _connect(server: Server, n: int, concurrency: int, tokens: bool) -> tu
     return rate, failed, cpu
 
 
+class CountingRecorder(Recorder):
+    """Counts every frame the clients receive, and its bytes."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.frames = 0
+        self.bytes = 0
+
+    def on_frame(self, data: bytes) -> None:
+        self.frames += 1
+        self.bytes += len(data)
+
+
+class StormClient(Client):
+    """Takes the welcome without parsing it: at 5,000 members it lists 5,000
+    users, and parsing it (~1.2 ms) cost the generator more than the join
+    cost the server."""
+
+    def _frame(self, fin: int, opcode: int, payload: bytes) -> None:
+        if fin and opcode == 1 and not self.welcome.done() and payload.startswith(b'{"type":"welcome"'):
+            self.welcome.set_result({"type": "welcome"})
+            return
+        super()._frame(fin, opcode, payload)
+
+
+async def _storm(server: Server, n: int, concurrency: int, tokens: bool) -> list[dict[str, float]]:
+    loop = asyncio.get_running_loop()
+    rec = CountingRecorder()
+    room = f"s{secrets.token_hex(4)}"
+    paths = [token_path(room, f"u{i}") if tokens else anonymous_path(room, f"u{i}") for i in range(n)]
+    gate = asyncio.Semaphore(concurrency)
+    clients: list[Client] = []
+    slice_size = max(1, n // 10)
+    marks = [(0, time.perf_counter(), tree_cpu(server.pid), time.process_time(), 0, 0)]
+    welcomed = 0
+
+    async def one(path: str) -> None:
+        nonlocal welcomed
+        async with gate:
+            _, c = await loop.create_connection(lambda: StormClient(rec, HOST, server.port, path), HOST, server.port)
+            clients.append(c)
+            await asyncio.wait_for(c.welcome, 120)
+            welcomed += 1
+            if welcomed % slice_size == 0:
+                marks.append((welcomed, time.perf_counter(), tree_cpu(server.pid), time.process_time(), rec.frames, rec.bytes))
+
+    try:
+        await asyncio.gather(*(one(p) for p in paths))
+    finally:
+        for c in clients:
+            if c.transport is not None:
+                c.transport.close()
+        await asyncio.sleep(2.0)
+    slices = []
+    for (d0, t0, c0, g0, f0, b0), (d1, t1, c1, g1, f1, b1) in zip(marks, marks[1:]):
+        slices.append({"members": d1, "joins": d1 - d0, "seconds": t1 - t0, "server_s": c1 - c0, "generator_s": g1 - g0,
+                       "frames": f1 - f0, "bytes": b1 - b0})
+    return slices
+
+
+def storm_totals(slices: list[dict[str, float]]) -> dict[str, float]:
+    """Per join over some tenths of a storm (a presence window may straddle two tenths)."""
+    joins = sum(s["joins"] for s in slices)
+    seconds = sum(s["seconds"] for s in slices)
+    return {"joins_per_s": joins / seconds, "cpu_ms": 1000 * sum(s["server_s"] for s in slices) / joins,
+            "server_pct": 100 * sum(s["server_s"] for s in slices) / seconds,
+            "generator_pct": 100 * sum(s["generator_s"] for s in slices) / seconds,
+            "frames": sum(s["frames"] for s in slices) / joins, "kib": sum(s["bytes"] for s in slices) / joins / 1024}
+
+
+def w_storm(args: argparse.Namespace, server: Server) -> list[Result]:
+    slices = asyncio.run(_storm(server, args.storm_connections, 50, server.tokens))
+    half = len(slices) // 2
+    parts = [(f"up to {s['members']:,}", storm_totals([s])) for s in slices]
+    parts += [("first half", storm_totals(slices[:half])), ("second half", storm_totals(slices[half:]))]
+    for label, t in parts:
+        log(f"  {server.name} storm {label:>12}: {t['joins_per_s']:7,.0f} joins/s, server CPU {t['cpu_ms']:5.2f} ms,"
+            f" {t['frames']:6.1f} frames and {t['kib']:6.1f} KiB received per join;"
+            f" CPU server {t['server_pct']:3.0f}%, generator {t['generator_pct']:3.0f}%")
+    first, second = parts[-2][1], parts[-1][1]
+    members = slices[-1]["members"]
+    note = (f"server CPU per join {first['cpu_ms']:.2f} ms (first half) -> {second['cpu_ms']:.2f} ms (second half);"
+            f" second half: {second['frames']:.1f} frames and {second['kib']:.0f} KiB received per join,"
+            f" server CPU {second['server_pct']:.0f}%, generator {second['generator_pct']:.0f}%")
+    return [Result(server.name, "storm", f"joins/s into one room from {members // 2:,} to {members:,} members",
+                   second["joins_per_s"], "/s", note, {"slices": slices})]
+
+
 @contextmanager
 def py_spy(args: argparse.Namespace, server: Server, workload: str) -> Iterator[None]:
     """--py-spy DIR: sample the server over the workload (raw collapsed stacks;
@@ -503,6 +596,7 @@ WORKLOADS: dict[str, tuple[Callable[[argparse.Namespace, Server], list[Result]],
     "rooms": (w_rooms, ("dorm", "naive", "node-ws", "miniflare")),
     "durable": (w_durable, ("dorm", "dorm-pg")),
     "connect": (w_connect, ("dorm", "dorm-uvicorn", "node-ws", "miniflare")),
+    "storm": (w_storm, ("dorm", "node-ws")),
     "idle": (w_idle, ("dorm", "dorm-uvicorn", "naive", "node-ws", "miniflare")),
     "hibernation": (w_hibernation, ("dorm-hibernate",)),
 }
@@ -547,6 +641,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--max-loss-pct", type=float, default=1.0)
     p.add_argument("--max-p99-ms", type=float, default=1000.0)
     p.add_argument("--connections", type=int, default=2000, help="for 'connect' (default: %(default)s)")
+    p.add_argument("--storm-connections", type=int, default=5000, help="for 'storm' (default: %(default)s)")
     p.add_argument("--idle-connections", type=int, default=15000, help="for 'idle' (default: %(default)s)")
     p.add_argument("--hibernated-rooms", type=int, default=10000, help="for 'hibernation' (default: %(default)s)")
     p.add_argument("--json", type=Path)

@@ -1,10 +1,21 @@
 """Presence updates of a room, coalesced under churn.
 
-At most one presence update per room per ``PRESENCE_COALESCE_MS`` (100 ms):
-the first change after a quiet window goes out at once (a lone join costs no
-latency); changes inside the window wait for its end and go out together as
-the *net* change per user (a user who joined and left inside the window is
-not mentioned at all).
+At most one presence update per room per window: ``PRESENCE_COALESCE_MS``
+(100 ms), or longer in a big room (below). The first change after a quiet
+window goes out at once (a lone join costs no latency); changes inside the
+window wait for its end and go out together as the *net* change per user (a
+user who joined and left inside the window is not mentioned at all).
+
+Each update goes to every connection of the room, so with a fixed window a
+room's presence traffic grows with its size: 10 updates a second to 5,000
+members is 50,000 sends a second, most of what one process can do, and in a
+join storm each join made the next slower (``bench/suite.py --workloads
+storm``: 210 joins/s from 2,500 to 5,000 members, 147 frames sent per join,
+3.9 ms of server CPU each). So the window is also at least ``audience /
+PRESENCE_FANOUT_PER_SECOND``: a room's presence updates reach at most that
+many sockets a second (2,000: 100 ms up to 200 connections, 0.5 s at 1,000,
+2.5 s at 5,000), whatever its size and churn (the same storm: 494 joins/s,
+4.7 frames, 1.9 ms).
 
 A flush with one change sends the classic frame (``user_joined``,
 ``user_left`` or ``presence``), so quiet rooms look exactly as PROTOCOL.md
@@ -25,6 +36,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -53,9 +65,11 @@ class _Change:
 class PresenceCoalescer:
     """One per room actor; ``flush`` before the actor sleeps."""
 
-    def __init__(self, room: str, transport: Transport) -> None:
+    def __init__(self, room: str, transport: Transport, audience: Callable[[], int] = lambda: 0) -> None:
         self.room = room
         self.transport = transport
+        # How many connections an update reaches now (the actor's roster).
+        self.audience = audience
         self._pending: dict[str, _Change] = {}
         self._last_flush = 0.0  # monotonic
         self._timer: asyncio.TimerHandle | None = None
@@ -81,7 +95,7 @@ class PresenceCoalescer:
         prior = self._pending.get(user_id)
         change = _Change(prior.before if prior else before, after, connection_id, **details)
         self._pending[user_id] = change
-        window = dorm_settings.PRESENCE_COALESCE_MS / 1000
+        window = self.window()
         now = time.monotonic()
         if self._timer is None and self._task is None and now - self._last_flush >= window:
             await self.flush()
@@ -89,6 +103,15 @@ class PresenceCoalescer:
         if self._timer is None:
             delay = max(0.0, self._last_flush + window - now)
             self._timer = asyncio.get_running_loop().call_later(delay, self._on_timer)
+
+    def window(self) -> float:
+        """The room's window now, in seconds: wide enough that its updates
+        reach at most ``PRESENCE_FANOUT_PER_SECOND`` sockets a second."""
+        window = dorm_settings.PRESENCE_COALESCE_MS / 1000
+        budget = dorm_settings.PRESENCE_FANOUT_PER_SECOND
+        if budget > 0:
+            window = max(window, self.audience() / budget)
+        return window
 
     def _on_timer(self) -> None:
         self._timer = None

@@ -33,6 +33,8 @@ class Roster:
         # join storm into rooms of 100, building the list was ~7 % of each
         # connection's CPU, and grew with the room).
         self._entries: dict[str, str] = {}
+        # Every connection, fresh or silent: each receives the room's frames.
+        self._connections = 0
         self.loaded = False
 
     async def load(self, backend: PresenceBackend, room: str) -> None:
@@ -41,6 +43,7 @@ class Roster:
             conns = self._users.setdefault(member["userId"], {})
             for c in member["connections"]:
                 conns[c["connectionId"]] = [c["status"], True, next(_order)]
+        self._connections = sum(len(conns) for conns in self._users.values())
         self._entries.clear()
         for user_id in self._users:
             self._refresh(user_id)
@@ -51,6 +54,7 @@ class Roster:
         entry = conns.get(connection_id)
         if entry is None:
             conns[connection_id] = [DEFAULT_STATUS, True, next(_order)]
+            self._connections += 1
         else:
             entry[1] = True
         self._refresh(user_id)
@@ -58,7 +62,8 @@ class Roster:
     def leave(self, user_id: str, connection_id: str) -> None:
         conns = self._users.get(user_id)
         if conns is not None:
-            conns.pop(connection_id, None)
+            if conns.pop(connection_id, None) is not None:
+                self._connections -= 1
             if not conns:
                 del self._users[user_id]
             self._refresh(user_id)
@@ -102,6 +107,10 @@ class Roster:
     def welcome(self) -> list[dict[str, Any]]:
         """``[{"userId", "status", "connections"}]`` of users with a fresh connection."""
         return [orjson.loads(entry) for entry in self._entries.values()]
+
+    def connections(self) -> int:
+        """How many connections the room has, fresh or silent (who a broadcast reaches)."""
+        return self._connections
 
     def fresh_users(self) -> int:
         """How many users have a fresh connection (the welcome's length)."""

@@ -107,6 +107,9 @@ DEFAULTS: dict[str, Any] = {
     "PRESENCE_PROCESS_DEAD_AFTER_BEATS": 3,
     # At most one presence update per room per this window (coalesced churn).
     "PRESENCE_COALESCE_MS": 100,
+    # ... and per room at most this many sockets a second reached by presence
+    # updates: a big room's window widens to connections / this (0 = off).
+    "PRESENCE_FANOUT_PER_SECOND": 2000,
     # Ledger rows are written in batches at most this often.
     "PRESENCE_LEDGER_FLUSH_SECONDS": 0.25,
     # Closed ledger sessions older than this are deleted by the sweep.

@@ -257,10 +257,11 @@ class RoomActor:
         self.task: asyncio.Task[None] | None = None
         self._stop_requested = False
         self._aborted = False
-        # user_joined / user_left / presence, at most one per room per window.
-        self.presence_out = PresenceCoalescer(slug, runtime.transport)
         # Who is here, for welcomes (presence/roster.py); loaded at wake.
         self.roster = Roster()
+        # user_joined / user_left / presence, at most one per room per window
+        # (wider in a room with many connections).
+        self.presence_out = PresenceCoalescer(slug, runtime.transport, self.roster.connections)
         # The rest of the batch being handled (``_serve_while`` may take
         # independent items out of it while the database works).
         self._pending: deque[Item] = deque()

@@ -112,3 +112,28 @@ def test_redis_benchmarks_run(script: str, args: list[str], expected: list[str],
                          capture_output=True, text=True, timeout=120, check=True, env=env)
     for row in expected:
         assert row in out.stdout, out.stdout
+
+
+def test_storm_totals_are_per_join_over_the_tenths_given(loadgen) -> None:
+    import suite
+
+    slices = [
+        {"members": 500, "joins": 500, "seconds": 1.0, "server_s": 0.5, "generator_s": 0.25, "frames": 1000, "bytes": 512000},
+        {"members": 1000, "joins": 500, "seconds": 4.0, "server_s": 1.5, "generator_s": 1.0, "frames": 0, "bytes": 0},
+    ]
+    t = suite.storm_totals(slices)
+    assert t["joins_per_s"] == pytest.approx(200.0)  # 1,000 joins in 5 s, not the mean of 500 and 125
+    assert t["cpu_ms"] == pytest.approx(2.0)
+    assert (t["server_pct"], t["generator_pct"]) == (pytest.approx(40.0), pytest.approx(25.0))
+    assert (t["frames"], t["kib"]) == (pytest.approx(1.0), pytest.approx(0.5))
+
+
+async def test_the_storm_client_takes_the_welcome_unparsed_and_counts_the_rest(loadgen) -> None:
+    import suite
+
+    rec = suite.CountingRecorder()
+    client = suite.StormClient(rec, "127.0.0.1", 1, "/ws/r")
+    client._frame(0x80, 1, b'{"type":"welcome","presence":[' + b'{"userId":"u"},' * 1000 + b"{}]}")
+    assert client.welcome.result() == {"type": "welcome"}
+    client._frame(0x80, 1, b'{"type":"user_joined","userId":"u2"}')
+    assert (rec.frames, rec.bytes) == (1, 36)

@@ -384,3 +384,43 @@ async def test_a_failing_presence_backend_on_heartbeat_keeps_the_socket(runtime:
     await b.send("draw", {"points": [[0, 0], [1, 1]]}, id="d1")
     ack = await b.recv_type("ack")
     assert ack["id"] == "d1" and ack["seq"] >= 1
+
+
+async def test_a_big_rooms_window_widens_so_its_updates_reach_at_most_the_fanout_budget() -> None:
+    """A room's presence updates reach at most PRESENCE_FANOUT_PER_SECOND sockets
+    a second: with 400 connections and a budget of 1,000, one update per 0.4 s."""
+    from presence.coalesce import PresenceCoalescer
+
+    sent: list[tuple[float, str]] = []
+
+    class Capture:
+        async def broadcast(self, room: str, text: str, seq: int | None, exclude: str | None) -> None:
+            sent.append((time.monotonic(), text))
+
+    audience = 400
+    out = PresenceCoalescer("r", Capture(), lambda: audience)
+    with dorm(PRESENCE_FANOUT_PER_SECOND=1000):
+        assert out.window() == pytest.approx(0.4)
+        started = time.monotonic()
+        for i in range(260):  # joins for 1.3 s
+            await out.joined(f"u{i}", f"c{i}")
+            await asyncio.sleep(0.005)
+        await asyncio.sleep(0.45)
+        elapsed = time.monotonic() - started
+        gaps = [b[0] - a[0] for a, b in zip(sent, sent[1:])]
+        assert len(sent) >= 3 and min(gaps) >= 0.395, gaps
+        assert len(sent) <= elapsed / 0.4 + 1
+        # Nothing lost: every join is in one of the updates.
+        joined = set()
+        for _, text in sent:
+            frame = orjson.loads(text)
+            joined |= {j["userId"] for j in frame["joined"]} if frame["type"] == "presence_diff" else {frame["userId"]}
+        assert joined == {f"u{i}" for i in range(260)}
+        # A small room keeps the base window; a budget of 0 turns the widening off.
+        audience = 150
+        assert out.window() == pytest.approx(0.15)
+        audience = 50
+        assert out.window() == pytest.approx(0.1)
+    with dorm(PRESENCE_FANOUT_PER_SECOND=0):
+        audience = 100_000
+        assert out.window() == pytest.approx(0.1)

@@ -57,6 +57,8 @@ def test_welcome_matches_a_walk_of_every_member(changes: list[tuple[str, str, st
         assert by_user(roster.welcome()) == by_user(expected)
         assert by_user(orjson.loads(orjson.dumps({"p": roster.welcome_json()}))["p"]) == by_user(expected)
         assert roster.fresh_users() == len(expected)
+        # Every connection, silent ones too: who a presence update reaches.
+        assert roster.connections() == sum(len(conns) for conns in roster._users.values())
         for entry in expected:
             assert roster.status_of(entry["userId"]) == entry["status"]
     assert roster.status_of("nobody") == DEFAULT_STATUS
@@ -65,12 +67,15 @@ def test_welcome_matches_a_walk_of_every_member(changes: list[tuple[str, str, st
 async def test_a_loaded_roster_has_its_entries() -> None:
     class Backend:
         async def members(self, room: str) -> list[dict[str, Any]]:
-            return [{"userId": "ann", "connections": [{"connectionId": "c1", "status": "away"}]}]
+            return [{"userId": "ann", "connections": [{"connectionId": "c1", "status": "away"}]},
+                    {"userId": "bob", "connections": [{"connectionId": "c2", "status": "online"},
+                                                      {"connectionId": "c3", "status": "online"}]}]
 
     roster = Roster()
     roster.join("stale", "c9")
     await roster.load(Backend(), "r")  # type: ignore[arg-type]
-    assert roster.welcome() == [{"userId": "ann", "status": "away", "connections": 1}]
+    assert roster.welcome()[0] == {"userId": "ann", "status": "away", "connections": 1}
+    assert roster.connections() == 3
     assert orjson.loads(orjson.dumps(roster.welcome_json())) == roster.welcome()
 
 

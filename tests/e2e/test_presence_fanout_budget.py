@@ -1,0 +1,69 @@
+"""A big room's presence updates, on a real daphne: they reach at most
+``DORM_PRESENCE_FANOUT_PER_SECOND`` sockets a second, and lose nothing.
+
+The budget is set low (100) so that a room of 40-70 connections is "big":
+its window is 0.4-0.7 s instead of the base 100 ms.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import pytest
+
+from tests.e2e.client import WsClient, room_name
+from tests.e2e.server import start_server
+
+pytestmark = pytest.mark.e2e
+
+PRESENCE_TYPES = ("user_joined", "user_left", "presence", "presence_diff")
+
+
+async def test_a_big_rooms_presence_updates_keep_to_the_fanout_budget_and_lose_nothing(tmp_path: Path) -> None:
+    server = start_server("daphne", tmp_path, extra_env={"DORM_PRESENCE_FANOUT_PER_SECOND": "100"})
+    clients: list[WsClient] = []
+    try:
+        room = room_name("budget")
+        observer = await WsClient.open(server.url(room, userId="observer"))
+        clients = list(await asyncio.gather(*(WsClient.open(server.url(room, userId=f"m{i}")) for i in range(39))))
+        await asyncio.sleep(1.0)  # the members' own updates go out
+        mark = len(observer.frames)
+        # Churn for ~1.5 s: 30 joins, and 10 of the first members leave.
+        for i in range(30):
+            clients.append(await WsClient.open(server.url(room, userId=f"j{i}")))
+            if i % 3 == 0:
+                await clients[i // 3].close()
+            await asyncio.sleep(0.03)
+        await asyncio.sleep(1.5)  # the last window (at most 0.7 s) ends
+        updates = [
+            (at, f)
+            for at, f in zip(observer.received_at[mark:], observer.frames[mark:])
+            if f.get("type") in PRESENCE_TYPES
+        ]
+        times = [at for at, _ in updates]
+        gaps = [b - a for a, b in zip(times, times[1:])]
+        # 40 connections or more at every moment: windows of at least 0.4 s
+        # (the base 100 ms would give a dozen updates 0.1 s apart).
+        assert len(updates) >= 2 and min(gaps) >= 0.35, gaps
+        joined: set[str] = set()
+        left: set[str] = set()
+        for _, f in updates:
+            if f["type"] == "presence_diff":
+                joined |= {j["userId"] for j in f["joined"]}
+                left |= {j["userId"] for j in f["left"]}
+            elif f["type"] == "user_joined":
+                joined.add(f["userId"])
+            elif f["type"] == "user_left":
+                left.add(f["userId"])
+        assert joined == {f"j{i}" for i in range(30)}
+        assert left == {f"m{i}" for i in range(10)}
+        # A member who joins now gets the whole room in its welcome.
+        late = await WsClient.open(server.url(room, userId="late"))
+        clients.append(late)
+        here = {p["userId"] for p in late.welcome["presence"]}
+        assert here == {"observer", "late"} | {f"m{i}" for i in range(10, 39)} | {f"j{i}" for i in range(30)}
+        clients.append(observer)
+    finally:
+        await asyncio.gather(*(c.close() for c in clients), return_exceptions=True)
+        server.stop()
