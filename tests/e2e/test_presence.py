@@ -300,7 +300,7 @@ class Pair:
         return make_token(self.execute, "%s", staff=True)
 
 
-def _start_pair(directory: Path, database_url: str) -> Pair:
+def _start_pair(directory: Path, database_url: str, extra_env: dict[str, str] | None = None) -> Pair:
     env = {
         "DATABASE_URL": database_url,
         "REDIS_URL": REDIS_TEST_URL,
@@ -312,6 +312,7 @@ def _start_pair(directory: Path, database_url: str) -> Pair:
         # Keys of this pair's own: nothing left by another run counts here.
         "DORM_PRESENCE_KEY_PREFIX": f"dorm:test-presence:{secrets.token_hex(4)}:",
         **PRESENCE_ENV,
+        **(extra_env or {}),
     }
     servers: list[DormServer] = []
     try:
@@ -442,6 +443,45 @@ async def test_distributed_storm_over_two_processes_is_bounded(pair: Pair) -> No
     print(f"storm (2 processes): 500 joins+leaves in {duration:.2f}s -> {len(frames)} presence frames (bound {bound})")
     assert 1 <= len(frames) <= bound
     await observer.close()
+
+
+@pytest.mark.distributed
+async def test_distributed_a_big_rooms_fanout_budget_counts_the_connections_of_both_processes(
+    database_url: str, tmp_path: Path
+) -> None:
+    """40-60 connections over two processes with a budget of 100: one update
+    per 0.4 s or more. Counting only the owner's own ~half would give 0.2 s."""
+    p = _start_pair(
+        tmp_path, database_url, {"DORM_PRESENCE_FANOUT_PER_SECOND": "100", "DORM_PRESENCE_TTL_SECONDS": "60"}
+    )
+    room = room_name("budget")
+    clients: list[WsClient] = []
+    try:
+        observer = await WsClient.open(p.servers[0].url(room, userId="observer"))  # the owner: first in
+        clients = list(
+            await asyncio.gather(*(WsClient.open(p.servers[1 - i % 2].url(room, userId=f"m{i}")) for i in range(39)))
+        )
+        await settled(observer)
+        mark = observer.mark()
+        for i in range(20):  # ~1 s of joins, alternating processes
+            clients.append(await WsClient.open(p.servers[i % 2].url(room, userId=f"j{i}")))
+            await asyncio.sleep(0.03)
+        await settled(observer, quiet=1.0)
+        updates = [
+            (at, f)
+            for at, f in zip(observer.received_at[mark:], observer.frames[mark:])
+            if f["type"] in ("user_joined", "user_left", "presence", "presence_diff")
+        ]
+        gaps = [b[0] - a[0] for a, b in zip(updates, updates[1:])]
+        assert len(updates) >= 2 and min(gaps) >= 0.35, gaps
+        joined = {j["userId"] for _, f in updates if f["type"] == "presence_diff" for j in f["joined"]}
+        joined |= {f["userId"] for _, f in updates if f["type"] == "user_joined"}
+        assert joined == {f"j{i}" for i in range(20)}
+        clients.append(observer)
+    finally:
+        await asyncio.gather(*(c.close() for c in clients), return_exceptions=True)
+        for s in p.servers:
+            s.stop()
 
 
 @pytest.mark.distributed
