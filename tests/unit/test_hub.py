@@ -5,6 +5,8 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from rooms.runtime.connection import Connection, ConnectionState
 from rooms.runtime.direct_write import text_frame
@@ -102,6 +104,41 @@ def test_hub_membership() -> None:
     assert hub.connections("r") == (b,)
     hub.remove(b)
     assert hub.rooms() == []
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.tuples(st.sampled_from(["add", "remove", "read", "send"]), st.sampled_from("rs"), st.integers(0, 5)), max_size=60))
+def test_membership_after_any_joins_leaves_reads_and_sends(ops: list[tuple[str, str, int]]) -> None:
+    """The room's member tuple is rebuilt lazily: whatever the order of
+    changes and reads, a read and a broadcast see exactly the current
+    members in join order, and a tuple read earlier never changes."""
+    hub = LocalHub()
+    model: dict[str, dict[str, Connection]] = {"r": {}, "s": {}}
+    sockets: dict[str, Socket] = {}
+    held: list[tuple[tuple[Connection, ...], tuple[Connection, ...]]] = []
+    for op, room, n in ops:
+        key = f"{room}{n}"
+        if op == "add" and key not in model[room]:
+            sockets[key] = Socket()
+            conn = Connection(room, key, "s", sockets[key].asgi)
+            conn.write_frame = sockets[key].write
+            conn.state = ConnectionState.OPEN
+            hub.add(conn)
+            model[room][key] = conn
+        elif op == "remove" and key in model[room]:
+            hub.remove(model[room].pop(key))
+            hub.remove(Connection(room, key, "s", sockets[key].asgi))  # not in the hub: ignored
+        elif op == "read":
+            members = hub.connections(room)
+            held.append((members, tuple(members)))
+        elif op == "send":
+            delivered, slow = hub.deliver_now(room, f"e{len(held)}", None, None)
+            assert (delivered, slow) == (len(model[room]), [])
+        for r in "rs":
+            assert hub.connections(r) == tuple(model[r].values())
+            assert hub.count(r) == len(model[r])
+    assert sorted(hub.rooms()) == sorted(r for r in "rs" if model[r])
+    assert all(members == copy for members, copy in held)
 
 
 class Socket:
