@@ -416,6 +416,18 @@ class StormClient(Client):
         super()._frame(fin, opcode, payload)
 
 
+def _storm_slice(before: tuple[Any, ...], after: tuple[Any, ...]) -> dict[str, float]:
+    (d0, t0, c0, g0, f0, b0), (d1, t1, c1, g1, f1, b1) = before, after
+    return {"members": d1, "joins": d1 - d0, "seconds": t1 - t0, "server_s": c1 - c0, "generator_s": g1 - g0,
+            "frames": f1 - f0, "bytes": b1 - b0}
+
+
+def _log_storm(server: Server, label: str, t: dict[str, float]) -> None:
+    log(f"  {server.name} storm {label:>12}: {t['joins_per_s']:7,.0f} joins/s, server CPU {t['cpu_ms']:5.2f} ms,"
+        f" {t['frames']:6.1f} frames and {t['kib']:6.1f} KiB received per join;"
+        f" CPU server {t['server_pct']:3.0f}%, generator {t['generator_pct']:3.0f}%")
+
+
 async def _storm(server: Server, n: int, concurrency: int, tokens: bool) -> list[dict[str, float]]:
     loop = asyncio.get_running_loop()
     rec = CountingRecorder()
@@ -436,6 +448,7 @@ async def _storm(server: Server, n: int, concurrency: int, tokens: bool) -> list
             welcomed += 1
             if welcomed % slice_size == 0:
                 marks.append((welcomed, time.perf_counter(), tree_cpu(server.pid), time.process_time(), rec.frames, rec.bytes))
+                _log_storm(server, f"up to {welcomed:,}", storm_totals([_storm_slice(marks[-2], marks[-1])]))
 
     try:
         await asyncio.gather(*(one(p) for p in paths))
@@ -444,11 +457,7 @@ async def _storm(server: Server, n: int, concurrency: int, tokens: bool) -> list
             if c.transport is not None:
                 c.transport.close()
         await asyncio.sleep(2.0)
-    slices = []
-    for (d0, t0, c0, g0, f0, b0), (d1, t1, c1, g1, f1, b1) in zip(marks, marks[1:]):
-        slices.append({"members": d1, "joins": d1 - d0, "seconds": t1 - t0, "server_s": c1 - c0, "generator_s": g1 - g0,
-                       "frames": f1 - f0, "bytes": b1 - b0})
-    return slices
+    return [_storm_slice(a, b) for a, b in zip(marks, marks[1:])]
 
 
 def storm_totals(slices: list[dict[str, float]]) -> dict[str, float]:
@@ -464,13 +473,9 @@ def storm_totals(slices: list[dict[str, float]]) -> dict[str, float]:
 def w_storm(args: argparse.Namespace, server: Server) -> list[Result]:
     slices = asyncio.run(_storm(server, args.storm_connections, 50, server.tokens))
     half = len(slices) // 2
-    parts = [(f"up to {s['members']:,}", storm_totals([s])) for s in slices]
-    parts += [("first half", storm_totals(slices[:half])), ("second half", storm_totals(slices[half:]))]
-    for label, t in parts:
-        log(f"  {server.name} storm {label:>12}: {t['joins_per_s']:7,.0f} joins/s, server CPU {t['cpu_ms']:5.2f} ms,"
-            f" {t['frames']:6.1f} frames and {t['kib']:6.1f} KiB received per join;"
-            f" CPU server {t['server_pct']:3.0f}%, generator {t['generator_pct']:3.0f}%")
-    first, second = parts[-2][1], parts[-1][1]
+    first, second = storm_totals(slices[:half]), storm_totals(slices[half:])
+    _log_storm(server, "first half", first)
+    _log_storm(server, "second half", second)
     members = slices[-1]["members"]
     note = (f"server CPU per join {first['cpu_ms']:.2f} ms (first half) -> {second['cpu_ms']:.2f} ms (second half);"
             f" second half: {second['frames']:.1f} frames and {second['kib']:.0f} KiB received per join,"
