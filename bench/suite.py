@@ -31,7 +31,8 @@ Workloads:
   token auth, 50 connecting at a time, none leaving; joins/s, server CPU and
   frames received per join for each tenth of the storm and each half. The
   second half is what a join costs in a big room (every join is announced
-  to the room, and every welcome lists the room).
+  to the room, and every welcome lists the room). Then every client closes
+  at once: server CPU per leave until the server is idle again.
 - ``idle``: RSS per idle connection at 15,000 connections (this process and
   the servers get the hard open-files limit as their soft limit).
 - ``hibernation``: Dorm only: 10,000 rooms with one open connection each,
@@ -428,7 +429,25 @@ def _log_storm(server: Server, label: str, t: dict[str, float]) -> None:
         f" CPU server {t['server_pct']:3.0f}%, generator {t['generator_pct']:3.0f}%")
 
 
-async def _storm(server: Server, n: int, concurrency: int, tokens: bool) -> list[dict[str, float]]:
+async def _leave_storm(server: Server, clients: list[Client]) -> dict[str, float]:
+    """Every client of the room closes at once; the server's CPU until it is
+    idle again (under 2 % of the core over 0.5 s), per leave."""
+    await asyncio.sleep(3.0)  # the joins' last presence window, the ledger
+    t0, cpu0 = time.perf_counter(), tree_cpu(server.pid)
+    for c in clients:
+        if c.transport is not None:
+            c.transport.close()
+    last_t, last_cpu = t0, cpu0
+    while time.perf_counter() - t0 < 60:
+        await asyncio.sleep(0.5)
+        now, cpu = time.perf_counter(), tree_cpu(server.pid)
+        if (cpu - last_cpu) / (now - last_t) < 0.02:
+            break
+        last_t, last_cpu = now, cpu
+    return {"leaves": len(clients), "cpu_ms": 1000 * (last_cpu - cpu0) / max(1, len(clients)), "seconds": last_t - t0}
+
+
+async def _storm(server: Server, n: int, concurrency: int, tokens: bool) -> tuple[list[dict[str, float]], dict[str, float]]:
     loop = asyncio.get_running_loop()
     rec = CountingRecorder()
     room = f"s{secrets.token_hex(4)}"
@@ -452,12 +471,13 @@ async def _storm(server: Server, n: int, concurrency: int, tokens: bool) -> list
 
     try:
         await asyncio.gather(*(one(p) for p in paths))
+        leave = await _leave_storm(server, clients)
     finally:
         for c in clients:
             if c.transport is not None:
                 c.transport.close()
         await asyncio.sleep(2.0)
-    return [_storm_slice(a, b) for a, b in zip(marks, marks[1:])]
+    return [_storm_slice(a, b) for a, b in zip(marks, marks[1:])], leave
 
 
 def storm_totals(slices: list[dict[str, float]]) -> dict[str, float]:
@@ -471,15 +491,18 @@ def storm_totals(slices: list[dict[str, float]]) -> dict[str, float]:
 
 
 def w_storm(args: argparse.Namespace, server: Server) -> list[Result]:
-    slices = asyncio.run(_storm(server, args.storm_connections, 50, server.tokens))
+    slices, leave = asyncio.run(_storm(server, args.storm_connections, 50, server.tokens))
     half = len(slices) // 2
     first, second = storm_totals(slices[:half]), storm_totals(slices[half:])
     _log_storm(server, "first half", first)
     _log_storm(server, "second half", second)
+    log(f"  {server.name} storm: all {leave['leaves']:,} leave at once: server CPU {leave['cpu_ms']:.2f} ms per leave,"
+        f" idle again after {leave['seconds']:.1f} s")
     members = slices[-1]["members"]
     note = (f"server CPU per join {first['cpu_ms']:.2f} ms (first half) -> {second['cpu_ms']:.2f} ms (second half);"
             f" second half: {second['frames']:.1f} frames and {second['kib']:.0f} KiB received per join,"
-            f" server CPU {second['server_pct']:.0f}%, generator {second['generator_pct']:.0f}%")
+            f" server CPU {second['server_pct']:.0f}%, generator {second['generator_pct']:.0f}%;"
+            f" all leaving at once: {leave['cpu_ms']:.2f} ms of server CPU per leave, idle after {leave['seconds']:.1f} s")
     return [Result(server.name, "storm", f"joins/s into one room from {members // 2:,} to {members:,} members",
                    second["joins_per_s"], "/s", note, {"slices": slices})]
 
