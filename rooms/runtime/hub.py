@@ -24,9 +24,10 @@ class LocalHub:
         self._rooms: dict[str, dict[str, Connection]] = {}
         # A tuple per room, so that fan-out iterates a stable sequence even if
         # a send yields and the set changes meanwhile. Dropped on join/leave
-        # and rebuilt when next read, not on every change: in a join storm
-        # into one room of thousands, copying it per join was ~4 % of a
-        # join's CPU (docs/performance.md, "Twelfth round").
+        # and rebuilt when next read, not on every change: a copy of the whole
+        # room per join and per leave was ~45 us at 5,000 members, and a
+        # leave storm of 5,000 held the loop ~110 ms (docs/performance.md,
+        # "Twelfth round").
         self._members: dict[str, tuple[Connection, ...]] = {}
         # Sockets that may have bytes queued since the backpressure watch last
         # looked (written through the ASGI send, or a direct write the socket

@@ -473,7 +473,7 @@ async def test_distributed_a_big_rooms_fanout_budget_counts_the_connections_of_b
             if f["type"] in ("user_joined", "user_left", "presence", "presence_diff")
         ]
         gaps = [b[0] - a[0] for a, b in zip(updates, updates[1:])]
-        assert len(updates) >= 2 and min(gaps) >= 0.35, gaps
+        assert len(updates) >= 2 and min(gaps) >= 0.3, gaps  # a window of 0.4 s or more, less the network's jitter
         joined = {j["userId"] for _, f in updates if f["type"] == "presence_diff" for j in f["joined"]}
         joined |= {f["userId"] for _, f in updates if f["type"] == "user_joined"}
         assert joined == {f"j{i}" for i in range(20)}

