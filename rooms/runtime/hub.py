@@ -22,12 +22,8 @@ _PENDING = ConnectionState.PENDING
 class LocalHub:
     def __init__(self) -> None:
         self._rooms: dict[str, dict[str, Connection]] = {}
-        # A tuple per room, so that fan-out iterates a stable sequence even if
-        # a send yields and the set changes meanwhile. Dropped on join/leave
-        # and rebuilt when next read, not on every change: a copy of the whole
-        # room per join and per leave was ~45 us at 5,000 members, and a
-        # leave storm of 5,000 held the loop ~110 ms (docs/performance.md,
-        # "Twelfth round").
+        # A tuple per room, rebuilt on join/leave, so that fan-out iterates a
+        # stable sequence even if a send yields and the set changes meanwhile.
         self._members: dict[str, tuple[Connection, ...]] = {}
         # Sockets that may have bytes queued since the backpressure watch last
         # looked (written through the ASGI send, or a direct write the socket
@@ -44,33 +40,28 @@ class LocalHub:
 
     def add(self, conn: Connection) -> None:
         conn.hub = self
-        self._rooms.setdefault(conn.room, {})[conn.id] = conn
-        self._members.pop(conn.room, None)
+        conns = self._rooms.setdefault(conn.room, {})
+        conns[conn.id] = conn
+        self._members[conn.room] = tuple(conns.values())
 
     def remove(self, conn: Connection) -> None:
         conns = self._rooms.get(conn.room)
         if conns is None or conns.pop(conn.id, None) is None:
             return
-        self._members.pop(conn.room, None)
-        if not conns:
+        if conns:
+            self._members[conn.room] = tuple(conns.values())
+        else:
             del self._rooms[conn.room]
-
-    def _rebuild_members(self, room: str) -> tuple[Connection, ...]:
-        conns = self._rooms.get(room)
-        if not conns:
-            return ()
-        members = self._members[room] = tuple(conns.values())
-        return members
+            del self._members[conn.room]
 
     def get(self, room: str, connection_id: str) -> Connection | None:
         return self._rooms.get(room, {}).get(connection_id)
 
     def connections(self, room: str) -> tuple[Connection, ...]:
-        members = self._members.get(room)
-        return self._rebuild_members(room) if members is None else members
+        return self._members.get(room, ())
 
     def count(self, room: str) -> int:
-        return len(self._rooms.get(room, ()))
+        return len(self._members.get(room, ()))
 
     def rooms(self) -> list[str]:
         return list(self._rooms)
@@ -78,7 +69,7 @@ class LocalHub:
     async def deliver_bytes(self, room: str, data: bytes, exclude: str | None) -> int:
         """A binary frame to the room's binary sockets but ``exclude`` (binary kinds)."""
         delivered = 0
-        for conn in self.connections(room):
+        for conn in self._members.get(room, ()):
             if conn.binary and conn.id != exclude and conn.state is not ConnectionState.CLOSED:
                 await conn.send_bytes(data)  # marks it for the watch
                 delivered += 1
@@ -101,8 +92,6 @@ class LocalHub:
         bus calls this straight from its reader, with no task per event.
         """
         members = self._members.get(room)
-        if members is None:
-            members = self._rebuild_members(room)
         if not members:
             return 0, []
         frame: bytes | None = None  # framed once, on first use

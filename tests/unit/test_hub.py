@@ -114,9 +114,9 @@ def test_hub_membership() -> None:
     )
 )
 def test_membership_after_any_joins_leaves_reads_and_sends(ops: list[tuple[str, str, int]]) -> None:
-    """The room's member tuple is rebuilt lazily: whatever the order of
-    changes and reads, a read and a broadcast see exactly the current
-    members in join order, and a tuple read earlier never changes."""
+    """Whatever the order of joins, leaves, reads and broadcasts, a read and
+    a broadcast see exactly the current members in join order, and a tuple
+    read earlier never changes."""
     hub = LocalHub()
     model: dict[str, dict[str, Connection]] = {"r": {}, "s": {}}
     sockets: dict[str, Socket] = {}
