@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from typing import TYPE_CHECKING, Any, Protocol
 
 import orjson
@@ -78,6 +78,24 @@ def reply_for(client_id: str) -> Pred:
 def event(type_: str = "draw") -> Pred:
     """A broadcast durable event (it has a seq)."""
     return lambda f: f.get("type") == type_ and "seq" in f
+
+
+PRESENCE_UPDATE_TYPES = ("user_joined", "user_left", "presence", "presence_diff")
+
+
+def announced(updates: Iterable[Frame]) -> tuple[set[str], set[str]]:
+    """The users that presence updates announce as joined, and as left."""
+    joined: set[str] = set()
+    left: set[str] = set()
+    for f in updates:
+        if f["type"] == "presence_diff":
+            joined |= {j["userId"] for j in f["joined"]}
+            left |= {j["userId"] for j in f["left"]}
+        elif f["type"] == "user_joined":
+            joined.add(f["userId"])
+        elif f["type"] == "user_left":
+            left.add(f["userId"])
+    return joined, left
 
 
 def durable_event(f: Frame) -> bool:
@@ -220,6 +238,14 @@ class WsClient:
 
     def since_mark(self, mark: int) -> list[Frame]:
         return self.frames[mark:]
+
+    def presence_updates_since(self, mark: int) -> list[tuple[float, Frame]]:
+        """The presence updates received after ``mark``, each with its arrival time."""
+        return [
+            (at, f)
+            for at, f in zip(self.received_at[mark:], self.frames[mark:])
+            if f.get("type") in PRESENCE_UPDATE_TYPES
+        ]
 
     async def expect_quiet(self, pred: Pred, window: float, mark: int | None = None) -> None:
         """Nothing matching ``pred`` arrives (after ``mark``) during ``window`` seconds.

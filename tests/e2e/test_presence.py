@@ -19,7 +19,7 @@ import orjson
 import psycopg
 import pytest
 
-from tests.e2e.client import WsClient, of_type, room_name
+from tests.e2e.client import WsClient, announced, of_type, room_name
 from tests.e2e.conftest import STARTED
 from tests.e2e.server import DormServer, start_server
 from tests.e2e.services import REDIS_TEST_URL, check_redis, fresh_postgres_database
@@ -467,15 +467,10 @@ async def test_distributed_a_big_rooms_fanout_budget_counts_the_connections_of_b
             clients.append(await WsClient.open(p.servers[i % 2].url(room, userId=f"j{i}")))
             await asyncio.sleep(0.03)
         await settled(observer, quiet=1.0)
-        updates = [
-            (at, f)
-            for at, f in zip(observer.received_at[mark:], observer.frames[mark:])
-            if f["type"] in ("user_joined", "user_left", "presence", "presence_diff")
-        ]
+        updates = observer.presence_updates_since(mark)
         gaps = [b[0] - a[0] for a, b in zip(updates, updates[1:])]
         assert len(updates) >= 2 and min(gaps) >= 0.3, gaps  # a window of 0.4 s or more, less the network's jitter
-        joined = {j["userId"] for _, f in updates if f["type"] == "presence_diff" for j in f["joined"]}
-        joined |= {f["userId"] for _, f in updates if f["type"] == "user_joined"}
+        joined, _ = announced(f for _, f in updates)
         assert joined == {f"j{i}" for i in range(20)}
         clients.append(observer)
     finally:

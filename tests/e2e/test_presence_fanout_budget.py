@@ -12,13 +12,10 @@ from pathlib import Path
 
 import pytest
 
-from tests.e2e.client import WsClient, room_name
+from tests.e2e.client import WsClient, announced, room_name
 from tests.e2e.server import start_server
 
 pytestmark = pytest.mark.e2e
-
-PRESENCE_TYPES = ("user_joined", "user_left", "presence", "presence_diff")
-
 
 async def test_a_big_rooms_presence_updates_keep_to_the_fanout_budget_and_lose_nothing(tmp_path: Path) -> None:
     server = start_server("daphne", tmp_path, extra_env={"DORM_PRESENCE_FANOUT_PER_SECOND": "100"})
@@ -28,7 +25,7 @@ async def test_a_big_rooms_presence_updates_keep_to_the_fanout_budget_and_lose_n
         observer = await WsClient.open(server.url(room, userId="observer"))
         clients = list(await asyncio.gather(*(WsClient.open(server.url(room, userId=f"m{i}")) for i in range(39))))
         await asyncio.sleep(1.0)  # the members' own updates go out
-        mark = len(observer.frames)
+        mark = observer.mark()
         # Churn for ~1.5 s: 30 joins, and 10 of the first members leave.
         for i in range(30):
             clients.append(await WsClient.open(server.url(room, userId=f"j{i}")))
@@ -36,26 +33,13 @@ async def test_a_big_rooms_presence_updates_keep_to_the_fanout_budget_and_lose_n
                 await clients[i // 3].close()
             await asyncio.sleep(0.03)
         await asyncio.sleep(1.5)  # the last window (at most 0.7 s) ends
-        updates = [
-            (at, f)
-            for at, f in zip(observer.received_at[mark:], observer.frames[mark:])
-            if f.get("type") in PRESENCE_TYPES
-        ]
+        updates = observer.presence_updates_since(mark)
         times = [at for at, _ in updates]
         gaps = [b - a for a, b in zip(times, times[1:])]
         # 40 connections or more at every moment: windows of at least 0.4 s
         # (the base 100 ms would give a dozen updates 0.1 s apart).
         assert len(updates) >= 2 and min(gaps) >= 0.3, gaps  # a window of 0.4 s or more, less the network's jitter
-        joined: set[str] = set()
-        left: set[str] = set()
-        for _, f in updates:
-            if f["type"] == "presence_diff":
-                joined |= {j["userId"] for j in f["joined"]}
-                left |= {j["userId"] for j in f["left"]}
-            elif f["type"] == "user_joined":
-                joined.add(f["userId"])
-            elif f["type"] == "user_left":
-                left.add(f["userId"])
+        joined, left = announced(f for _, f in updates)
         assert joined == {f"j{i}" for i in range(30)}
         assert left == {f"m{i}" for i in range(10)}
         # A member who joins now gets the whole room in its welcome.
