@@ -181,7 +181,11 @@ def encode_item(room: str, item: Item) -> dict[str, Any] | None:
             "tk": item.token, "at": item.attempts, "due": item.due_ms,
         }
     peer = item.peer
-    base = {"type": "dorm.item", "room": room, "c": peer.id, "u": peer.user_id, "sc": peer.scope, "p": PROCESS_ID}
+    # "h": the process holding the socket (presence records it). It used to
+    # travel as "p" alone, which a frame's payload overwrites; "p" stays for
+    # a process of an older release during a rolling deploy.
+    base = {"type": "dorm.item", "room": room, "c": peer.id, "u": peer.user_id, "sc": peer.scope, "h": PROCESS_ID,
+            "p": PROCESS_ID}
     if isinstance(item, Join):
         return {**base, "k": "join", "since": item.since}
     if isinstance(item, Binary):
@@ -191,6 +195,14 @@ def encode_item(room: str, item: Item) -> dict[str, Any] | None:
         payload = None if item.payload is None else orjson.dumps(item.payload).decode()
         return {**base, "k": "frame", "t": item.type, "i": item.client_id, "p": payload}
     return {**base, "k": "leave", "code": item.code, "reason": item.reason}
+
+
+def _holder(message: dict[str, Any]) -> str:
+    """The process holding a forwarded item's socket ("" if not given)."""
+    holder = message.get("h")
+    if holder is None and message.get("k") != "frame":
+        holder = message.get("p")  # a process of an older release (a frame's "p" is its payload)
+    return holder if isinstance(holder, str) else ""
 
 
 @dataclass
@@ -701,9 +713,15 @@ class Cluster:
             self.runtime.registry.submit(room, due)
             return
         conn_id = message["c"]
-        peer = self.remote_peers.get(conn_id)
+        # A socket of this very process: its item went to the owner this
+        # process knew, which had handed the room over to this process by the
+        # time it arrived, and routed it back here. The actor must answer the
+        # local connection: a RemotePeer's answers go out on the bus, which a
+        # process never reads back (the sender would miss its ack, and its
+        # run of seqs would have a hole at its own event).
+        peer: Any = self.runtime.hub.get(room, conn_id) or self.remote_peers.get(conn_id)
         if peer is None:
-            peer = RemotePeer(self, room, conn_id, message["u"], message["sc"], message.get("p", ""))
+            peer = RemotePeer(self, room, conn_id, message["u"], message["sc"], _holder(message))
             if kind != "leave":
                 self.remote_peers[conn_id] = peer
         item: Item

@@ -3,12 +3,15 @@ and Redis, one writer per room, failover without loss (ARCHITECTURE.md).
 
 The clients here behave as PROTOCOL.md asks of real ones: on a close they
 reconnect (to whichever process is up) with ``since`` set to the last seq they
-saw, and re-send every message not yet acknowledged, with the same id.
+saw, and re-send every message not yet acknowledged, with the same id; an
+``error`` reply to a message (``internal``: a commit that failed while Redis
+or PostgreSQL was away) is re-sent too, after a short pause.
 """
 
 from __future__ import annotations
 
 import asyncio
+import re
 import signal
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,6 +20,7 @@ from typing import Any
 import orjson
 import pytest
 
+from rooms.runtime.channel_layer import DormRedisChannelLayer
 from tests.e2e.conftest import STARTED
 from tests.e2e.client import WsClient, event, of_type, room_name
 from tests.e2e.distributed import LEASE_TTL, Cluster, start_cluster
@@ -54,6 +58,10 @@ def cluster(database_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iter
         _stop_cluster(c)
 
 
+# How long a client waits before re-sending a message refused with an error.
+ERROR_RETRY_SECONDS = 0.2
+
+
 class ResilientClient:
     """A client that survives server deaths the way PROTOCOL.md says to."""
 
@@ -73,6 +81,8 @@ class ResilientClient:
         self._since = 0  # what this connection resumed from
         self._seen_here: set[int] = set()  # seqs this connection delivered
         self._top = 0  # the highest seq this connection delivered (or resumed from)
+        self.retry_at: dict[str, float] = {}  # id -> when to re-send it (after an error reply)
+        self.errors: list[str] = []  # reasons of error replies to our messages
 
     async def connect(self) -> None:
         last_error: Exception | None = None
@@ -113,6 +123,11 @@ class ResilientClient:
                 self._see(f["seq"], {"own": f["id"]})
             elif event("draw")(f):
                 self._see(f["seq"], f)
+            elif f.get("type") == "error" and f.get("id") in self.unacked:
+                # Not applied: retry with the same id (PROTOCOL.md), not at
+                # once (the outage that caused it may still be on).
+                self.errors.append(str(f.get("reason")))
+                self.retry_at[f["id"]] = asyncio.get_running_loop().time() + ERROR_RETRY_SECONDS
 
     def _see(self, seq: int, frame: dict[str, Any]) -> None:
         # One connection delivers each seq once, and only seqs after the
@@ -150,14 +165,23 @@ class ResilientClient:
             pass  # the reconnect re-sends it
 
     async def keep_alive(self) -> None:
-        """Pump frames; on a close, reconnect with since and retry."""
+        """Pump frames; on a close, reconnect with since and retry; re-send
+        what an error reply refused once its pause is over."""
         assert self.ws is not None
         self.pump()
         if self.ws.closed.is_set():
             self.close_codes.append(self.ws.close_code)
             assert self.ws.close_code != 1011
             self.reconnects += 1
+            self.retry_at.clear()  # connect() re-sends every unacked message
             await self.connect()
+            return
+        now = asyncio.get_running_loop().time()
+        for message_id, due in list(self.retry_at.items()):
+            if due <= now:
+                del self.retry_at[message_id]
+                if message_id in self.unacked:
+                    await self.draw(message_id, self.unacked[message_id])
 
     async def close(self) -> None:
         if self.ws is not None:
@@ -207,10 +231,10 @@ async def _drive(
         if all(not s.unacked for s in senders):
             top = max(s.last_seq for s in clients)
             if all(c.last_seq == top for c in clients):
-                print({c.user: (c.reconnects, c.close_codes) for c in clients})
+                print({c.user: (c.reconnects, c.close_codes, c.errors) for c in clients})
                 return n
         await asyncio.sleep(0.05)
-    state = {c.user: (c.last_seq, len(c.unacked), c.reconnects, c.close_codes) for c in clients}
+    state = {c.user: (c.last_seq, len(c.unacked), c.reconnects, c.close_codes, c.errors) for c in clients}
     raise AssertionError(f"the stream did not settle: {state}")
 
 
@@ -375,6 +399,54 @@ async def test_two_processes_racing_for_a_cold_room_end_with_one_owner(cluster: 
         finally:
             for ws in opened:
                 await ws.close()
+
+
+def _inbox_of(server: DormServer) -> str:
+    """The process's inbox channel, as its log announced it."""
+    found = re.search(r"cluster member up inbox=(\S+)", server.log_text())
+    assert found is not None, f"{server.log_path} announces no inbox"
+    return found.group(1)
+
+
+async def test_an_item_bounced_back_to_its_sockets_own_process_is_answered(cluster: Cluster) -> None:
+    """A process forwards a socket's frames to the room's owner as it last
+    knew it. If the room moved to the socket's own process meanwhile (a
+    hand-over: the old owner hibernated or shut down, then this process
+    claimed the room), the old owner routes what reaches it on to the new
+    owner: back home. There the socket is a local one: its ack must reach
+    it (not go out on the bus, which a process never reads back), the event
+    everyone else, and the socket's run of seqs stays gapless.
+
+    The first hop (the frame reaching the old owner's inbox) is injected
+    here; the old owner's routing and the bounce are the servers' own.
+    """
+    room = room_name("bounce")
+    home = await WsClient.open(cluster.servers[1].url(room, userId="home"))  # process 1 runs the room
+    other = await WsClient.open(cluster.servers[0].url(room, userId="other"))  # process 0 follows it
+    try:
+        assert cluster.owner_index(room) == 1
+        first = await home.draw({"n": 1})
+        layer = DormRedisChannelLayer(hosts=[cluster.redis_url], capacity=10_000, expiry=30)
+        try:
+            frame = {
+                "type": "dorm.item", "room": room, "c": home.welcome["connectionId"], "u": "home", "sc": "write",
+                "k": "frame", "t": "draw", "i": "bounced", "p": orjson.dumps({"n": 2}).decode(),
+            }
+            await layer.send(_inbox_of(cluster.servers[0]), {"type": "dorm.items", "items": [frame]})
+        finally:
+            await layer.close_pools()
+        ack = await home.wait_reply("bounced", timeout=10)
+        assert ack == {"type": "ack", "id": "bounced", "seq": first + 1}, ack
+        seen = await other.wait_for(event("draw"), 2)
+        assert [(f["seq"], f["userId"], f["payload"]) for f in seen] == [(first, "home", {"n": 1}), (first + 1, "home", {"n": 2})]
+        assert not home.events("draw"), "the sender gets an ack, not its own event"
+        # The socket goes on from there, with no hole.
+        assert await home.draw({"n": 3}) == first + 2
+        assert (await other.wait_for(event("draw"), 3))[-1]["seq"] == first + 2
+        assert "routing failed" not in cluster.servers[0].log_text()
+    finally:
+        await home.close()
+        await other.close()
 
 
 async def test_readyz_reports_database_and_redis(cluster: Cluster) -> None:
