@@ -43,7 +43,7 @@ import orjson
 from redis.exceptions import ConnectionError as RedisConnectionError, TimeoutError as RedisTimeoutError
 from django.utils import timezone
 
-from presence.backends.base import DEFAULT_STATUS
+from presence.backends.base import DEFAULT_STATUS, JoinEffect
 from presence.coalesce import PresenceCoalescer
 from presence.roster import Roster
 from presence.process import PROCESS_ID
@@ -1009,6 +1009,31 @@ class RoomActor:
         peer = join.peer
         if peer.closed:  # the client left before its turn
             return
+        try:
+            effect = await self._welcome(join)
+        except Exception:
+            # No welcome went out (the resume replay's read or the presence
+            # entry failed: a database or Redis outage). Without an answer
+            # the socket would wait for its client's own timeout (10 s in
+            # the shipped clients) before retrying: tell it to retry now.
+            if not peer.closed:
+                peer.refused = True
+                await peer.close(CloseCode.TRY_AGAIN_LATER, "room unavailable, retry later")
+            raise
+        if effect == "joined":
+            # The room's first fresh user (the roster counts the joiner).
+            if self.roster.fresh_users() == 1:
+                signals.room_occupied.send(None, room=self.slug)
+            signals.user_joined.send(None, room=self.slug, user_id=peer.user_id)
+            await self.presence_out.joined(peer.user_id, peer.id)
+        elif effect == "online":
+            await self.presence_out.online(peer.user_id, peer.id, DEFAULT_STATUS)
+        if _overrides(self.kind, "on_connect"):
+            await self.kind.on_connect(self.context, peer)
+
+    async def _welcome(self, join: Join) -> JoinEffect:
+        """The join up to its welcome (sent last); the presence effect."""
+        peer = join.peer
         last = self.last_seq
         since = join.since
         replay: list[str] | None = None
@@ -1040,16 +1065,7 @@ class RoomActor:
             replay is not None,
             last,
         )
-        if effect == "joined":
-            # The room's first fresh user (the roster counts the joiner).
-            if self.roster.fresh_users() == 1:
-                signals.room_occupied.send(None, room=self.slug)
-            signals.user_joined.send(None, room=self.slug, user_id=peer.user_id)
-            await self.presence_out.joined(peer.user_id, peer.id)
-        elif effect == "online":
-            await self.presence_out.online(peer.user_id, peer.id, DEFAULT_STATUS)
-        if _overrides(self.kind, "on_connect"):
-            await self.kind.on_connect(self.context, peer)
+        return effect
 
     async def _frames_after(self, since: int) -> list[str] | None:
         """The committed events after ``since`` as broadcast frames; None if not all kept."""

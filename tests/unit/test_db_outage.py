@@ -287,3 +287,31 @@ async def test_a_room_that_cannot_reach_redis_at_wake_refuses_with_1013_and_logs
     assert code == 1013
     assert any("actor start failed room=no-redis" in r.getMessage() and r.levelname == "WARNING" for r in caplog.records)
     assert not [r for r in caplog.records if r.levelname == "ERROR"]
+
+
+async def test_a_join_that_fails_in_a_running_room_is_refused_with_1013_not_left_waiting(
+    runtime: Any, connect: Any, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Redis drops while a running room handles a join (its presence entry
+    cannot be written: seen by the fault campaign). The joiner must be told
+    to retry (1013) at once: a socket left without its welcome waits for
+    its client's own timeout (10 s in the shipped clients) before retrying.
+    The room goes on serving its other sockets."""
+    from redis.exceptions import ConnectionError as RedisConnectionError
+
+    first = await connect("join-fails", userId="a")
+    real_join = runtime.presence.join
+
+    async def unreachable(*args: Any, **kwargs: Any) -> Any:
+        raise RedisConnectionError("Connection closed by server.")
+
+    caplog.set_level("INFO", logger="dorm.rooms")
+    monkeypatch.setattr(runtime.presence, "join", unreachable)
+    refused = await connect("join-fails", userId="b", expect_welcome=False)
+    assert await refused.closed_with() == (1013, "room unavailable, retry later")
+    assert any("item failed room=join-fails item=Join" in r.getMessage() and r.levelname == "WARNING" for r in caplog.records)
+    monkeypatch.setattr(runtime.presence, "join", real_join)
+    again = await connect("join-fails", userId="b")
+    assert again.welcome["type"] == "welcome"
+    await first.send("draw", {"x": 1}, id="d1")
+    assert (await first.recv_type("ack"))["seq"] == 1
