@@ -713,13 +713,15 @@ class Cluster:
             self.runtime.registry.submit(room, due)
             return
         conn_id = message["c"]
-        # A socket of this very process: its item went to the owner this
-        # process knew, which had handed the room over to this process by the
-        # time it arrived, and routed it back here. The actor must answer the
-        # local connection: a RemotePeer's answers go out on the bus, which a
-        # process never reads back (the sender would miss its ack, and its
-        # run of seqs would have a hole at its own event).
-        peer: Any = self.runtime.hub.get(room, conn_id) or self.remote_peers.get(conn_id)
+        # A socket (or a REST publish) of this very process: its item went to
+        # the owner this process knew, which had handed the room over to this
+        # process by the time it arrived, and routed it back here. The actor
+        # must answer the local peer: a RemotePeer's answers go out on the
+        # bus, which a process never reads back (a socket would miss its ack
+        # and have a hole at its own event's seq; a publish would time out).
+        peer: Any = (
+            self.runtime.hub.get(room, conn_id) or self.local_peers.pop(conn_id, None) or self.remote_peers.get(conn_id)
+        )
         if peer is None:
             peer = RemotePeer(self, room, conn_id, message["u"], message["sc"], _holder(message))
             if kind != "leave":

@@ -42,3 +42,52 @@ def test_items_of_an_older_release_keep_their_holder_where_they_had_one() -> Non
     assert _holder({"k": "leave", "p": "host:1:ab"}) == "host:1:ab"
     assert _holder({"k": "frame", "p": '{"x": 1}'}) == ""
     assert _holder({"k": "frame", "p": None}) == ""
+
+
+class _Registry:
+    def __init__(self) -> None:
+        self.items: list[Any] = []
+
+    def submit(self, room: str, item: Any) -> None:
+        self.items.append(item)
+
+
+def _cluster() -> Any:
+    """A Cluster's inbox side alone: its hub, its peers and a registry that
+    records what it is given."""
+    from types import SimpleNamespace
+
+    from rooms.runtime.cluster import Cluster
+    from rooms.runtime.hub import LocalHub
+
+    cluster = Cluster.__new__(Cluster)
+    cluster.runtime = SimpleNamespace(hub=LocalHub(), registry=_Registry())
+    cluster.remote_peers = {}
+    cluster.local_peers = {}
+    return cluster
+
+
+async def test_an_item_that_comes_home_is_given_to_the_actor_with_its_local_peer() -> None:
+    """A hand-over can route an item back to the process holding its socket
+    (or its REST publish): the actor must answer that peer itself, not a
+    RemotePeer, whose answers go out on the bus this process never reads."""
+    import asyncio
+
+    from rooms.runtime.cluster import RemotePeer
+    from rooms.runtime.publish import ServerPeer
+
+    cluster = _cluster()
+    conn = Connection("r", "u1", "write", _send)
+    cluster.runtime.hub.add(conn)
+    server_peer = ServerPeer("api", "server", asyncio.get_running_loop().create_future())
+    cluster.local_peers[server_peer.id] = server_peer
+    for item in (Frame(conn, "draw", "c-1", {"x": 1}, 0.0), Frame(server_peer, "draw", "s-1", {"x": 2}, 0.0)):
+        cluster._on_inbox(_decoded(encode_item("r", item)))
+    remote = {"type": "dorm.item", "room": "r", "c": "elsewhere", "u": "u2", "sc": "write", "h": "host:2:cd",
+              "k": "frame", "t": "draw", "i": "c-2", "p": '{"x": 3}'}
+    cluster._on_inbox(remote)
+    first, second, third = cluster.runtime.registry.items
+    assert first.peer is conn and first.client_id == "c-1"
+    assert second.peer is server_peer and not cluster.local_peers, "answered here: nothing left waiting on the bus"
+    assert isinstance(third.peer, RemotePeer) and third.peer.process == "host:2:cd"
+    assert cluster.remote_peers == {"elsewhere": third.peer}
