@@ -319,6 +319,36 @@ async def test_internal_error_is_retried_with_the_same_id_then_raised(peer: Scri
         await client.close()
 
 
+async def test_a_socket_never_welcomed_is_dropped_after_the_connect_timeout_and_retried() -> None:
+    """A server that accepts the socket but never sends its welcome (a join
+    lost in an outage) must not hold the client for good: after
+    ``connect_timeout`` it drops the socket and reconnects, as the JS client."""
+    from websockets.asyncio.server import serve
+
+    scripted = ScriptedPeer()
+    accepted: list[float] = []
+
+    async def silent_first(ws: Any) -> None:
+        accepted.append(asyncio.get_running_loop().time())
+        if len(accepted) == 1:
+            await ws.wait_closed()  # accepted, never welcomed
+            return
+        await scripted.handler(ws)
+
+    async with serve(silent_first, "127.0.0.1", 0) as server:
+        port = next(iter(server.sockets)).getsockname()[1]
+        states: list[dict[str, Any]] = []
+        client = DormClient(f"ws://127.0.0.1:{port}", "r", user_id="u1", heartbeat=60, connect_timeout=0.3, backoff_base=0.01)
+        client.on("state", states.append)
+        try:
+            await client.connect().wait_open(timeout=5)
+            assert len(accepted) == 2
+            assert accepted[1] - accepted[0] >= 0.3
+            assert any(s["state"] != "open" and s.get("reason") == "no welcome" for s in states), states
+        finally:
+            await client.close()
+
+
 async def test_a_ping_is_sent_every_heartbeat_period(peer: ScriptedPeer) -> None:
     client = DormClient(peer.url, "r", user_id="u1", heartbeat=0.1)
     try:

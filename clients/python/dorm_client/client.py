@@ -330,17 +330,21 @@ class DormClient:
         reader = asyncio.ensure_future(self._reader(ws))
         dropper = asyncio.ensure_future(self._drop.wait())
         beat = asyncio.ensure_future(self._heartbeat())
+        unwelcomed = asyncio.ensure_future(self._no_welcome_within(self.connect_timeout))
         try:
-            done, _ = await asyncio.wait({reader, dropper, writer}, return_when=asyncio.FIRST_COMPLETED)
+            done, _ = await asyncio.wait({reader, dropper, writer, unwelcomed}, return_when=asyncio.FIRST_COMPLETED)
             if dropper in done:
                 self.close_code, self.close_reason = ABNORMAL, "dropped by client"
                 ws.transport.abort()  # no close handshake: like a cut cable
+            elif unwelcomed in done:
+                self.close_code, self.close_reason = ABNORMAL, "no welcome"
+                ws.transport.abort()
         finally:
             self._ws = None
             self._writes = None
-            for task in (writer, reader, dropper, beat):
+            for task in (writer, reader, dropper, beat, unwelcomed):
                 task.cancel()
-            await asyncio.gather(writer, reader, dropper, beat, return_exceptions=True)
+            await asyncio.gather(writer, reader, dropper, beat, unwelcomed, return_exceptions=True)
         if self.close_code is None:
             rcvd = ws.close_rcvd
             self.close_code = rcvd.code if rcvd is not None else ABNORMAL
@@ -359,6 +363,17 @@ class DormClient:
                     self._on_frame(data)
         except ConnectionClosed:
             pass
+
+    async def _no_welcome_within(self, seconds: float) -> None:
+        """Returns if the socket is not in the room ``seconds`` after it
+        opened (the JS client's ``connectTimeoutMs`` rule): a socket the
+        server accepted but never welcomed would otherwise wait for good,
+        its pings answered. Once welcomed, it waits until cancelled."""
+        try:
+            await asyncio.wait_for(self._open_event.wait(), seconds)
+        except TimeoutError:
+            return
+        await asyncio.Event().wait()
 
     async def _heartbeat(self) -> None:
         while True:
