@@ -1,16 +1,21 @@
 """Items forwarded between processes (rooms/runtime/cluster.py): what the
-owner learns of the socket's holder, whatever the item carries."""
+owner learns of the socket's holder, whatever the item carries, and which
+peer the actor is given for an item that arrives in a process's inbox."""
 
 from __future__ import annotations
 
+import asyncio
+from types import SimpleNamespace
 from typing import Any
 
 import orjson
 
 from presence.process import PROCESS_ID
-from rooms.runtime.cluster import _holder, encode_item
+from rooms.runtime.cluster import Cluster, RemotePeer, _holder, encode_item
 from rooms.runtime.connection import Connection
+from rooms.runtime.hub import LocalHub
 from rooms.runtime.messages import Binary, Frame, Join, Leave
+from rooms.runtime.publish import ServerPeer
 
 
 async def _send(message: dict[str, Any]) -> None:
@@ -55,11 +60,6 @@ class _Registry:
 def _cluster() -> Any:
     """A Cluster's inbox side alone: its hub, its peers and a registry that
     records what it is given."""
-    from types import SimpleNamespace
-
-    from rooms.runtime.cluster import Cluster
-    from rooms.runtime.hub import LocalHub
-
     cluster = Cluster.__new__(Cluster)
     cluster.runtime = SimpleNamespace(hub=LocalHub(), registry=_Registry())
     cluster.remote_peers = {}
@@ -71,11 +71,6 @@ async def test_an_item_that_comes_home_is_given_to_the_actor_with_its_local_peer
     """A hand-over can route an item back to the process holding its socket
     (or its REST publish): the actor must answer that peer itself, not a
     RemotePeer, whose answers go out on the bus this process never reads."""
-    import asyncio
-
-    from rooms.runtime.cluster import RemotePeer
-    from rooms.runtime.publish import ServerPeer
-
     cluster = _cluster()
     conn = Connection("r", "u1", "write", _send)
     cluster.runtime.hub.add(conn)
