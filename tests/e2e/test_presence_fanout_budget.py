@@ -17,6 +17,7 @@ from tests.e2e.server import start_server
 
 pytestmark = pytest.mark.e2e
 
+
 async def test_a_big_rooms_presence_updates_keep_to_the_fanout_budget_and_lose_nothing(tmp_path: Path) -> None:
     server = start_server("daphne", tmp_path, extra_env={"DORM_PRESENCE_FANOUT_PER_SECOND": "100"})
     clients: list[WsClient] = []
