@@ -33,6 +33,8 @@ Workloads:
   second half is what a join costs in a big room (every join is announced
   to the room, and every welcome lists the room). Then every client closes
   at once: server CPU per leave until the server is idle again.
+  ``--storm-rooms N`` spreads the joins over N rooms: a whole process's
+  clients coming back after a deploy.
 - ``idle``: RSS per idle connection at 15,000 connections (this process and
   the servers get the hard open-files limit as their soft limit).
 - ``hibernation``: Dorm only: 10,000 rooms with one open connection each,
@@ -447,11 +449,13 @@ async def _leave_storm(server: Server, clients: list[Client]) -> dict[str, float
     return {"leaves": len(clients), "cpu_ms": 1000 * (last_cpu - cpu0) / max(1, len(clients)), "seconds": last_t - t0}
 
 
-async def _storm(server: Server, n: int, concurrency: int, tokens: bool) -> tuple[list[dict[str, float]], dict[str, float]]:
+async def _storm(server: Server, n: int, concurrency: int, tokens: bool, n_rooms: int = 1) -> tuple[list[dict[str, float]], dict[str, float]]:
     loop = asyncio.get_running_loop()
     rec = CountingRecorder()
-    room = f"s{secrets.token_hex(4)}"
-    paths = [token_path(room, f"u{i}") if tokens else anonymous_path(room, f"u{i}") for i in range(n)]
+    prefix = f"s{secrets.token_hex(4)}"
+    rooms = [prefix] if n_rooms == 1 else [f"{prefix}-{r}" for r in range(n_rooms)]
+    plan = [(rooms[i % n_rooms], f"u{i}") for i in range(n)]
+    paths = [token_path(room, user) if tokens else anonymous_path(room, user) for room, user in plan]
     gate = asyncio.Semaphore(concurrency)
     clients: list[Client] = []
     slice_size = max(1, n // 10)
@@ -491,7 +495,7 @@ def storm_totals(slices: list[dict[str, float]]) -> dict[str, float]:
 
 
 def w_storm(args: argparse.Namespace, server: Server) -> list[Result]:
-    slices, leave = asyncio.run(_storm(server, args.storm_connections, 50, server.tokens))
+    slices, leave = asyncio.run(_storm(server, args.storm_connections, 50, server.tokens, args.storm_rooms))
     half = len(slices) // 2
     first, second = storm_totals(slices[:half]), storm_totals(slices[half:])
     _log_storm(server, "first half", first)
@@ -503,7 +507,8 @@ def w_storm(args: argparse.Namespace, server: Server) -> list[Result]:
             f" second half: {second['frames']:.1f} frames and {second['kib']:.0f} KiB received per join,"
             f" server CPU {second['server_pct']:.0f}%, generator {second['generator_pct']:.0f}%;"
             f" all leaving at once: {leave['cpu_ms']:.2f} ms of server CPU per leave, idle after {leave['seconds']:.1f} s")
-    return [Result(server.name, "storm", f"joins/s into one room from {members // 2:,} to {members:,} members",
+    where = "one room" if args.storm_rooms == 1 else f"{args.storm_rooms:,} rooms"
+    return [Result(server.name, "storm", f"joins/s into {where} from {members // 2:,} to {members:,} members",
                    second["joins_per_s"], "/s", note, {"slices": slices})]
 
 
@@ -670,6 +675,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--max-p99-ms", type=float, default=1000.0)
     p.add_argument("--connections", type=int, default=2000, help="for 'connect' (default: %(default)s)")
     p.add_argument("--storm-connections", type=int, default=5000, help="for 'storm' (default: %(default)s)")
+    p.add_argument("--storm-rooms", type=int, default=1,
+                   help="for 'storm': spread the joins over this many rooms, a reconnect storm after a deploy (default: %(default)s)")
     p.add_argument("--idle-connections", type=int, default=15000, help="for 'idle' (default: %(default)s)")
     p.add_argument("--hibernated-rooms", type=int, default=10000, help="for 'hibernation' (default: %(default)s)")
     p.add_argument("--json", type=Path)

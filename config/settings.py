@@ -291,6 +291,7 @@ DORM = {
     "PRESENCE_SWEEP_SECONDS": env_float("DORM_PRESENCE_SWEEP_SECONDS", 5.0),
     "PRESENCE_COALESCE_MS": env_int("DORM_PRESENCE_COALESCE_MS", 100),
     "PRESENCE_FANOUT_PER_SECOND": env_int("DORM_PRESENCE_FANOUT_PER_SECOND", 2000),
+    "PRESENCE_PROCESS_FANOUT_PER_SECOND": env_int("DORM_PRESENCE_PROCESS_FANOUT_PER_SECOND", 10000),
     "PRESENCE_LEDGER_RETENTION_DAYS": env_int("DORM_PRESENCE_LEDGER_RETENTION_DAYS", 30),
     # Distributed mode: live presence in Redis, so it survives a room moving
     # and a dead process's entries expire by their score.

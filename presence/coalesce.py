@@ -17,6 +17,16 @@ many sockets a second (2,000: 100 ms up to 200 connections, 0.5 s at 1,000,
 2.5 s at 5,000), whatever its size and churn (the same storm: 494 joins/s,
 4.7 frames, 1.9 ms).
 
+The process has a budget too, ``PRESENCE_PROCESS_FANOUT_PER_SECOND``,
+shared by the rooms whose presence is churning now: a room's window is also
+at least ``audience x churning rooms / budget``. Without it, a process whose
+clients all come back at once (a deploy, a network blip) spent its core
+announcing joins in hundreds of rooms while the rest waited to connect:
+10,000 joins into 200 rooms slowed to ~950 joins/s as the rooms filled, 37
+frames received per join and 1.0 ms of server CPU; with the budget 1,650-
+1,890 joins/s, 4.2 frames and 0.55 ms (``bench/suite.py --workloads storm
+--storm-rooms 200``). A lone room, or a few, keep their windows.
+
 A flush with one change sends the classic frame (``user_joined``,
 ``user_left`` or ``presence``), so quiet rooms look exactly as PROTOCOL.md
 shows them to clients that know nothing else. A flush with more sends one
@@ -36,6 +46,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -60,6 +71,40 @@ class _Change:
     reason: str = ""
     status: str = "online"
     extra: dict[str, Any] = field(default_factory=dict)
+
+
+class ChurningRooms:
+    """The rooms of this process whose presence went out lately: each counts
+    for a second after its flush, or for its window if that is longer (a
+    room with a 5 s window churns between its flushes too).
+
+    Kept in the order of their last flush, so the expired ones are at the
+    front (a room with a long window may shield later ones for a while: the
+    count errs high, which only widens windows)."""
+
+    def __init__(self) -> None:
+        self._until: OrderedDict[str, float] = OrderedDict()
+
+    def flushed(self, room: str, now: float, window: float) -> None:
+        self._until[room] = now + max(1.0, window)
+        self._until.move_to_end(room)
+
+    def count(self, now: float, room: str) -> int:
+        """Churning rooms now, ``room`` (about to send) among them."""
+        until = self._until
+        while until:
+            first, expires = next(iter(until.items()))
+            if expires >= now:
+                break
+            del until[first]
+        return len(until) + (room not in until)
+
+    def clear(self) -> None:
+        self._until.clear()
+
+
+# One per process: the budget is the process's.
+churning = ChurningRooms()
 
 
 class PresenceCoalescer:
@@ -106,11 +151,18 @@ class PresenceCoalescer:
 
     def window(self) -> float:
         """The room's window now, in seconds: wide enough that its updates
-        reach at most ``PRESENCE_FANOUT_PER_SECOND`` sockets a second."""
+        reach at most ``PRESENCE_FANOUT_PER_SECOND`` sockets a second, and
+        the process's churning rooms together at most
+        ``PRESENCE_PROCESS_FANOUT_PER_SECOND``."""
         window = dorm_settings.PRESENCE_COALESCE_MS / 1000
-        budget = dorm_settings.PRESENCE_FANOUT_PER_SECOND
-        if budget > 0:
-            window = max(window, self.audience() / budget)
+        room_budget = dorm_settings.PRESENCE_FANOUT_PER_SECOND
+        process_budget = dorm_settings.PRESENCE_PROCESS_FANOUT_PER_SECOND
+        if room_budget > 0 or process_budget > 0:
+            audience = self.audience()
+            if room_budget > 0:
+                window = max(window, audience / room_budget)
+            if process_budget > 0:
+                window = max(window, audience * churning.count(time.monotonic(), self.room) / process_budget)
         return window
 
     def _on_timer(self) -> None:
@@ -135,6 +187,7 @@ class PresenceCoalescer:
         changes = [(user, c) for user, c in pending.items() if c.before != c.after]
         if not changes:
             return
+        churning.flushed(self.room, self._last_flush, self.window())
         self.frames_sent += 1
         if len(changes) == 1:
             user_id, c = changes[0]

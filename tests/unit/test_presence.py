@@ -386,7 +386,18 @@ async def test_a_failing_presence_backend_on_heartbeat_keeps_the_socket(runtime:
     assert ack["id"] == "d1" and ack["seq"] >= 1
 
 
-async def test_a_big_rooms_window_widens_so_its_updates_reach_at_most_the_fanout_budget() -> None:
+@pytest.fixture
+def no_churn() -> Any:
+    """The process's churning rooms start empty (other tests' rooms count
+    for a second after their last update)."""
+    from presence.coalesce import churning
+
+    churning.clear()
+    yield churning
+    churning.clear()
+
+
+async def test_a_big_rooms_window_widens_so_its_updates_reach_at_most_the_fanout_budget(no_churn: Any) -> None:
     """A room's presence updates reach at most PRESENCE_FANOUT_PER_SECOND sockets
     a second: with 400 connections and a budget of 1,000, one update per 0.4 s."""
     from presence.coalesce import PresenceCoalescer
@@ -423,4 +434,79 @@ async def test_a_big_rooms_window_widens_so_its_updates_reach_at_most_the_fanout
         assert out.window() == pytest.approx(0.1)
     with dorm(PRESENCE_FANOUT_PER_SECOND=0):
         audience = 100_000
+        # The process's budget (10,000) still holds, for a room alone too.
+        assert out.window() == pytest.approx(10.0)
+    with dorm(PRESENCE_FANOUT_PER_SECOND=0, PRESENCE_PROCESS_FANOUT_PER_SECOND=0):
         assert out.window() == pytest.approx(0.1)
+
+
+async def test_rooms_churning_at_once_share_the_process_budget_and_lose_nothing(no_churn: Any) -> None:
+    """A reconnect storm over many rooms: their presence updates together
+    reach at most PRESENCE_PROCESS_FANOUT_PER_SECOND sockets a second (a fair
+    share each), every join is still announced, and a room alone again gets
+    its base window back."""
+    from presence.coalesce import PresenceCoalescer
+
+    sends: list[tuple[float, str, int]] = []  # when, room, sockets reached
+    announced: dict[str, set[str]] = {}
+    audience = 100
+
+    class Capture:
+        async def broadcast(self, room: str, text: str, seq: int | None, exclude: str | None) -> None:
+            sends.append((time.monotonic(), room, audience))
+            frame = orjson.loads(text)
+            users = {j["userId"] for j in frame["joined"]} if frame["type"] == "presence_diff" else {frame["userId"]}
+            announced.setdefault(room, set()).update(users)
+
+    rooms = [PresenceCoalescer(f"r{i}", Capture(), lambda: audience) for i in range(20)]
+    joins = {room.room: set() for room in rooms}
+    with dorm(PRESENCE_PROCESS_FANOUT_PER_SECOND=4000, PRESENCE_FANOUT_PER_SECOND=2000):
+        assert rooms[0].window() == pytest.approx(0.1)  # one room: 100 / 4,000 = 25 ms, under the base
+        started = time.monotonic()
+        for step in range(300):  # ~1.5 s: every room gets a join each ~5 ms x 20
+            room = rooms[step % 20]
+            user = f"u{step}"
+            joins[room.room].add(user)
+            await room.joined(user, f"c{step}")
+            if step % 20 == 19:
+                await asyncio.sleep(0.1)
+        # 20 rooms churning: each gets 200 sockets a second, a 0.5 s window.
+        assert rooms[3].window() == pytest.approx(0.5)
+        await asyncio.sleep(0.6)
+        elapsed = time.monotonic() - started
+        # Each room's first update goes out at once (2,000 sockets); after
+        # that the process stays within its budget.
+        reached = sum(n for _, _, n in sends)
+        assert reached <= 20 * audience + 4000 * elapsed * 1.1, (reached, elapsed)
+        for room in rooms:
+            times = [at for at, name, _ in sends if name == room.room]
+            gaps = [b - a for a, b in zip(times, times[1:])]
+            assert len(times) >= 2 and min(gaps) >= 0.3, (room.room, gaps)
+        # Without the process budget the same churn sent an update per 0.1 s.
+        assert len(sends) <= 20 * (1 + elapsed / 0.3)
+    # Nothing lost: every join is in one of its room's updates.
+    for room in rooms:
+        await room.flush()
+    assert announced == joins
+    # A room alone again (the others quiet for their window) is back to the base.
+    with dorm(PRESENCE_PROCESS_FANOUT_PER_SECOND=4000):
+        no_churn.clear()
+        assert rooms[0].window() == pytest.approx(0.1)
+    with dorm(PRESENCE_PROCESS_FANOUT_PER_SECOND=0):
+        assert rooms[0].window() == pytest.approx(0.1)
+
+
+def test_churning_rooms_count_for_a_second_or_their_window() -> None:
+    from presence.coalesce import ChurningRooms
+
+    churn = ChurningRooms()
+    churn.flushed("a", 10.0, 0.1)
+    churn.flushed("b", 10.2, 3.0)
+    churn.flushed("a", 10.4, 0.1)  # a again: moves behind b
+    assert churn.count(10.5, "a") == 2
+    assert churn.count(10.5, "c") == 3  # the room about to send counts itself
+    assert churn.count(11.3, "b") == 2  # a until 11.4, b until 13.2
+    assert churn.count(11.5, "b") == 2  # a expired, behind b: the count errs high, never low
+    churn.flushed("c", 11.6, 0.1)
+    assert churn.count(12.7, "c") == 3  # c expired at 12.6, but a and c are behind b
+    assert churn.count(13.3, "b") == 1  # all expired: only the room about to send
