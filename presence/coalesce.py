@@ -19,7 +19,7 @@ many sockets a second (2,000: 100 ms up to 200 connections, 0.5 s at 1,000,
 
 The process has a budget too, ``PRESENCE_PROCESS_FANOUT_PER_SECOND``,
 shared by the rooms whose presence is churning now: a room's window is also
-at least ``audience x churning rooms / budget``. Without it, a process whose
+at least the connections of all those rooms / the budget. Without it, a process whose
 clients all come back at once (a deploy, a network blip) spent its core
 announcing joins in hundreds of rooms while the rest waited to connect:
 10,000 joins into 200 rooms slowed to ~950 joins/s as the rooms filled, 37
@@ -74,33 +74,42 @@ class _Change:
 
 
 class ChurningRooms:
-    """The rooms of this process whose presence went out lately: each counts
-    for a second after its flush, or for its window if that is longer (a
-    room with a 5 s window churns between its flushes too).
+    """The rooms of this process whose presence went out lately, with the
+    connections their updates reach: each counts for a second after its
+    flush, or for its window if that is longer (a room with a 5 s window
+    churns between its flushes too).
 
     Kept in the order of their last flush, so the expired ones are at the
     front (a room with a long window may shield later ones for a while: the
-    count errs high, which only widens windows)."""
+    sum errs high, which only widens windows)."""
 
     def __init__(self) -> None:
-        self._until: OrderedDict[str, float] = OrderedDict()
+        self._rooms: OrderedDict[str, tuple[float, int]] = OrderedDict()  # room -> (counts until, audience)
+        self._audience = 0
 
-    def flushed(self, room: str, now: float, window: float) -> None:
-        self._until[room] = now + max(1.0, window)
-        self._until.move_to_end(room)
+    def flushed(self, room: str, now: float, window: float, audience: int) -> None:
+        before = self._rooms.pop(room, None)  # and back in at the end
+        if before is not None:
+            self._audience -= before[1]
+        self._rooms[room] = (now + max(1.0, window), audience)
+        self._audience += audience
 
-    def count(self, now: float, room: str) -> int:
-        """Churning rooms now, ``room`` (about to send) among them."""
-        until = self._until
-        while until:
-            first, expires = next(iter(until.items()))
-            if expires >= now:
+    def audience(self, now: float, room: str, audience: int) -> int:
+        """The connections the churning rooms' updates reach, ``room`` (about
+        to send, to ``audience`` connections) among them."""
+        rooms = self._rooms
+        while rooms:
+            first, (until, reached) = next(iter(rooms.items()))
+            if until >= now:
                 break
-            del until[first]
-        return len(until) + (room not in until)
+            del rooms[first]
+            self._audience -= reached
+        mine = rooms.get(room)
+        return self._audience - (mine[1] if mine is not None else 0) + audience
 
     def clear(self) -> None:
-        self._until.clear()
+        self._rooms.clear()
+        self._audience = 0
 
 
 # One per process: the budget is the process's.
@@ -153,7 +162,10 @@ class PresenceCoalescer:
         """The room's window now, in seconds: wide enough that its updates
         reach at most ``PRESENCE_FANOUT_PER_SECOND`` sockets a second, and
         the process's churning rooms together at most
-        ``PRESENCE_PROCESS_FANOUT_PER_SECOND``."""
+        ``PRESENCE_PROCESS_FANOUT_PER_SECOND``: then all of them have the
+        same window, their connections together / that budget (a fair share
+        per room instead would give one room of 5,000 among 200 small ones
+        a 100 s window)."""
         window = dorm_settings.PRESENCE_COALESCE_MS / 1000
         room_budget = dorm_settings.PRESENCE_FANOUT_PER_SECOND
         process_budget = dorm_settings.PRESENCE_PROCESS_FANOUT_PER_SECOND
@@ -162,7 +174,7 @@ class PresenceCoalescer:
             if room_budget > 0:
                 window = max(window, audience / room_budget)
             if process_budget > 0:
-                window = max(window, audience * churning.count(time.monotonic(), self.room) / process_budget)
+                window = max(window, churning.audience(time.monotonic(), self.room, audience) / process_budget)
         return window
 
     def _on_timer(self) -> None:
@@ -187,7 +199,7 @@ class PresenceCoalescer:
         changes = [(user, c) for user, c in pending.items() if c.before != c.after]
         if not changes:
             return
-        churning.flushed(self.room, self._last_flush, self.window())
+        churning.flushed(self.room, self._last_flush, self.window(), self.audience())
         self.frames_sent += 1
         if len(changes) == 1:
             user_id, c = changes[0]

@@ -496,17 +496,36 @@ async def test_rooms_churning_at_once_share_the_process_budget_and_lose_nothing(
         assert rooms[0].window() == pytest.approx(0.1)
 
 
-def test_churning_rooms_count_for_a_second_or_their_window() -> None:
+def test_churning_rooms_count_for_a_second_or_their_window_with_their_audience() -> None:
     from presence.coalesce import ChurningRooms
 
     churn = ChurningRooms()
-    churn.flushed("a", 10.0, 0.1)
-    churn.flushed("b", 10.2, 3.0)
-    churn.flushed("a", 10.4, 0.1)  # a again: moves behind b
-    assert churn.count(10.5, "a") == 2
-    assert churn.count(10.5, "c") == 3  # the room about to send counts itself
-    assert churn.count(11.3, "b") == 2  # a until 11.4, b until 13.2
-    assert churn.count(11.5, "b") == 2  # a expired, behind b: the count errs high, never low
-    churn.flushed("c", 11.6, 0.1)
-    assert churn.count(12.7, "c") == 3  # c expired at 12.6, but a and c are behind b
-    assert churn.count(13.3, "b") == 1  # all expired: only the room about to send
+    churn.flushed("a", 10.0, 0.1, 100)
+    churn.flushed("b", 10.2, 3.0, 5000)
+    churn.flushed("a", 10.4, 0.1, 120)  # a again, bigger: moves behind b
+    assert churn.audience(10.5, "a", 130) == 5130  # the room about to send counts as it is now
+    assert churn.audience(10.5, "c", 50) == 5170
+    assert churn.audience(11.3, "b", 5000) == 5120  # a until 11.4, b until 13.2
+    assert churn.audience(11.5, "b", 5000) == 5120  # a expired, behind b: the sum errs high, never low
+    churn.flushed("c", 11.6, 0.1, 50)
+    assert churn.audience(13.3, "b", 5000) == 5000  # all expired: only the room about to send
+
+
+def test_a_big_room_among_small_ones_gets_the_same_window_not_an_equal_share(no_churn: Any) -> None:
+    """One room of 5,000 and 200 of 50 churning together: one window for all,
+    their 15,000 connections / the budget (1.5 s), not 100 s for the big one."""
+    from presence.coalesce import PresenceCoalescer
+
+    class Quiet:
+        async def broadcast(self, room: str, text: str, seq: int | None, exclude: str | None) -> None:
+            pass
+
+    now = time.monotonic()
+    for i in range(200):
+        no_churn.flushed(f"small{i}", now, 1.0, 50)
+    big = PresenceCoalescer("big", Quiet(), lambda: 5000)
+    small = PresenceCoalescer("small7", Quiet(), lambda: 50)
+    with dorm(PRESENCE_PROCESS_FANOUT_PER_SECOND=10000, PRESENCE_FANOUT_PER_SECOND=5000):  # the big room's own: 1 s
+        assert big.window() == pytest.approx(1.5)
+        no_churn.flushed("big", now, 1.5, 5000)  # it sent its update
+        assert small.window() == pytest.approx(1.5)
