@@ -22,10 +22,10 @@ shared by the rooms whose presence is churning now: a room's window is also
 at least the connections of all those rooms / the budget. Without it, a process whose
 clients all come back at once (a deploy, a network blip) spent its core
 announcing joins in hundreds of rooms while the rest waited to connect:
-10,000 joins into 200 rooms slowed to ~950 joins/s as the rooms filled, 37
-frames received per join and 1.0 ms of server CPU; with the budget 1,650-
-1,890 joins/s, 4.2 frames and 0.55 ms (``bench/suite.py --workloads storm
---storm-rooms 200``). A lone room, or a few, keep their windows.
+10,000 joins into 200 rooms slowed to ~910 joins/s as the rooms filled, 37
+frames received per join and 1.07 ms of server CPU; with the budget
+1,580-1,670 joins/s, 4.2 frames and 0.6 ms (``bench/suite.py --workloads
+storm --storm-rooms 200``). A lone room, or a few, keep their windows.
 
 A flush with one change sends the classic frame (``user_joined``,
 ``user_left`` or ``presence``), so quiet rooms look exactly as PROTOCOL.md
