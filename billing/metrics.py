@@ -50,6 +50,8 @@ PROCESS_GAUGES = {
     "rooms_with_connections": "Rooms with at least one socket on this process",
     "slow_clients_closed": "Sockets this process closed with 4408 (too slow) since it started",
     "keepalives_at_edge": "Keepalives this process answered in the server's read, without waking their consumer, since it started",
+    "presence_churning_connections": "Connections reached by the presence updates of this process's rooms churning now"
+    " (divided by DORM_PRESENCE_PROCESS_FANOUT_PER_SECOND: the seconds between their updates, when over the base window)",
 }
 
 

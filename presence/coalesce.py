@@ -94,9 +94,9 @@ class ChurningRooms:
         self._rooms[room] = (now + max(1.0, window), audience)
         self._audience += audience
 
-    def audience(self, now: float, room: str, audience: int) -> int:
-        """The connections the churning rooms' updates reach, ``room`` (about
-        to send, to ``audience`` connections) among them."""
+    def total(self, now: float) -> int:
+        """The connections the churning rooms' updates reach (/metrics:
+        ``dorm_process_presence_churning_connections``)."""
         rooms = self._rooms
         while rooms:
             first, (until, reached) = next(iter(rooms.items()))
@@ -104,8 +104,14 @@ class ChurningRooms:
                 break
             del rooms[first]
             self._audience -= reached
-        mine = rooms.get(room)
-        return self._audience - (mine[1] if mine is not None else 0) + audience
+        return self._audience
+
+    def audience(self, now: float, room: str, audience: int) -> int:
+        """``total``, with ``room`` (about to send, to ``audience``
+        connections) among them."""
+        total = self.total(now)
+        mine = self._rooms.get(room)
+        return total - (mine[1] if mine is not None else 0) + audience
 
     def clear(self) -> None:
         self._rooms.clear()

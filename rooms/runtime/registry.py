@@ -19,6 +19,7 @@ from django.conf import settings
 from billing.flush import stop_flusher
 from presence.backends.base import PresenceBackend
 from presence.backends.memory import MemoryPresence
+from presence.coalesce import churning
 from presence.service import PresenceService
 from rooms.conf import dorm_settings
 from rooms.runtime.actor import RoomActor
@@ -234,6 +235,7 @@ def process_gauges(timeout: float = 2.0) -> dict[str, int] | None:
             "rooms_with_connections": len(rooms),
             "slow_clients_closed": runtime.outbound_watch.closed_for_lag,
             "keepalives_at_edge": runtime.keepalives_at_edge,
+            "presence_churning_connections": churning.total(time.monotonic()),
         }
 
     try:

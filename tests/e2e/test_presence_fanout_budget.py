@@ -16,6 +16,7 @@ import pytest
 
 from tests.e2e.client import WsClient, announced, room_name
 from tests.e2e.server import start_server
+from tests.e2e.test_leaks import METRICS_TOKEN, process_gauges
 
 pytestmark = pytest.mark.e2e
 
@@ -61,7 +62,8 @@ async def test_rooms_churning_at_once_share_the_process_budget_and_lose_nothing(
     of ``DORM_PRESENCE_PROCESS_FANOUT_PER_SECOND`` (set to 200 here: 8 rooms
     of 10-15 connections churning at once get windows of 0.4 s or more),
     and every join is still announced."""
-    server = start_server("daphne", tmp_path, extra_env={"DORM_PRESENCE_PROCESS_FANOUT_PER_SECOND": "200"})
+    metrics = {"DORM_METRICS_TOKEN": METRICS_TOKEN, "DJANGO_SECURE_SSL_REDIRECT": "false"}
+    server = start_server("daphne", tmp_path, extra_env={"DORM_PRESENCE_PROCESS_FANOUT_PER_SECOND": "200", **metrics})
     rooms = [room_name(f"share{r}") for r in range(8)]
     clients: list[WsClient] = []
     try:
@@ -75,6 +77,9 @@ async def test_rooms_churning_at_once_share_the_process_budget_and_lose_nothing(
         for i in range(5):
             clients += await asyncio.gather(*(WsClient.open(server.url(room, userId=f"j{i}")) for room in rooms))
             await asyncio.sleep(0.1)
+        # /metrics shows the storm: the churning rooms' connections (80 or
+        # more; over the budget of 200, updates ~0.5 s apart).
+        assert (await asyncio.to_thread(process_gauges, server))["presence_churning_connections"] >= 80
         await asyncio.sleep(2.0)  # the last windows (about 0.6 s) end
         for observer, mark in zip(observers, marks):
             updates = observer.presence_updates_since(mark)

@@ -508,7 +508,9 @@ def test_churning_rooms_count_for_a_second_or_their_window_with_their_audience()
     assert churn.audience(11.3, "b", 5000) == 5120  # a until 11.4, b until 13.2
     assert churn.audience(11.5, "b", 5000) == 5120  # a expired, behind b: the sum errs high, never low
     churn.flushed("c", 11.6, 0.1, 50)
+    assert churn.total(11.7) == 5170
     assert churn.audience(13.3, "b", 5000) == 5000  # all expired: only the room about to send
+    assert churn.total(13.3) == 0
 
 
 def test_a_big_room_among_small_ones_gets_the_same_window_not_an_equal_share(no_churn: Any) -> None:
