@@ -523,7 +523,10 @@ def py_spy(args: argparse.Namespace, server: Server, workload: str) -> Iterator[
     out = args.py_spy / f"{server.name}-{workload}.txt"
     flags = args.py_spy_flags.split()
     rate = [] if {"-r", "--rate"} & set(flags) else ["-r", "200"]  # py-spy refuses a flag given twice
-    cmd = [str(Path(sys.executable).parent / "py-spy"), "record", "--nonblocking", *rate, "-p", str(server.pid), *flags,
+    # --native (C frames: the garbage collector, system calls) needs the
+    # process paused at each sample; py-spy refuses it with --nonblocking.
+    pause = [] if "--native" in flags else ["--nonblocking"]
+    cmd = [str(Path(sys.executable).parent / "py-spy"), "record", *pause, *rate, "-p", str(server.pid), *flags,
            "-f", "raw", "-o", str(out)]
     spy = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     time.sleep(0.5)  # attached before the first connection

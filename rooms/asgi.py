@@ -268,8 +268,12 @@ def tune_gc(setting: str = "") -> None:
     (docs/performance.md, "Garbage collector"). Raising the thresholds as well
     (50,000/20/100) bought a little more throughput but let each process hold
     more garbage between collections: the 10,000-session leak test saw RSS
-    climb 85 MB instead of settling, so Python's defaults stay unless
-    ``setting`` (``DORM_GC_THRESHOLDS``, e.g. ``"5000,10,10"``) says otherwise.
+    climb 85 MB instead of settling. That garbage was every closed socket's
+    protocol, in a cycle through its own ``is_closed`` (now broken:
+    ``rooms.daphne_server.ClosedWithoutCycles``); since then the thresholds
+    leave RSS flat, and buy nothing measurable either. So Python's defaults
+    stay unless ``setting`` (``DORM_GC_THRESHOLDS``, e.g. ``"5000,10,10"``)
+    says otherwise.
     """
     import gc
 

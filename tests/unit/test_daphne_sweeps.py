@@ -567,3 +567,44 @@ def test_a_sweeps_pongs_are_checked_by_one_timer_which_drops_only_the_silent(
     clock.now += server.ping_timeout
     pongs_due(pinged)
     assert dropped == [silent]
+
+
+class _ClosingServer(_NoServer):
+    def protocol_disconnected(self, protocol: Any) -> None:
+        self.connections.pop(protocol, None)
+
+    def log_action(self, *args: Any) -> None:
+        pass
+
+
+@pytest.mark.parametrize("factory_class", [WebSocketFactory, LeanWebSocketFactory])
+def test_a_closed_protocol_is_freed_without_the_cyclic_collector(factory_class: type) -> None:
+    """autobahn resolves ``is_closed`` with the protocol itself: a cycle that
+    left every closed socket's ~35 objects for the collector's oldest
+    generation (RSS grew with its thresholds raised). Dorm's protocol class
+    breaks it; autobahn's own is shown keeping it, so the test can tell."""
+    import gc
+    import weakref
+
+    from twisted.internet.error import ConnectionDone
+    from twisted.python.failure import Failure
+
+    from types import SimpleNamespace
+
+    server = _ClosingServer()
+    protocol = _connected(factory_class(server, server="daphne"))
+    # What daphne's onConnect sets at the handshake.
+    protocol.server, protocol.client_addr, protocol.request = server, None, SimpleNamespace(path="/ws/r")
+    gc.disable()
+    try:
+        protocol.connectionLost(Failure(ConnectionDone()))
+        assert protocol.is_closed.called
+        freed = weakref.ref(protocol)
+        del protocol
+        if factory_class is LeanWebSocketFactory:
+            assert freed() is None, "a closed protocol is left in a reference cycle"
+        else:
+            assert freed() is not None  # autobahn's own: only the collector frees it
+    finally:
+        gc.enable()
+        gc.collect()
