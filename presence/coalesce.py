@@ -19,9 +19,10 @@ many sockets a second (2,000: 100 ms up to 200 connections, 0.5 s at 1,000,
 
 The process has a budget too, ``PRESENCE_PROCESS_FANOUT_PER_SECOND``,
 shared by the rooms whose presence is churning now: a room's window is also
-at least the connections of all those rooms / the budget. Without it, a process whose
-clients all come back at once (a deploy, a network blip) spent its core
-announcing joins in hundreds of rooms while the rest waited to connect:
+at least the connections of all those rooms / the budget. Without it, a
+process whose clients all come back at once (a deploy, a network blip)
+spent its core announcing joins in hundreds of rooms while the rest waited
+to connect:
 10,000 joins into 200 rooms slowed to ~910 joins/s as the rooms filled, 37
 frames received per join and 1.07 ms of server CPU; with the budget
 1,580-1,670 joins/s, 4.2 frames and 0.6 ms (``bench/suite.py --workloads

@@ -110,8 +110,8 @@ DEFAULTS: dict[str, Any] = {
     # ... and per room at most this many sockets a second reached by presence
     # updates: a big room's window widens to connections / this (0 = off).
     "PRESENCE_FANOUT_PER_SECOND": 2000,
-    # ... and the process's rooms together at most this many (a fair share
-    # each for the rooms churning at once; 0 = off).
+    # ... and the process's rooms churning at once together at most this
+    # many: they all get the same window, their connections / this (0 = off).
     "PRESENCE_PROCESS_FANOUT_PER_SECOND": 10000,
     # Ledger rows are written in batches at most this often.
     "PRESENCE_LEDGER_FLUSH_SECONDS": 0.25,

@@ -585,11 +585,10 @@ def test_a_closed_protocol_is_freed_without_the_cyclic_collector(factory_class: 
     breaks it; autobahn's own is shown keeping it, so the test can tell."""
     import gc
     import weakref
+    from types import SimpleNamespace
 
     from twisted.internet.error import ConnectionDone
     from twisted.python.failure import Failure
-
-    from types import SimpleNamespace
 
     server = _ClosingServer()
     protocol = _connected(factory_class(server, server="daphne"))
