@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from typing import Any
 
 import orjson
@@ -216,12 +217,16 @@ async def test_touch_many_refreshes_known_entries_and_creates_none(redis_url: st
     from presence.backends.redis import RedisPresence
 
     for backend in (MemoryPresence(), RedisPresence(redis_url, redis_prefix)):
-        with dorm(PRESENCE_TTL_SECONDS=0.5):
+        with dorm(PRESENCE_TTL_SECONDS=1.0):
             await backend.join("r", "c1", "u", PROCESS_ID)
             await backend.join("r", "c2", "v", PROCESS_ID)
-            await asyncio.sleep(0.3)
+            joined = time.monotonic()
+            await asyncio.sleep(0.5)
             await backend.touch_many([("r", "c1", "u"), ("r", "gone", "w")])
-            await asyncio.sleep(0.3)
+            # Read once c2's TTL has surely passed, and as early as that
+            # allows: c1's refresh then has ~0.5 s to spare (0.2 s of margin
+            # failed once on a loaded CI machine).
+            await asyncio.sleep(max(0.0, joined + 1.05 - time.monotonic()))
             assert [m["userId"] for m in await backend.members("r")] == ["u"], type(backend).__name__
             assert await backend.online(["w"]) == {}
         if isinstance(backend, RedisPresence):
