@@ -394,6 +394,13 @@ class RoomActor:
             if self._items:
                 await self._refuse_queued(None)
             await self.runtime.actor_stopped(self.slug, clean and not self._broken and not self.degraded)
+            # The context is the actor's last reference cycle (actor ->
+            # context -> actor): dropped here, a sleeping room's state and
+            # objects go at once, by reference counting, instead of at the
+            # cyclic collector's next pass over the oldest generation (an
+            # idle server makes few). A kind that kept the context keeps the
+            # actor with it, as before.
+            self.context = None  # type: ignore[assignment]
 
     async def _start(self) -> None:
         await self._load()

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import inspect
+import weakref
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
@@ -53,7 +54,10 @@ class Timers:
     """The timers of one actor; ``submit`` is the actor's inbox."""
 
     def __init__(self, submit: Callable[[Tick], None]) -> None:
-        self._submit = submit
+        # Weakly: the actor holds its timers, so its bound ``submit`` here
+        # made a reference cycle, and a sleeping room's objects waited for
+        # the cyclic collector instead of going at once.
+        self._submit = weakref.WeakMethod(submit) if inspect.ismethod(submit) else (lambda: submit)
         self.active: set[Timer] = set()
 
     def after(self, seconds: float, fn: TimerFn) -> Timer:
@@ -68,8 +72,13 @@ class Timers:
 
     def _arm(self, timer: Timer) -> Timer:
         self.active.add(timer)
-        timer._handle = asyncio.get_running_loop().call_at(timer.when, self._submit, Tick(timer))
+        timer._handle = asyncio.get_running_loop().call_at(timer.when, self._tick, Tick(timer))
         return timer
+
+    def _tick(self, tick: Tick) -> None:
+        submit = self._submit()
+        if submit is not None:  # None: the actor is gone (its timers stop when it sleeps)
+            submit(tick)
 
     def due(self, timer: Timer) -> bool:
         """The actor took a tick: True if ``fn`` should run (re-arms ``every``)."""

@@ -179,6 +179,35 @@ async def test_hibernation_keeps_connections_and_wakes_exactly_where_it_slept(ru
         assert [s["payload"] for s in c.welcome["state"]["strokes"]] == [{"x": 1}]
 
 
+async def test_a_sleeping_rooms_actor_is_freed_without_the_cyclic_collector(runtime: Any, connect: Any) -> None:
+    """Its context and its timers referred back to it: reference cycles that
+    kept every slept room's state and objects until the collector's next pass
+    over the oldest generation (an idle server makes few). Now it goes when
+    it sleeps, with a timer that was still armed."""
+    import gc
+    import weakref
+
+    with dorm(HIBERNATE_AFTER_SECONDS=0.2):
+        a = await connect("freed", userId="a")
+        await a.send("draw", {"x": 1}, id="d")
+        assert (await a.recv_type("ack"))["seq"] == 1
+        actor = runtime.registry.actors["freed"]
+        actor.context.after(30, lambda ctx: None)  # armed when it sleeps
+        gone = weakref.ref(actor)
+        del actor
+        await a.close()
+        gc.disable()
+        try:
+            for _ in range(60):
+                await asyncio.sleep(0.05)
+                if gone() is None:
+                    break
+            assert "freed" not in runtime.registry.actors
+            assert gone() is None, [type(r).__name__ for r in gc.get_referrers(gone())]
+        finally:
+            gc.enable()
+
+
 @pytest.mark.parametrize(
     ("raw", "reason"),
     [
