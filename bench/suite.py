@@ -39,7 +39,9 @@ Workloads:
   the servers get the hard open-files limit as their soft limit).
 - ``hibernation``: Dorm only: 10,000 rooms with one open connection each,
   hibernated (DORM_HIBERNATE_AFTER_SECONDS=3): server CPU while idle, then
-  wake-to-first-broadcast latency in 20 of them.
+  wake-to-first-broadcast latency in 20 of them, then a wake storm: a draw
+  into each of 2,000 more, 50 at a time (wakes/s, server CPU per wake, ack
+  latency).
 
 Progress goes to stderr; the table (with ratios to the references) to stdout.
 """
@@ -60,7 +62,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -163,6 +165,10 @@ def start_server(name: str, log_dir: Path, db_dir: Path, pg_url: str | None, ext
             env["DATABASE_URL"] = pg_url
         if name == "dorm-hibernate":
             env["DORM_HIBERNATE_AFTER_SECONDS"] = "3"
+            # The workload's clients are silent: with the default 60 s TTL
+            # the first-opened sockets went offline, and woke their rooms to
+            # say so, inside the idle window (10,000 rooms open in ~50 s).
+            env["DORM_PRESENCE_TTL_SECONDS"] = "600"
         env.update(extra_env)
         subprocess.run([sys.executable, "manage.py", "migrate", "--noinput"], cwd=REPO, env=env, check=True, stdout=subprocess.DEVNULL, timeout=300)
         cmd, cwd = daphne + ["config.asgi:application"], REPO
@@ -577,7 +583,8 @@ def w_idle(args: argparse.Namespace, server: Server) -> list[Result]:
                    f"{held:,} held, server RSS {after / 1024:,.0f} MiB")]
 
 
-async def _hibernation(server: Server, rooms_n: int, wakes: int) -> dict[str, Any]:
+async def _hibernation(server: Server, rooms_n: int, wakes: int, storm_n: int = 2000,
+                       profile: Callable[[], Any] = nullcontext) -> dict[str, Any]:
     rec = Recorder()
     rec.first_measured = 0
     prefix = f"h{secrets.token_hex(3)}"
@@ -587,9 +594,10 @@ async def _hibernation(server: Server, rooms_n: int, wakes: int) -> dict[str, An
     failed = opened.count(None) + receivers.count(None)
     open_s = time.perf_counter() - t0
     await asyncio.sleep(3.0 + 4.0)  # hibernate after 3 s of no items, plus the snapshots
-    cpu0, w0 = tree_cpu(server.pid), time.perf_counter()
-    await asyncio.sleep(10.0)
-    idle_cpu = (tree_cpu(server.pid) - cpu0) / (time.perf_counter() - w0) * 100
+    with profile():
+        cpu0, w0 = tree_cpu(server.pid), time.perf_counter()
+        await asyncio.sleep(10.0)
+        idle_cpu = (tree_cpu(server.pid) - cpu0) / (time.perf_counter() - w0) * 100
     rss = rss_kib(tree(server.pid))
     lat = []
     for i in range(wakes):
@@ -606,24 +614,56 @@ async def _hibernation(server: Server, rooms_n: int, wakes: int) -> dict[str, An
             await asyncio.sleep(0.0005)
         if len(rec.latencies_ms) > got:
             lat.append(rec.latencies_ms[-1])
+    storm = await _wake_storm(server, rec, [c for c in opened[wakes:wakes + storm_n] if c is not None])
     for c in list(opened) + list(receivers):
         if c is not None and c.transport is not None:
             c.transport.close()
     await asyncio.sleep(2.0)
-    return {"rooms": rooms_n - failed, "open_s": open_s, "idle_cpu_pct": idle_cpu, "rss_kib": rss, "wake_ms": lat}
+    return {"rooms": rooms_n - failed, "open_s": open_s, "idle_cpu_pct": idle_cpu, "rss_kib": rss, "wake_ms": lat, "storm": storm}
+
+
+async def _wake_storm(server: Server, rec: Recorder, clients: list[Client], concurrency: int = 50) -> dict[str, float]:
+    """Many hibernated rooms woken at once (a draw into each, ``concurrency``
+    at a time): wakes/s, server CPU per wake, and each draw's ack latency
+    (the room's load, the commit, the ack)."""
+    first_ack = len(rec.ack_latencies_ms)
+    rec.first_measured = len(rec.send_times)
+    cpu0, t0 = tree_cpu(server.pid), time.perf_counter()
+    for start in range(0, len(clients), concurrency):
+        wave = clients[start:start + concurrency]
+        target = rec.acks + len(wave)
+        for c in wave:
+            n = len(rec.send_times)
+            rec.deliveries.append(0)
+            rec.send_times.append(time.perf_counter())
+            c.send_text(b'{"type":"draw","id":"%d","payload":{"x":1,"y":2}}' % n)
+        deadline = time.perf_counter() + 10
+        while rec.acks < target and time.perf_counter() < deadline:
+            await asyncio.sleep(0.0005)
+    elapsed = time.perf_counter() - t0
+    acks = sorted(rec.ack_latencies_ms[first_ack:])
+    return {"wakes": len(acks), "per_s": len(acks) / elapsed, "cpu_ms": 1000 * (tree_cpu(server.pid) - cpu0) / max(1, len(acks)),
+            "p50_ms": statistics.median(acks) if acks else float("nan"),
+            "p99_ms": acks[int(0.99 * (len(acks) - 1))] if acks else float("nan")}
 
 
 def w_hibernation(args: argparse.Namespace, server: Server) -> list[Result]:
-    d = asyncio.run(_hibernation(server, args.hibernated_rooms, 20))
+    d = asyncio.run(_hibernation(server, args.hibernated_rooms, 20, profile=lambda: py_spy(args, server, "hibernation-idle")))
     lat = sorted(d["wake_ms"])
     p50 = statistics.median(lat) if lat else None
     log(f"  {server.name} hibernation: {d['rooms']:,} rooms open in {d['open_s']:.0f} s, idle CPU {d['idle_cpu_pct']:.2f}%,"
         f" wake p50 {fanout.fmt(p50)} ms max {fanout.fmt(lat[-1] if lat else None)} ms ({len(lat)} wakes)")
+    st = d["storm"]
+    log(f"  {server.name} wake storm: {st['wakes']:,} rooms woken 50 at a time, {st['per_s']:,.0f} wakes/s,"
+        f" server CPU {st['cpu_ms']:.2f} ms per wake, ack p50 {st['p50_ms']:.1f} ms p99 {st['p99_ms']:.1f} ms")
     note = f"{d['rooms']:,} rooms with an open connection each, server RSS {d['rss_kib'] / 1024:,.0f} MiB"
     return [
         Result(server.name, "hibernation", "server CPU % while idle (10,000 hibernated rooms)", d["idle_cpu_pct"], "%", note),
         Result(server.name, "hibernation", "wake to first broadcast, p50 ms", p50, "ms",
                f"max {fanout.fmt(lat[-1] if lat else None)} ms over {len(lat)} rooms"),
+        Result(server.name, "hibernation", "wake storm: hibernated rooms woken per second", st["per_s"], "/s",
+               f"{st['wakes']:,} rooms, 50 at a time; server CPU {st['cpu_ms']:.2f} ms per wake;"
+               f" ack p50 {st['p50_ms']:.1f} ms, p99 {st['p99_ms']:.1f} ms"),
     ]
 
 
@@ -684,7 +724,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--hibernated-rooms", type=int, default=10000, help="for 'hibernation' (default: %(default)s)")
     p.add_argument("--json", type=Path)
     p.add_argument("--server-log-dir", type=Path)
-    p.add_argument("--py-spy", type=Path, metavar="DIR", help="profile the server over 'connect' and 'durable' (py-spy raw stacks)")
+    p.add_argument("--py-spy", type=Path, metavar="DIR", help="profile the server over 'connect', 'durable' and the idle window of 'hibernation' (py-spy raw stacks)")
     p.add_argument("--py-spy-flags", default="", help="more py-spy record flags, e.g. '--idle --threads' or '--rate 1000'")
     args = p.parse_args(argv)
     args.servers = [s for s in args.servers.split(",") if s]
