@@ -584,7 +584,7 @@ def w_idle(args: argparse.Namespace, server: Server) -> list[Result]:
 
 
 async def _hibernation(server: Server, rooms_n: int, wakes: int, storm_n: int = 2000,
-                       profile: Callable[[], Any] = nullcontext) -> dict[str, Any]:
+                       profile: Callable[[str], Any] = lambda part: nullcontext()) -> dict[str, Any]:
     rec = Recorder()
     rec.first_measured = 0
     prefix = f"h{secrets.token_hex(3)}"
@@ -594,7 +594,7 @@ async def _hibernation(server: Server, rooms_n: int, wakes: int, storm_n: int = 
     failed = opened.count(None) + receivers.count(None)
     open_s = time.perf_counter() - t0
     await asyncio.sleep(3.0 + 4.0)  # hibernate after 3 s of no items, plus the snapshots
-    with profile():
+    with profile("idle"):
         cpu0, w0 = tree_cpu(server.pid), time.perf_counter()
         await asyncio.sleep(10.0)
         idle_cpu = (tree_cpu(server.pid) - cpu0) / (time.perf_counter() - w0) * 100
@@ -614,7 +614,8 @@ async def _hibernation(server: Server, rooms_n: int, wakes: int, storm_n: int = 
             await asyncio.sleep(0.0005)
         if len(rec.latencies_ms) > got:
             lat.append(rec.latencies_ms[-1])
-    storm = await _wake_storm(server, rec, [c for c in opened[wakes:wakes + storm_n] if c is not None])
+    with profile("wake-storm"):
+        storm = await _wake_storm(server, rec, [c for c in opened[wakes:wakes + storm_n] if c is not None])
     for c in list(opened) + list(receivers):
         if c is not None and c.transport is not None:
             c.transport.close()
@@ -648,7 +649,7 @@ async def _wake_storm(server: Server, rec: Recorder, clients: list[Client], conc
 
 
 def w_hibernation(args: argparse.Namespace, server: Server) -> list[Result]:
-    d = asyncio.run(_hibernation(server, args.hibernated_rooms, 20, profile=lambda: py_spy(args, server, "hibernation-idle")))
+    d = asyncio.run(_hibernation(server, args.hibernated_rooms, 20, profile=lambda part: py_spy(args, server, f"hibernation-{part}")))
     lat = sorted(d["wake_ms"])
     p50 = statistics.median(lat) if lat else None
     log(f"  {server.name} hibernation: {d['rooms']:,} rooms open in {d['open_s']:.0f} s, idle CPU {d['idle_cpu_pct']:.2f}%,"
@@ -724,7 +725,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--hibernated-rooms", type=int, default=10000, help="for 'hibernation' (default: %(default)s)")
     p.add_argument("--json", type=Path)
     p.add_argument("--server-log-dir", type=Path)
-    p.add_argument("--py-spy", type=Path, metavar="DIR", help="profile the server over 'connect', 'durable' and the idle window of 'hibernation' (py-spy raw stacks)")
+    p.add_argument("--py-spy", type=Path, metavar="DIR", help="profile the server over 'connect', 'durable', and the idle window and the wake storm of 'hibernation' (py-spy raw stacks)")
     p.add_argument("--py-spy-flags", default="", help="more py-spy record flags, e.g. '--idle --threads' or '--rate 1000'")
     args = p.parse_args(argv)
     args.servers = [s for s in args.servers.split(",") if s]
