@@ -71,7 +71,7 @@ def load_room(slug: str, *, create_kind: str | None, ids_since_ms: int, ids_limi
             snap = cursor.fetchone()
             snapshot_seq, snapshot_state = snap if snap else (0, None)
             cursor.execute(sql.tail, [room_id, snapshot_seq])
-            tail = [tuple(row) for row in cursor.fetchall()]
+            tail = cursor.fetchall()
             # Retention (rooms/retention.py) may have written a newer snapshot and
             # deleted events between the two reads: a tail that does not start
             # right after the snapshot is read again, never folded with a hole.
@@ -84,7 +84,7 @@ def load_room(slug: str, *, create_kind: str | None, ids_since_ms: int, ids_limi
             cursor.execute(sql.max_seq, [room_id])
             last_seq = max(snapshot_seq, cursor.fetchone()[0] or 0)
         cursor.execute(sql.recent_ids, [room_id, ids_since_ms, ids_limit])
-        recent_ids = [tuple(row) for row in cursor.fetchall()]
+        recent_ids = cursor.fetchall()
     recent_ids.reverse()
     return LoadedRoom(
         room_id=room_id,
@@ -94,9 +94,9 @@ def load_room(slug: str, *, create_kind: str | None, ids_since_ms: int, ids_limi
         max_connections=max_connections,
         snapshot_seq=snapshot_seq,
         snapshot_state=snapshot_state,
-        tail=tail,  # type: ignore[arg-type]
+        tail=tail,
         last_seq=last_seq,
-        recent_ids=recent_ids,  # type: ignore[arg-type]
+        recent_ids=recent_ids,
     )
 
 
