@@ -45,6 +45,7 @@ import heapq
 import itertools
 import logging
 import time
+import weakref
 from collections import deque
 from concurrent.futures import CancelledError
 from functools import partial
@@ -347,8 +348,9 @@ class LeanDaphneServer(Server):
         # Connections whose application finished or whose socket closed
         # since the last application check.
         self.application_check_due: set[Any] = set()
-        # (when its next timeout check can act, tie-breaker, protocol)
-        self.timeout_checks: list[tuple[float, int, Any]] = []
+        # (when its next timeout check can act, tie-breaker, weak reference
+        # to the protocol)
+        self.timeout_checks: list[tuple[float, int, weakref.ref[Any]]] = []
         self._tie = itertools.count()
         # (protocol, when) for each ping sent since the last sweep ended: its
         # pong is checked by one timer for the whole sweep (``LeanFrames``).
@@ -434,8 +436,8 @@ class LeanDaphneServer(Server):
         now = time.time()
         heap, checked = self.timeout_checks, []
         while heap and heap[0][0] <= now:
-            protocol = heapq.heappop(heap)[2]
-            details = self.connections.get(protocol)
+            protocol = heapq.heappop(heap)[2]()
+            details = None if protocol is None else self.connections.get(protocol)
             if details is None or "disconnected" in details:
                 continue  # gone: nothing left to time out
             protocol.check_timeouts()
@@ -460,7 +462,11 @@ class LeanDaphneServer(Server):
                 protocol.onAutoPingTimeout()
 
     def _schedule_timeout_check(self, protocol: Any, now: float) -> None:
-        heapq.heappush(self.timeout_checks, (self.next_timeout_check(protocol, now), next(self._tie), protocol))
+        # A weak reference: an open socket's next check is its next ping, up
+        # to ``--ping-interval`` away (300 s under ``make run``), and a socket
+        # that closes before it is freed at once, not held until then.
+        entry = (self.next_timeout_check(protocol, now), next(self._tie), weakref.ref(protocol))
+        heapq.heappush(self.timeout_checks, entry)
 
     def next_timeout_check(self, protocol: Any, now: float) -> float:
         """The earliest time ``protocol.check_timeouts()`` can act; ``now``

@@ -236,6 +236,29 @@ def test_a_closed_socket_leaves_the_heap(clock: Clock) -> None:
     assert not server.timeout_checks and not log
 
 
+def test_a_closed_socket_is_not_held_until_its_next_check(clock: Clock) -> None:
+    """An open socket's next check is its next ping, ``--ping-interval``
+    away (300 s here, as under ``make run``): once closed, it is freed at
+    once, not held by the heap until then."""
+    import weakref
+
+    server = make(LeanDaphneServer)
+    p = ws_protocol.WebSocketProtocol.__new__(ws_protocol.WebSocketProtocol)
+    p.socket_opened = p.last_ping = clock.now
+    p.state = p.STATE_OPEN
+    server.protocol_connected(p)
+    assert server.timeout_checks[0][0] == clock.now + 300
+    server.protocol_disconnected(p)
+    del server.connections[p]  # its application ended: the next application check
+    server.application_check_due.clear()
+    freed = weakref.ref(p)
+    del p
+    assert freed() is None
+    clock.now += 301
+    server.timeout_checker()
+    assert not server.timeout_checks
+
+
 def test_daphnes_command_line_builds_this_server() -> None:
     from daphne import cli
 
