@@ -74,6 +74,7 @@ TARGETS: dict[str, tuple[str, str, dict[str, str]]] = {
 # per-user message limit off (the generator is one address, each sender far
 # above 20 msg/s), and a token secret for the benchmarks that mint tokens.
 BENCH_TOKEN_SECRET = "dorm-bench-token-secret-not-for-production-0123456789"
+BENCH_METRICS_TOKEN = "bench-metrics-token"
 DORM_ENV = {
     "DJANGO_DEBUG": "false",
     "DORM_ALLOW_ANONYMOUS": "1",
@@ -81,6 +82,8 @@ DORM_ENV = {
     "DORM_CONNECT_RATE_PER_SECOND": "0",
     "DORM_MESSAGE_RATE_PER_SECOND": "0",
     "DORM_TOKEN_SECRET": BENCH_TOKEN_SECRET,
+    # The suite reads the server's garbage-collection pauses from /metrics.
+    "DORM_METRICS_TOKEN": BENCH_METRICS_TOKEN,
 }
 
 

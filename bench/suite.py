@@ -61,6 +61,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
@@ -547,16 +548,58 @@ def py_spy(args: argparse.Namespace, server: Server, workload: str) -> Iterator[
         log(f"  py-spy profile: {out}")
 
 
+def gc_pauses(server: Server) -> dict[str, float] | None:
+    """The server's garbage-collection pauses so far (``/metrics``, Dorm
+    only): full collections, their seconds in all, and the objects frozen
+    out of them (``DORM_GC_THAW_SECONDS``)."""
+    if not server.name.startswith("dorm"):
+        return None
+    request = urllib.request.Request(f"http://{HOST}:{server.port}/metrics",
+                                     # as a TLS proxy in front of it would (DJANGO_DEBUG is off)
+                                     headers={"Authorization": f"Bearer {fanout.BENCH_METRICS_TOKEN}", "X-Forwarded-Proto": "https"})
+    try:
+        with urllib.request.urlopen(request, timeout=30) as response:
+            text = response.read().decode()
+    except OSError as exc:
+        log(f"  (no gc pauses: /metrics {exc!r})")
+        return None
+    wanted = {'dorm_process_gc_pause_seconds_count{generation="2"}': "full", 'dorm_process_gc_pause_seconds_sum{generation="2"}': "full_s",
+              'dorm_process_gc_pause_seconds_sum{generation="1"}': "young_s", 'dorm_process_gc_pause_seconds_sum{generation="0"}': "young0_s",
+              'dorm_process_gc_pause_seconds_bucket{generation="2",le="0.1"}': "full_under_100ms",
+              "dorm_process_gc_frozen_objects": "frozen"}
+    found = {}
+    for line in text.splitlines():
+        key, _, value = line.rpartition(" ")
+        if key in wanted:
+            found[wanted[key]] = float(value)
+    if "full" not in found:
+        return None
+    found["young_s"] = found.get("young_s", 0.0) + found.pop("young0_s", 0.0)
+    return found
+
+
+def gc_note(before: dict[str, float] | None, after: dict[str, float] | None) -> str:
+    if before is None or after is None:
+        return ""
+    full = int(after["full"] - before["full"])
+    over = full - int(after["full_under_100ms"] - before["full_under_100ms"])
+    return (f"gc: {full} full collections, {after['full_s'] - before['full_s']:.2f} s ({over} over 100 ms),"
+            f" young {after['young_s'] - before['young_s']:.2f} s; {after['frozen']:,.0f} objects frozen")
+
+
 def w_connect(args: argparse.Namespace, server: Server) -> list[Result]:
+    gc0 = gc_pauses(server)
     with py_spy(args, server, "connect"):
         rate, failed, (server_cpu, gen_cpu) = asyncio.run(_connect(server, args.connections, 50, server.tokens))
+    gc = gc_note(gc0, gc_pauses(server))
     auth = "HS256 token" if server.tokens else "no token check (?userId=)"
     # CPU per connection: the figure least disturbed by other load on a shared
     # machine (the rate is not: a server given half a core connects half as many).
     per_ms = server_cpu / 100 / rate * 1000 if rate else float("nan")
     cpu = f"server CPU {server_cpu:.0f}% ({per_ms:.2f} ms per connection), generator CPU {gen_cpu:.0f}%"
-    log(f"  {server.name} connect: {rate:,.0f}/s ({auth}), failed {failed}, {cpu}")
-    return [Result(server.name, "connect", "new connections/s with token auth", rate, "/s", f"{auth}; failed {failed}; {cpu}")]
+    log(f"  {server.name} connect: {rate:,.0f}/s ({auth}), failed {failed}, {cpu}" + (f"; {gc}" if gc else ""))
+    return [Result(server.name, "connect", "new connections/s with token auth", rate, "/s",
+                   f"{auth}; failed {failed}; {cpu}" + (f"; {gc}" if gc else ""))]
 
 
 async def _idle(server: Server, n: int) -> tuple[float, int, int]:
@@ -588,11 +631,13 @@ async def _hibernation(server: Server, rooms_n: int, wakes: int, storm_n: int = 
     rec = Recorder()
     rec.first_measured = 0
     prefix = f"h{secrets.token_hex(3)}"
+    gc_open0 = await asyncio.to_thread(gc_pauses, server)
     t0 = time.perf_counter()
     opened = await open_welcomed(rec, HOST, server.port, [anonymous_path(f"{prefix}-{i}", "a") for i in range(rooms_n)])
     receivers = await open_welcomed(rec, HOST, server.port, [anonymous_path(f"{prefix}-{i}", "b") for i in range(wakes)])
     failed = opened.count(None) + receivers.count(None)
     open_s = time.perf_counter() - t0
+    gc_open = gc_note(gc_open0, await asyncio.to_thread(gc_pauses, server))
     await asyncio.sleep(3.0 + 4.0)  # hibernate after 3 s of no items, plus the snapshots
     with profile("idle"):
         cpu0, w0 = tree_cpu(server.pid), time.perf_counter()
@@ -614,16 +659,19 @@ async def _hibernation(server: Server, rooms_n: int, wakes: int, storm_n: int = 
             await asyncio.sleep(0.0005)
         if len(rec.latencies_ms) > got:
             lat.append(rec.latencies_ms[-1])
+    gc_storm0 = await asyncio.to_thread(gc_pauses, server)
     with profile("wake-storm"):
         storm = await _wake_storm(server, rec, [c for c in opened[wakes:wakes + storm_n] if c is not None])
+    storm["gc"] = gc_note(gc_storm0, await asyncio.to_thread(gc_pauses, server))
     for c in list(opened) + list(receivers):
         if c is not None and c.transport is not None:
             c.transport.close()
     await asyncio.sleep(2.0)
-    return {"rooms": rooms_n - failed, "open_s": open_s, "idle_cpu_pct": idle_cpu, "rss_kib": rss, "wake_ms": lat, "storm": storm}
+    return {"rooms": rooms_n - failed, "open_s": open_s, "idle_cpu_pct": idle_cpu, "rss_kib": rss, "wake_ms": lat, "storm": storm,
+            "gc_open": gc_open}
 
 
-async def _wake_storm(server: Server, rec: Recorder, clients: list[Client], concurrency: int = 50) -> dict[str, float]:
+async def _wake_storm(server: Server, rec: Recorder, clients: list[Client], concurrency: int = 50) -> dict[str, Any]:
     """Many hibernated rooms woken at once (a draw into each, ``concurrency``
     at a time): wakes/s, server CPU per wake, and each draw's ack latency
     (the room's load, the commit, the ack)."""
@@ -653,18 +701,22 @@ def w_hibernation(args: argparse.Namespace, server: Server) -> list[Result]:
     lat = sorted(d["wake_ms"])
     p50 = statistics.median(lat) if lat else None
     log(f"  {server.name} hibernation: {d['rooms']:,} rooms open in {d['open_s']:.0f} s, idle CPU {d['idle_cpu_pct']:.2f}%,"
-        f" wake p50 {fanout.fmt(p50)} ms max {fanout.fmt(lat[-1] if lat else None)} ms ({len(lat)} wakes)")
+        f" wake p50 {fanout.fmt(p50)} ms max {fanout.fmt(lat[-1] if lat else None)} ms ({len(lat)} wakes)"
+        + (f"; opening them, {d['gc_open']}" if d["gc_open"] else ""))
     st = d["storm"]
     log(f"  {server.name} wake storm: {st['wakes']:,} rooms woken 50 at a time, {st['per_s']:,.0f} wakes/s,"
-        f" server CPU {st['cpu_ms']:.2f} ms per wake, ack p50 {st['p50_ms']:.1f} ms p99 {st['p99_ms']:.1f} ms")
-    note = f"{d['rooms']:,} rooms with an open connection each, server RSS {d['rss_kib'] / 1024:,.0f} MiB"
+        f" server CPU {st['cpu_ms']:.2f} ms per wake, ack p50 {st['p50_ms']:.1f} ms p99 {st['p99_ms']:.1f} ms"
+        + (f"; {st['gc']}" if st["gc"] else ""))
+    note = f"{d['rooms']:,} rooms with an open connection each, opened in {d['open_s']:.0f} s, server RSS {d['rss_kib'] / 1024:,.0f} MiB"
+    if d["gc_open"]:
+        note += f"; opening them, {d['gc_open']}"
     return [
         Result(server.name, "hibernation", "server CPU % while idle (10,000 hibernated rooms)", d["idle_cpu_pct"], "%", note),
         Result(server.name, "hibernation", "wake to first broadcast, p50 ms", p50, "ms",
                f"max {fanout.fmt(lat[-1] if lat else None)} ms over {len(lat)} rooms"),
         Result(server.name, "hibernation", "wake storm: hibernated rooms woken per second", st["per_s"], "/s",
                f"{st['wakes']:,} rooms, 50 at a time; server CPU {st['cpu_ms']:.2f} ms per wake;"
-               f" ack p50 {st['p50_ms']:.1f} ms, p99 {st['p99_ms']:.1f} ms"),
+               f" ack p50 {st['p50_ms']:.1f} ms, p99 {st['p99_ms']:.1f} ms" + (f"; {st['gc']}" if st["gc"] else "")),
     ]
 
 

@@ -130,6 +130,7 @@ class DormCollector(Collector):
         if gauges is not None:
             for key, doc in PROCESS_GAUGES.items():
                 yield GaugeMetricFamily(f"dorm_process_{key}", doc, value=gauges[key])
+        yield from _gc_families()
         loop_kind = event_loop_kind()
         if loop_kind is not None:
             loop = GaugeMetricFamily(
@@ -137,6 +138,39 @@ class DormCollector(Collector):
             )
             loop.add_metric([loop_kind], 1)
             yield loop
+
+
+def _gc_families() -> Iterator:
+    """This process's garbage collections (``rooms/runtime/gc_freeze.py``),
+    once a server installed the watch."""
+    import gc
+
+    from rooms.runtime import gc_freeze
+
+    watch = gc_freeze.watch
+    if watch is None:
+        return
+    pauses = HistogramMetricFamily(
+        "dorm_process_gc_pause_seconds",
+        "Garbage collections of this process by generation (2: full), each a pause of every room in it",
+        labels=["generation"],
+    )
+    bounds = [repr(b) for b in gc_freeze.PAUSE_BOUNDS] + ["+Inf"]
+    for generation, counts in enumerate(watch.pauses):
+        cumulative = [sum(counts[: i + 1]) for i in range(len(counts))]
+        pauses.add_metric([str(generation)], list(zip(bounds, cumulative)), sum_value=watch.pause_seconds[generation])
+    yield pauses
+    yield GaugeMetricFamily(
+        "dorm_process_gc_frozen_objects",
+        "Objects this process froze out of full collections (what survived the last one; DORM_GC_THAW_SECONDS)",
+        value=gc.get_freeze_count(),
+    )
+    yield CounterMetricFamily("dorm_process_gc_thaws", "Full collections of everything, frozen objects too", value=watch.thaws)
+    yield CounterMetricFamily(
+        "dorm_process_gc_thaw_collected_objects",
+        "Unreachable objects those found: cycles among frozen objects, held until a thaw",
+        value=watch.thaw_collected,
+    )
 
 
 def exposition() -> bytes:

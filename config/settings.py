@@ -243,6 +243,10 @@ DORM = {
     # Deadline of one database call of a room (commit, load, reload); past it
     # the call is aborted and the room degrades (docs/runtime.md, "Database outage").
     "DB_TIMEOUT_SECONDS": DB_TIMEOUT_SECONDS,
+    # Server processes freeze what survives a full garbage collection and
+    # collect everything once this often (0 = Python's own; unset: 600 under
+    # daphne, 0 under uvicorn; rooms/runtime/gc_freeze.py).
+    "GC_THAW_SECONDS": None if os.environ.get("DORM_GC_THAW_SECONDS", "") == "" else env_float("DORM_GC_THAW_SECONDS", 0.0),
     "OUTBOUND_SOFT_BYTES": env_int("DORM_OUTBOUND_SOFT_BYTES", 256 * 1024),
     "OUTBOUND_MAX_BYTES": env_int("DORM_OUTBOUND_MAX_BYTES", 4 * 1024 * 1024),
     "PENDING_MAX_FRAMES": env_int("DORM_PENDING_MAX_FRAMES", 10_000),

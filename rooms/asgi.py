@@ -152,6 +152,22 @@ def start_runtime() -> None:
     get_runtime()
 
 
+def start_server_process(server: str) -> None:
+    """What a server process starts with, on its loop (daphne's reactor,
+    uvicorn's lifespan): the runtime, and the garbage collector's watch
+    (``rooms/runtime/gc_freeze.py``: full collections walk only what is new,
+    ``DORM_GC_THAW_SECONDS``). Not on a first request: a test process that
+    drives the application directly keeps Python's own collector."""
+    from rooms.conf import dorm_settings
+    from rooms.runtime import gc_freeze
+
+    start_runtime()
+    thaw_seconds = dorm_settings.GC_THAW_SECONDS
+    if thaw_seconds is None:
+        thaw_seconds = gc_freeze.default_thaw_seconds(server)
+    gc_freeze.install(float(thaw_seconds))
+
+
 class Lifespan:
     """ASGI lifespan (uvicorn): start the runtime at server start-up.
 
@@ -178,6 +194,7 @@ class Lifespan:
         while True:
             message = await receive()
             if message["type"] == "lifespan.startup":
+                start_server_process("uvicorn")
                 await send({"type": "lifespan.startup.complete"})
             elif message["type"] == "lifespan.shutdown":
                 await send({"type": "lifespan.shutdown.complete"})
@@ -256,7 +273,7 @@ def start_with_daphne(event_loop: str = "uvloop") -> None:
 
     # callLater, not callWhenRunning: the latter runs before the asyncio
     # loop itself is running.
-    reactor.callLater(0, start_runtime)  # type: ignore[attr-defined]
+    reactor.callLater(0, start_server_process, "daphne")  # type: ignore[attr-defined]
 
 
 def tune_gc(setting: str = "") -> None:

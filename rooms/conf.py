@@ -46,6 +46,13 @@ DEFAULTS: dict[str, Any] = {
     # snapshot): past it the call is aborted (rooms/runtime/db_watchdog.py)
     # and the room serves ephemeral traffic while storage is unavailable.
     "DB_TIMEOUT_SECONDS": 5.0,
+    # A server process freezes what survives each full garbage collection, so
+    # the next walks only what is new, and every this many seconds collects
+    # everything once to free any cycle among frozen objects (0 = Python's
+    # own full collections; None = 600 under daphne, 0 under uvicorn, whose
+    # WebSocket protocol leaves every closed socket in reference cycles;
+    # rooms/runtime/gc_freeze.py).
+    "GC_THAW_SECONDS": None,
     # -- security (docs/security.md) --------------------------------------
     # Room tokens. HS256 with TOKEN_SECRET (>= 32 bytes) by default; RS*/ES*
     # verify with TOKEN_PUBLIC_KEY and issue only if TOKEN_PRIVATE_KEY is set.

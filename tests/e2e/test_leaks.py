@@ -90,6 +90,10 @@ def process_gauges(server: DormServer) -> dict[str, int]:
         for m in re.finditer(r"^dorm_process_(\w+) ([0-9.e+]+)$", text, re.MULTILINE)
     }
     assert "asyncio_tasks" in gauges, text[-2000:]
+    # Full garbage collections so far (rooms/runtime/gc_freeze.py).
+    full = re.search(r'^dorm_process_gc_pause_seconds_count\{generation="2"\} ([0-9.e+]+)$', text, re.MULTILINE)
+    if full is not None:
+        gauges["gc_full_collections"] = int(float(full.group(1)))
     return gauges
 
 
@@ -127,6 +131,7 @@ async def test_ten_thousand_sessions_leave_no_growth(tmp_path: Path) -> None:
         [tasks_before] = await _settled([server])
         await _cycles([server], WARMUP, rooms)
         await asyncio.sleep(1.5)  # the rooms hibernate
+        collections_before = (await asyncio.to_thread(process_gauges, server))["gc_full_collections"]
         before = _status(server)
         # RSS after each further STEP sessions: a leak climbs steadily, while
         # allocator noise (fragmentation after a busy moment on a loaded
@@ -138,12 +143,18 @@ async def test_ten_thousand_sessions_leave_no_growth(tmp_path: Path) -> None:
         await asyncio.sleep(1.5)
         after = _status(server)
         [tasks_after] = await _settled([server])
+        # Full collections ran while it was measured, each freezing what it
+        # left (the default DORM_GC_THAW_SECONDS: no thaw within the run), and
+        # what they froze did not pile up.
+        full_collections = tasks_after["gc_full_collections"] - collections_before
+        assert full_collections >= 1, tasks_after
         growth = after["VmRSS"] - before["VmRSS"]
         late = after["VmRSS"] - rss[1]
         print(
             f"RSS {before['VmRSS']} -> {after['VmRSS']} KiB (every {STEP} sessions: {rss}), "
             f"threads {before['Threads']} -> {after['Threads']}, "
-            f"asyncio tasks {tasks_before['asyncio_tasks']} -> {tasks_after['asyncio_tasks']}"
+            f"asyncio tasks {tasks_before['asyncio_tasks']} -> {tasks_after['asyncio_tasks']}, "
+            f"{full_collections} full collections, {tasks_after['gc_frozen_objects']} objects frozen"
         )
         assert growth < RSS_GROWTH_LIMIT_KIB, f"RSS grew {growth} KiB over {CYCLES - WARMUP} sessions: {rss}"
         assert late < RSS_LATE_GROWTH_LIMIT_KIB, f"RSS still climbing: {late} KiB over the last {CYCLES - WARMUP - STEP} sessions: {rss}"

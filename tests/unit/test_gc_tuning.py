@@ -22,6 +22,10 @@ def test_the_asgi_application_applies_the_tuning() -> None:
 
     assert gc.get_freeze_count() > 0  # startup's objects are out of the collector's way
     assert gc.get_threshold() == (700, 10, 10)  # Python's, unless DORM_GC_THRESHOLDS says otherwise
+    from rooms.runtime import gc_freeze
+
+    # Survivors are frozen only once a server starts (rooms.asgi.start_server_process).
+    assert gc_freeze.watch is None
 
 
 def test_the_setting_overrides_and_bad_values_are_refused(thresholds: None) -> None:

@@ -1,0 +1,104 @@
+"""A real server freezes what survives its full garbage collections and
+thaws it all every ``DORM_GC_THAW_SECONDS`` (rooms/runtime/gc_freeze.py),
+read from the process's /metrics.
+
+Under daphne (the watch starts from its reactor) a closed socket's objects
+are freed while frozen, by their reference counts, without waiting for a
+thaw. Under uvicorn (from its lifespan) they are left in reference cycles
+that only a thaw frees, which is why uvicorn keeps Python's own collector
+unless the setting asks."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import pytest
+
+from tests.e2e.client import WsClient, room_name
+from tests.e2e.server import DormServer, start_server
+from tests.e2e.test_leaks import METRICS_TOKEN, process_gauges
+
+pytestmark = pytest.mark.e2e
+
+SOCKETS = 100
+THAW_SECONDS = 6.0
+METRICS = {"DORM_METRICS_TOKEN": METRICS_TOKEN, "DJANGO_SECURE_SSL_REDIRECT": "false"}
+
+
+async def _gauges(server: DormServer) -> dict[str, int]:
+    return await asyncio.to_thread(process_gauges, server)
+
+
+async def _next_thaw(server: DormServer, thaws: int) -> dict[str, int]:
+    """The gauges just after the process's next thaw."""
+    deadline = asyncio.get_running_loop().time() + THAW_SECONDS * 2
+    while asyncio.get_running_loop().time() < deadline:
+        gauges = await _gauges(server)
+        if gauges["gc_thaws_total"] > thaws:
+            return gauges
+        await asyncio.sleep(0.1)
+    raise AssertionError(f"no thaw in {THAW_SECONDS * 2} s")
+
+
+async def _open_and_freeze(server: DormServer) -> tuple[list[WsClient], dict[str, int], dict[str, int]]:
+    """``SOCKETS`` sockets in one room, frozen by the next thaw: the gauges
+    before and after."""
+    # After a thaw: what startup and the first requests left is frozen too.
+    idle = await _next_thaw(server, (await _gauges(server))["gc_thaws_total"])
+    room = room_name("gc")
+    clients = list(await asyncio.gather(*(WsClient.open(server.url(room, userId=f"u{i}")) for i in range(SOCKETS))))
+    await asyncio.sleep(0.3)  # the joins' presence updates go out
+    busy = await _next_thaw(server, idle["gc_thaws_total"])
+    # Each socket's protocol, consumer and scope (50-150 objects) are frozen
+    # now, out of every full collection until the next thaw.
+    assert (busy["gc_frozen_objects"] - idle["gc_frozen_objects"]) / SOCKETS > 30, (idle, busy)
+    # The room works on frozen objects: a draw reaches every other socket.
+    seq = await clients[0].draw({"x": 1})
+    for other in clients[1:]:
+        await other.wait_for(lambda f: f.get("type") == "draw" and f.get("seq") == seq)
+    return clients, idle, busy
+
+
+async def test_daphne_frees_closed_sockets_while_frozen(tmp_path: Path) -> None:
+    server = start_server("daphne", tmp_path, extra_env={"DORM_GC_THAW_SECONDS": str(THAW_SECONDS), **METRICS})
+    clients: list[WsClient] = []
+    try:
+        clients, idle, busy = await _open_and_freeze(server)
+        await asyncio.gather(*(c.close() for c in clients))
+        clients = []
+        await asyncio.sleep(2.5)  # daphne lets a closed connection go at its next application check (1 s)
+        closed = await _gauges(server)
+        assert closed["gc_thaws_total"] == busy["gc_thaws_total"], "a thaw came between: the test proves nothing"
+        assert closed["connections"] == 0
+        # What the sockets added to the frozen set has left it (the room's
+        # actor, awake until it hibernates, keeps a little), before any thaw.
+        added = busy["gc_frozen_objects"] - idle["gc_frozen_objects"]
+        left = closed["gc_frozen_objects"] - idle["gc_frozen_objects"]
+        print(f"daphne: {added / SOCKETS:.0f} objects frozen per socket, {left / SOCKETS:.1f} still frozen after it closed")
+        assert left < added * 0.15, (idle, busy, closed)
+    finally:
+        await asyncio.gather(*(c.close() for c in clients), return_exceptions=True)
+        server.stop()
+
+
+async def test_uvicorn_freezes_when_asked_and_its_closed_sockets_wait_for_the_thaw(tmp_path: Path) -> None:
+    server = start_server("uvicorn", tmp_path, extra_env={"DORM_GC_THAW_SECONDS": str(THAW_SECONDS), **METRICS})
+    clients: list[WsClient] = []
+    try:
+        clients, idle, busy = await _open_and_freeze(server)
+        await asyncio.gather(*(c.close() for c in clients))
+        clients = []
+        await asyncio.sleep(0.5)
+        closed = await _gauges(server)
+        thawed = await _next_thaw(server, closed["gc_thaws_total"])
+        # uvicorn's protocol leaves each closed socket in cycles that only the
+        # thaw found (the reason it keeps Python's collector by default). If
+        # this fails, those cycles are gone: daphne's default can be uvicorn's.
+        found = thawed["gc_thaw_collected_objects_total"] - closed["gc_thaw_collected_objects_total"]
+        print(f"uvicorn: the thaw after {SOCKETS} sockets closed found {found} unreachable objects")
+        assert found > SOCKETS * 30, (closed, thawed)
+        assert thawed["gc_frozen_objects"] - idle["gc_frozen_objects"] < (busy["gc_frozen_objects"] - idle["gc_frozen_objects"]) * 0.15
+    finally:
+        await asyncio.gather(*(c.close() for c in clients), return_exceptions=True)
+        server.stop()
