@@ -602,7 +602,7 @@ def w_connect(args: argparse.Namespace, server: Server) -> list[Result]:
                    f"{auth}; failed {failed}; {cpu}" + (f"; {gc}" if gc else ""))]
 
 
-async def _idle(server: Server, n: int) -> tuple[float, int, int]:
+async def _idle(server: Server, n: int) -> tuple[float, int, int, int]:
     rec = Recorder()
     rooms = [f"i{secrets.token_hex(3)}-{i}" for i in range(max(1, n // 100))]
     pids = tree(server.pid)
@@ -612,18 +612,31 @@ async def _idle(server: Server, n: int) -> tuple[float, int, int]:
     await asyncio.sleep(3.0)  # join announcements, settle
     after = rss_kib(tree(server.pid))
     held = len(clients)
-    for c in clients:
-        if c.transport is not None:
-            c.transport.close()
+
+    def close_all() -> None:
+        for c in clients:
+            if c.transport is not None:
+                c.transport.close()
+
+    # A reconnect: every client drops, waits 3 s and comes back. RSS after
+    # it shows what the process still held of the first connections when the
+    # second came (freed memory is reused; held memory adds up).
+    close_all()
+    await asyncio.sleep(3.0)
+    reopened = await open_welcomed(rec, HOST, server.port, [anonymous_path(rooms[i % len(rooms)], f"u{i}") for i in range(n)])
+    clients = [c for c in reopened if c is not None]
+    await asyncio.sleep(3.0)
+    again = rss_kib(tree(server.pid))
+    close_all()
     await asyncio.sleep(2.0)
-    return (after - before) / max(1, held), held, after
+    return (after - before) / max(1, held), held, after, again
 
 
 def w_idle(args: argparse.Namespace, server: Server) -> list[Result]:
-    per, held, after = asyncio.run(_idle(server, args.idle_connections))
-    log(f"  {server.name} idle: {held:,} held, {per:.1f} KiB each, RSS {after / 1024:,.0f} MiB")
+    per, held, after, again = asyncio.run(_idle(server, args.idle_connections))
+    log(f"  {server.name} idle: {held:,} held, {per:.1f} KiB each, RSS {after / 1024:,.0f} MiB; {again / 1024:,.0f} MiB after all reconnected")
     return [Result(server.name, "idle", f"RSS KiB per idle connection ({args.idle_connections:,} opened)", per, "KiB",
-                   f"{held:,} held, server RSS {after / 1024:,.0f} MiB")]
+                   f"{held:,} held, server RSS {after / 1024:,.0f} MiB; {again / 1024:,.0f} MiB after all reconnected 3 s later")]
 
 
 async def _hibernation(server: Server, rooms_n: int, wakes: int, storm_n: int = 2000,
