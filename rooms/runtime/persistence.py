@@ -250,20 +250,21 @@ def save_snapshot(room_id: int, seq: int, state: str) -> None:
     previous newest is dropped when it lies closer than
     ``SNAPSHOT_EVERY_EVENTS`` to the checkpoint before it: checkpoints stay
     about that many events apart, and the rows grow with the log, not with
-    wake-ups.
+    wake-ups. A snapshot already stored at ``seq`` is kept as it is.
     """
     from rooms.conf import dorm_settings
 
-    with transaction.atomic():
-        Snapshot.objects.get_or_create(room_id=room_id, seq=seq, defaults={"state": state})
-        older = list(
-            Snapshot.objects.filter(room_id=room_id, seq__lt=seq).order_by("-seq").values_list("id", "seq")[:2]
-        )
+    sql = _run_sql()
+    now = connection.ops.adapt_datetimefield_value(timezone.now())
+    with transaction.atomic(), connection.cursor() as cursor:
+        cursor.execute(sql.snapshot_insert, [room_id, seq, state, now])
+        cursor.execute(sql.snapshot_older, [room_id, seq])
+        older = cursor.fetchall()
         if older:
             previous_id, previous_seq = older[0]
             checkpoint_seq = older[1][1] if len(older) > 1 else 0
             if previous_seq - checkpoint_seq < int(dorm_settings.SNAPSHOT_EVERY_EVENTS):
-                Snapshot.objects.filter(id=previous_id).delete()
+                cursor.execute(sql.snapshot_delete, [previous_id])
 
 
 def stored_value(room_id: int, key: str) -> str | None:
@@ -277,8 +278,53 @@ def stored_values(room_id: int, prefix: str) -> list[tuple[str, str]]:
 
 
 def start_run(room_id: int, woke_at: datetime) -> int:
-    return ActorRun.objects.create(room_id=room_id, process=PROCESS_NAME, woke_at=woke_at).pk
+    sql = _run_sql()
+    with connection.cursor() as cursor:
+        cursor.execute(sql.run_start, [room_id, PROCESS_NAME, connection.ops.adapt_datetimefield_value(woke_at)])
+        if sql.run_start_returns_id:
+            return int(cursor.fetchone()[0])
+        return int(cursor.lastrowid)
 
 
 def end_run(run_id: int, awake_ms: int, reason: str) -> None:
-    ActorRun.objects.filter(pk=run_id).update(slept_at=timezone.now(), awake_ms=awake_ms, sleep_reason=reason)
+    now = connection.ops.adapt_datetimefield_value(timezone.now())
+    with connection.cursor() as cursor:
+        cursor.execute(_run_sql().run_end, [now, awake_ms, reason, run_id])
+
+
+@dataclass(frozen=True, slots=True)
+class _RunSQL:
+    run_start: str
+    run_start_returns_id: bool
+    run_end: str
+    snapshot_insert: str
+    snapshot_older: str
+    snapshot_delete: str
+
+
+_RUNS: _RunSQL | None = None
+
+
+def _run_sql() -> _RunSQL:
+    """A wake's and a sleep's writes (its ``ActorRun``, the snapshot) as plain
+    SQL, built once, as :func:`_load_sql`: through the ORM, building the
+    queries cost more of the database thread than running them
+    (docs/performance.md, "Fifteenth round")."""
+    global _RUNS
+    if _RUNS is None:
+        qn = connection.ops.quote_name
+        run, snapshot = qn(ActorRun._meta.db_table), qn(Snapshot._meta.db_table)
+        returns_id = bool(connection.features.can_return_columns_from_insert)
+        _RUNS = _RunSQL(
+            run_start=(f"INSERT INTO {run} ({qn('room_id')}, {qn('process')}, {qn('woke_at')}, {qn('awake_ms')}, {qn('sleep_reason')})"
+                       f" VALUES (%s, %s, %s, 0, '')" + (f" RETURNING {qn('id')}" if returns_id else "")),
+            run_start_returns_id=returns_id,
+            run_end=f"UPDATE {run} SET {qn('slept_at')} = %s, {qn('awake_ms')} = %s, {qn('sleep_reason')} = %s WHERE {qn('id')} = %s",
+            # Both backends Dorm runs on (SQLite >= 3.24, PostgreSQL) know ON CONFLICT.
+            snapshot_insert=(f"INSERT INTO {snapshot} ({qn('room_id')}, {qn('seq')}, {qn('state')}, {qn('created_at')})"
+                             f" VALUES (%s, %s, %s, %s) ON CONFLICT ({qn('room_id')}, {qn('seq')}) DO NOTHING"),
+            snapshot_older=(f"SELECT {qn('id')}, {qn('seq')} FROM {snapshot} WHERE {qn('room_id')} = %s AND {qn('seq')} < %s"
+                            f" ORDER BY {qn('seq')} DESC LIMIT 2"),
+            snapshot_delete=f"DELETE FROM {snapshot} WHERE {qn('id')} = %s",
+        )
+    return _RUNS
