@@ -61,7 +61,7 @@ from rooms.runtime import committer
 from rooms.runtime import persistence
 from rooms.runtime.alarms import AlarmBook
 from rooms.runtime.cluster import LeaseLost
-from rooms.runtime.db_watchdog import guarded, is_unavailable
+from rooms.runtime.db_watchdog import guarded, hot_guarded, is_unavailable
 from rooms.runtime.messages import SERVER_PEER, AlarmDue, Binary, Call, Frame, Item, Join, Leave, Peer, Tick
 from rooms.runtime.persistence import LogRow, RoomNotFound
 from rooms.runtime.storage import RoomStorage
@@ -76,15 +76,16 @@ log = logging.getLogger("dorm.rooms")
 # Every database call of an actor runs under the watchdog's deadline
 # (db_watchdog.py, DORM_DB_TIMEOUT_SECONDS): a database that stops answering
 # fails the call instead of stopping the room.
-db_load_room = guarded(persistence.load_room)
+# A wake's and a sleep's database work, one hop each (a storm of wakes makes
+# them hot: hot_guarded, as the commit).
+db_wake_room = hot_guarded(persistence.wake_room)
+db_sleep_room = hot_guarded(persistence.sleep_room)
 db_reload_room = guarded(persistence.reload_room)
 # Group commit across rooms (committer.py); tests replace it to fail commits.
 db_commit_batch = committer.commit_batch
 db_log_after = guarded(persistence.log_after)
 db_save_snapshot = guarded(persistence.save_snapshot)
-db_start_run = guarded(persistence.start_run)
 db_end_run = guarded(persistence.end_run)
-db_load_alarms = guarded(alarm_rows.load_alarms)
 db_alarm_is_current = guarded(alarm_rows.alarm_is_current)
 db_record_alarm_failure = guarded(alarm_rows.record_failure)
 
@@ -349,6 +350,7 @@ class RoomActor:
             await self._start()
         except Exception as exc:
             self.runtime.registry.retire(self)
+            await self._end_failed_run()
             await self._refuse_queued(exc)
             await self.runtime.actor_stopped(self.slug, True)
             return
@@ -408,7 +410,6 @@ class RoomActor:
             self.runtime.cluster.adopted(self.slug, self.last_seq)
         await self.roster.load(self.runtime.presence, self.slug)
         self.awake_since = self._active_at = time.monotonic()
-        self._run_id = await db_start_run(self.room_id, timezone.now())
         self.started = True
         meter.woke(self.slug)
         # A room can run here with no local socket (REST publish, alarms).
@@ -421,10 +422,9 @@ class RoomActor:
     async def _load(self) -> None:
         create_kind = dorm_settings.DEFAULT_KIND if dorm_settings.AUTO_CREATE_ROOMS else None
         window_ms = int(dorm_settings.DEDUP_WINDOW_SECONDS * 1000)
-        loaded = await db_load_room(
-            self.slug, create_kind=create_kind, ids_since_ms=now_ms() - window_ms, ids_limit=DEDUP_MAX_IDS
-        )
-        self._apply_loaded(loaded, await db_load_alarms(loaded.room_id))
+        woken = await db_wake_room(self.slug, create_kind, now_ms() - window_ms, DEDUP_MAX_IDS, timezone.now())
+        self._run_id = woken.run_id
+        self._apply_loaded(woken.loaded, woken.alarms)
 
     def _apply_loaded(self, loaded: persistence.LoadedRoom, alarms: Any) -> None:
         self.room_id = loaded.room_id
@@ -485,11 +485,11 @@ class RoomActor:
             await staged.peer.error(ErrorReason.INTERNAL, staged.client_id)
         self._staged = []
         try:
-            if self._since_snapshot and clean:
-                await self._save_snapshot()
             awake_ms = int((time.monotonic() - self.awake_since) * 1000)
-            if self._run_id is not None:
-                await db_end_run(self._run_id, awake_ms, reason)
+            snapshot = self._snapshot_text() if self._since_snapshot and clean else None
+            await db_sleep_room(self.room_id, None if snapshot is None else (self.last_seq, snapshot), self._run_id, awake_ms, reason)
+            if snapshot is not None:
+                self._snapshot_saved(snapshot)
             log.info("sleep room=%s reason=%s awake_ms=%d seq=%d", self.slug, reason, awake_ms, self.last_seq)
         except Exception as exc:
             # The log is complete without the snapshot; the next wake replays it.
@@ -497,6 +497,17 @@ class RoomActor:
                 log.warning("sleep bookkeeping failed room=%s error=%s", self.slug, type(exc).__name__)
             else:
                 log.exception("sleep bookkeeping failed room=%s", self.slug)
+
+    async def _end_failed_run(self) -> None:
+        """A start that failed after its run was recorded (the presence
+        backend unreachable, say) ends that run: no run is left open."""
+        if self._run_id is None:
+            return
+        try:
+            await db_end_run(self._run_id, 0, "error")
+        except Exception as exc:
+            log.warning("run end after a failed start failed room=%s error=%s", self.slug, type(exc).__name__)
+        self._run_id = None
 
     async def _refuse_queued(self, exc: BaseException | None) -> None:
         not_found = isinstance(exc, RoomNotFound)
@@ -1004,8 +1015,14 @@ class RoomActor:
             waiter.set_result(None)
 
     async def _save_snapshot(self) -> None:
-        state_text = orjson.dumps(self.kind.dump_state(self.state)).decode()
+        state_text = self._snapshot_text()
         await db_save_snapshot(self.room_id, self.last_seq, state_text)
+        self._snapshot_saved(state_text)
+
+    def _snapshot_text(self) -> str:
+        return orjson.dumps(self.kind.dump_state(self.state)).decode()
+
+    def _snapshot_saved(self, state_text: str) -> None:
         self._since_snapshot = 0
         self._since_snapshot_bytes = 0
         self._snapshot_bytes = len(state_text)

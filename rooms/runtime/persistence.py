@@ -20,7 +20,7 @@ from django.utils import timezone
 
 from rooms.models import ActorRun, Event, Room, Snapshot, StoredValue
 from rooms.runtime import db_watchdog
-from rooms.runtime.alarms import AlarmWrite, apply_alarm_writes, load_alarms
+from rooms.runtime.alarms import AlarmEntry, AlarmWrite, apply_alarm_writes, load_alarms
 
 # (room_id, seq, type, user_id, client_id, payload_json, ts)
 EventRow = tuple[int, int, str, str, str, str, int]
@@ -101,6 +101,34 @@ def load_room(slug: str, *, create_kind: str | None, ids_since_ms: int, ids_limi
 
 
 _ROOM_SETTINGS = Room._meta.get_field("settings")
+
+
+@dataclass(slots=True)
+class WokenRoom:
+    loaded: LoadedRoom
+    alarms: dict[str, AlarmEntry]
+    run_id: int
+
+
+def wake_room(slug: str, create_kind: str | None, ids_since_ms: int, ids_limit: int, woke_at: datetime) -> WokenRoom:
+    """What a waking actor needs from the database, in one call of the
+    database thread: the room (:func:`load_room`), its alarms, and its new
+    ``ActorRun``. Each call is a hop to that thread and back (~130-230 us of
+    CPU on its own; docs/performance.md, "Fifteenth round"): one instead of three."""
+    loaded = load_room(slug, create_kind=create_kind, ids_since_ms=ids_since_ms, ids_limit=ids_limit)
+    return WokenRoom(loaded, load_alarms(loaded.room_id), start_run(loaded.room_id, woke_at))
+
+
+def sleep_room(room_id: int, snapshot: tuple[int, str] | None, run_id: int | None, awake_ms: int, reason: str) -> None:
+    """A sleeping actor's writes in one call and one transaction (one
+    fsync): its snapshot (``(seq, state)``, if it has events since the last)
+    and the end of its ``ActorRun``. If the snapshot fails, the run stays
+    open, as when they were two calls."""
+    with transaction.atomic():
+        if snapshot is not None:
+            _write_snapshot(room_id, *snapshot)
+        if run_id is not None:
+            end_run(run_id, awake_ms, reason)
 
 
 @dataclass(frozen=True, slots=True)
@@ -252,11 +280,17 @@ def save_snapshot(room_id: int, seq: int, state: str) -> None:
     about that many events apart, and the rows grow with the log, not with
     wake-ups. A snapshot already stored at ``seq`` is kept as it is.
     """
+    with transaction.atomic():
+        _write_snapshot(room_id, seq, state)
+
+
+def _write_snapshot(room_id: int, seq: int, state: str) -> None:
+    """:func:`save_snapshot`'s statements, inside the caller's transaction."""
     from rooms.conf import dorm_settings
 
     sql = _run_sql()
     now = connection.ops.adapt_datetimefield_value(timezone.now())
-    with transaction.atomic(), connection.cursor() as cursor:
+    with connection.cursor() as cursor:
         cursor.execute(sql.snapshot_insert, [room_id, seq, state, now])
         cursor.execute(sql.snapshot_older, [room_id, seq])
         older = cursor.fetchall()

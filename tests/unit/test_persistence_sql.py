@@ -43,3 +43,34 @@ def test_a_snapshot_is_stored_once_per_seq_with_its_time() -> None:
     [snapshot] = Snapshot.objects.filter(room=room)
     assert (snapshot.seq, snapshot.state) == (7, '{"a": 1}')
     assert before <= snapshot.created_at <= timezone.now()
+
+
+def test_a_wake_loads_the_room_its_alarms_and_starts_its_run_in_one_call() -> None:
+    from rooms.models import Alarm
+    from rooms.runtime.persistence import wake_room
+
+    room = Room.objects.create(slug="waking", kind="chat")
+    due = timezone.now() + timedelta(minutes=5)
+    Alarm.objects.create(room=room, name="tick", due_at=due, next_attempt_at=due, token=1)
+    woke_at = timezone.now()
+    woken = wake_room("waking", None, 0, 100, woke_at)
+    assert woken.loaded.room_id == room.id and woken.loaded.kind == "chat"
+    assert list(woken.alarms) == ["tick"] and woken.alarms["tick"].due_at == due
+    run = ActorRun.objects.get(pk=woken.run_id)
+    assert run.room_id == room.id and run.woke_at == woke_at and run.slept_at is None
+
+
+def test_a_sleep_writes_its_snapshot_and_ends_its_run_together() -> None:
+    from django.db import IntegrityError
+
+    from rooms.runtime.persistence import sleep_room
+
+    room = Room.objects.create(slug="sleeping")
+    run = start_run(room.id, timezone.now())
+    with pytest.raises(IntegrityError):
+        sleep_room(room.id, (3, None), run, 50, "idle")  # type: ignore[arg-type]  # a snapshot that cannot be stored
+    assert ActorRun.objects.get(pk=run).slept_at is None  # one transaction: the run is not ended without it
+    sleep_room(room.id, (3, '{"s": 1}'), run, 50, "idle")
+    assert ActorRun.objects.get(pk=run).awake_ms == 50
+    assert list(Snapshot.objects.filter(room=room).values_list("seq", "state")) == [(3, '{"s": 1}')]
+    sleep_room(room.id, None, None, 0, "idle")  # nothing to write

@@ -298,7 +298,7 @@ async def test_unknown_room_is_refused_with_4404_when_auto_creation_is_off(conne
 async def test_a_failed_start_refuses_then_the_next_join_retries(connect: Any, monkeypatch: pytest.MonkeyPatch) -> None:
     from rooms.runtime import actor as actor_module
 
-    real_load = actor_module.db_load_room
+    real_load = actor_module.db_wake_room
     calls = {"n": 0}
 
     async def flaky_load(*args: Any, **kwargs: Any) -> Any:
@@ -307,10 +307,36 @@ async def test_a_failed_start_refuses_then_the_next_join_retries(connect: Any, m
             raise ConnectionError("database unreachable")
         return await real_load(*args, **kwargs)
 
-    monkeypatch.setattr(actor_module, "db_load_room", flaky_load)
+    monkeypatch.setattr(actor_module, "db_wake_room", flaky_load)
     first = await connect("flaky", userId="a", expect_welcome=False)
     assert (await first.recv())["code"] == 1013
     second = await connect("flaky", userId="a")
+    assert second.welcome["seq"] == 0
+
+
+async def test_a_start_that_fails_after_its_run_began_ends_the_run(connect: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The wake records its ActorRun with the room's load (one database
+    call); if the start fails after that (the presence backend unreachable),
+    the run is ended, not left open as if its process had died."""
+    from presence.roster import Roster
+
+    real_load = Roster.load
+    calls = {"n": 0}
+
+    async def flaky_roster(self: Roster, *args: Any) -> None:
+        calls["n"] += 1
+        if calls["n"] == 1:
+            raise ConnectionError("presence unreachable")
+        await real_load(self, *args)
+
+    monkeypatch.setattr(Roster, "load", flaky_roster)
+    first = await connect("flaky-roster", userId="a", expect_welcome=False)
+    assert (await first.recv())["code"] == 1013
+    runs = await database_sync_to_async(
+        lambda: list(ActorRun.objects.filter(room__slug="flaky-roster").values_list("slept_at", "sleep_reason"))
+    )()
+    assert len(runs) == 1 and runs[0][0] is not None and runs[0][1] == "error", runs
+    second = await connect("flaky-roster", userId="a")
     assert second.welcome["seq"] == 0
 
 
