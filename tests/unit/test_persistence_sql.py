@@ -74,3 +74,22 @@ def test_a_sleep_writes_its_snapshot_and_ends_its_run_together() -> None:
     assert ActorRun.objects.get(pk=run).awake_ms == 50
     assert list(Snapshot.objects.filter(room=room).values_list("seq", "state")) == [(3, '{"s": 1}')]
     sleep_room(room.id, None, None, 0, "idle")  # nothing to write
+
+
+def test_alarms_are_read_as_the_orm_reads_them() -> None:
+    from rooms.models import Alarm
+    from rooms.runtime.alarms import AlarmEntry, load_alarms
+
+    room = Room.objects.create(slug="alarms")
+    now = timezone.now().replace(microsecond=123456)
+    for i, status in enumerate([Alarm.SCHEDULED, Alarm.SCHEDULED, Alarm.FAILED]):
+        due = now + timedelta(seconds=i * 3600 + 0.5)
+        Alarm.objects.create(room=room, name=f"a{i}", due_at=due, next_attempt_at=due, token=10 + i, status=status)
+    expected = {
+        name: AlarmEntry(due_at, token)
+        for name, due_at, token in Alarm.objects.filter(room=room, status=Alarm.SCHEDULED).values_list("name", "due_at", "token")
+    }
+    loaded = load_alarms(room.id)
+    assert loaded == expected and set(loaded) == {"a0", "a1"}
+    assert all(entry.due_at.tzinfo is not None for entry in loaded.values())
+    assert load_alarms(room.id + 1000) == {}
