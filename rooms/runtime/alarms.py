@@ -21,6 +21,7 @@ Functions taking a ``room_id`` run on Django's database thread.
 
 from __future__ import annotations
 
+import functools
 import secrets
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -144,28 +145,23 @@ def load_alarms(room_id: int) -> dict[str, AlarmEntry]:
     return {name: AlarmEntry(due_at_from_db(due_at), token) for name, due_at, token in rows}
 
 
-_LOAD_ALARMS: tuple[str, Callable[[object], datetime]] | None = None
-
-
+@functools.cache
 def _load_alarms_sql() -> tuple[str, Callable[[object], datetime]]:
-    global _LOAD_ALARMS
-    if _LOAD_ALARMS is None:
-        qn = connection.ops.quote_name
-        table = qn(Alarm._meta.db_table)
-        sql = (f"SELECT {qn('name')}, {qn('due_at')}, {qn('token')} FROM {table}"
-               f" WHERE {qn('room_id')} = %s AND {qn('status')} = %s")
-        field = Alarm._meta.get_field("due_at")
-        column = Col(Alarm._meta.db_table, field)
-        # What the ORM's compiler applies to the column: the backend's, then the field's.
-        converters = connection.ops.get_db_converters(column) + field.get_db_converters(connection)
+    qn = connection.ops.quote_name
+    table = qn(Alarm._meta.db_table)
+    sql = (f"SELECT {qn('name')}, {qn('due_at')}, {qn('token')} FROM {table}"
+           f" WHERE {qn('room_id')} = %s AND {qn('status')} = %s")
+    field = Alarm._meta.get_field("due_at")
+    column = Col(Alarm._meta.db_table, field)
+    # What the ORM's compiler applies to the column: the backend's, then the field's.
+    converters = connection.ops.get_db_converters(column) + field.get_db_converters(connection)
 
-        def due_at_from_db(value: object) -> datetime:
-            for convert in converters:
-                value = convert(value, column, connection)
-            return value  # type: ignore[return-value]
+    def due_at_from_db(value: object) -> datetime:
+        for convert in converters:
+            value = convert(value, column, connection)
+        return value  # type: ignore[return-value]
 
-        _LOAD_ALARMS = (sql, due_at_from_db)
-    return _LOAD_ALARMS
+    return sql, due_at_from_db
 
 
 def apply_alarm_writes(room_id: int, writes: list[AlarmWrite]) -> None:

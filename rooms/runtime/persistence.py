@@ -9,6 +9,7 @@ insert itself at thousands of events per second.
 
 from __future__ import annotations
 
+import functools
 import os
 import socket
 from collections.abc import Sequence
@@ -140,32 +141,27 @@ class _LoadSQL:
     recent_ids: str
 
 
-_LOAD: _LoadSQL | None = None
-
-
+@functools.cache
 def _load_sql() -> _LoadSQL:
     """A wake's five reads as plain SQL, built once: through the ORM they
     cost 1.1 ms of the database thread per wake, nearly all of it building
     the queries (an empty room; docs/performance.md, "Fourteenth round")."""
-    global _LOAD
-    if _LOAD is None:
-        qn = connection.ops.quote_name
-        room, snapshot, event = (qn(m._meta.db_table) for m in (Room, Snapshot, Event))
+    qn = connection.ops.quote_name
+    room, snapshot, event = (qn(m._meta.db_table) for m in (Room, Snapshot, Event))
 
-        def cols(*names: str) -> str:
-            return ", ".join(qn(n) for n in names)
+    def cols(*names: str) -> str:
+        return ", ".join(qn(n) for n in names)
 
-        seq, room_id, ts, client_id = qn("seq"), qn("room_id"), qn("ts"), qn("client_id")
-        _LOAD = _LoadSQL(
-            room=f"SELECT {cols('id', 'kind', 'settings', 'private', 'max_connections')} FROM {room} WHERE {qn('slug')} = %s",
-            snapshot=f"SELECT {cols('seq', 'state')} FROM {snapshot} WHERE {room_id} = %s ORDER BY {seq} DESC LIMIT 1",
-            tail=(f"SELECT {cols('seq', 'type', 'user_id', 'client_id', 'payload', 'ts')} FROM {event}"
-                  f" WHERE {room_id} = %s AND {seq} > %s ORDER BY {seq}"),
-            max_seq=f"SELECT MAX({seq}) FROM {event} WHERE {room_id} = %s",
-            recent_ids=(f"SELECT {cols('user_id', 'client_id', 'seq', 'ts')} FROM {event}"
-                        f" WHERE {room_id} = %s AND {ts} >= %s AND {client_id} <> '' ORDER BY {seq} DESC LIMIT %s"),
-        )
-    return _LOAD
+    seq, room_id, ts, client_id = qn("seq"), qn("room_id"), qn("ts"), qn("client_id")
+    return _LoadSQL(
+        room=f"SELECT {cols('id', 'kind', 'settings', 'private', 'max_connections')} FROM {room} WHERE {qn('slug')} = %s",
+        snapshot=f"SELECT {cols('seq', 'state')} FROM {snapshot} WHERE {room_id} = %s ORDER BY {seq} DESC LIMIT 1",
+        tail=(f"SELECT {cols('seq', 'type', 'user_id', 'client_id', 'payload', 'ts')} FROM {event}"
+              f" WHERE {room_id} = %s AND {seq} > %s ORDER BY {seq}"),
+        max_seq=f"SELECT MAX({seq}) FROM {event} WHERE {room_id} = %s",
+        recent_ids=(f"SELECT {cols('user_id', 'client_id', 'seq', 'ts')} FROM {event}"
+                    f" WHERE {room_id} = %s AND {ts} >= %s AND {client_id} <> '' ORDER BY {seq} DESC LIMIT %s"),
+    )
 
 
 def reload_room(slug: str, *, ids_since_ms: int, ids_limit: int) -> tuple[LoadedRoom, list]:
@@ -180,17 +176,12 @@ def reload_room(slug: str, *, ids_since_ms: int, ids_limit: int) -> tuple[Loaded
         return loaded, load_alarms(loaded.room_id)
 
 
-_INSERT_EVENTS: str | None = None
-
-
+@functools.cache
 def _insert_events_sql() -> str:
-    global _INSERT_EVENTS
-    if _INSERT_EVENTS is None:
-        qn = connection.ops.quote_name
-        table = qn(Event._meta.db_table)
-        cols = ", ".join(qn(c) for c in ("room_id", "seq", "type", "user_id", "client_id", "payload", "ts"))
-        _INSERT_EVENTS = f"INSERT INTO {table} ({cols}) VALUES (%s, %s, %s, %s, %s, %s, %s)"
-    return _INSERT_EVENTS
+    qn = connection.ops.quote_name
+    table = qn(Event._meta.db_table)
+    cols = ", ".join(qn(c) for c in ("room_id", "seq", "type", "user_id", "client_id", "payload", "ts"))
+    return f"INSERT INTO {table} ({cols}) VALUES (%s, %s, %s, %s, %s, %s, %s)"
 
 
 def commit_batch(
@@ -336,29 +327,24 @@ class _RunSQL:
     snapshot_delete: str
 
 
-_RUNS: _RunSQL | None = None
-
-
+@functools.cache
 def _run_sql() -> _RunSQL:
     """A wake's and a sleep's writes (its ``ActorRun``, the snapshot) as plain
     SQL, built once, as :func:`_load_sql`: through the ORM, building the
     queries cost more of the database thread than running them
     (docs/performance.md, "Fifteenth round")."""
-    global _RUNS
-    if _RUNS is None:
-        qn = connection.ops.quote_name
-        run, snapshot = qn(ActorRun._meta.db_table), qn(Snapshot._meta.db_table)
-        returns_id = bool(connection.features.can_return_columns_from_insert)
-        _RUNS = _RunSQL(
-            run_start=(f"INSERT INTO {run} ({qn('room_id')}, {qn('process')}, {qn('woke_at')}, {qn('awake_ms')}, {qn('sleep_reason')})"
-                       f" VALUES (%s, %s, %s, 0, '')" + (f" RETURNING {qn('id')}" if returns_id else "")),
-            run_start_returns_id=returns_id,
-            run_end=f"UPDATE {run} SET {qn('slept_at')} = %s, {qn('awake_ms')} = %s, {qn('sleep_reason')} = %s WHERE {qn('id')} = %s",
-            # Both backends Dorm runs on (SQLite >= 3.24, PostgreSQL) know ON CONFLICT.
-            snapshot_insert=(f"INSERT INTO {snapshot} ({qn('room_id')}, {qn('seq')}, {qn('state')}, {qn('created_at')})"
-                             f" VALUES (%s, %s, %s, %s) ON CONFLICT ({qn('room_id')}, {qn('seq')}) DO NOTHING"),
-            snapshot_older=(f"SELECT {qn('id')}, {qn('seq')} FROM {snapshot} WHERE {qn('room_id')} = %s AND {qn('seq')} < %s"
-                            f" ORDER BY {qn('seq')} DESC LIMIT 2"),
-            snapshot_delete=f"DELETE FROM {snapshot} WHERE {qn('id')} = %s",
-        )
-    return _RUNS
+    qn = connection.ops.quote_name
+    run, snapshot = qn(ActorRun._meta.db_table), qn(Snapshot._meta.db_table)
+    returns_id = bool(connection.features.can_return_columns_from_insert)
+    return _RunSQL(
+        run_start=(f"INSERT INTO {run} ({qn('room_id')}, {qn('process')}, {qn('woke_at')}, {qn('awake_ms')}, {qn('sleep_reason')})"
+                   f" VALUES (%s, %s, %s, 0, '')" + (f" RETURNING {qn('id')}" if returns_id else "")),
+        run_start_returns_id=returns_id,
+        run_end=f"UPDATE {run} SET {qn('slept_at')} = %s, {qn('awake_ms')} = %s, {qn('sleep_reason')} = %s WHERE {qn('id')} = %s",
+        # Both backends Dorm runs on (SQLite >= 3.24, PostgreSQL) know ON CONFLICT.
+        snapshot_insert=(f"INSERT INTO {snapshot} ({qn('room_id')}, {qn('seq')}, {qn('state')}, {qn('created_at')})"
+                         f" VALUES (%s, %s, %s, %s) ON CONFLICT ({qn('room_id')}, {qn('seq')}) DO NOTHING"),
+        snapshot_older=(f"SELECT {qn('id')}, {qn('seq')} FROM {snapshot} WHERE {qn('room_id')} = %s AND {qn('seq')} < %s"
+                        f" ORDER BY {qn('seq')} DESC LIMIT 2"),
+        snapshot_delete=f"DELETE FROM {snapshot} WHERE {qn('id')} = %s",
+    )

@@ -41,32 +41,32 @@ async def _next_thaw(server: DormServer, thaws: int) -> dict[str, int]:
     raise AssertionError(f"no thaw in {THAW_SECONDS * 2} s")
 
 
-async def _open_and_freeze(server: DormServer) -> tuple[list[WsClient], dict[str, int], dict[str, int]]:
-    """``SOCKETS`` sockets in one room, frozen by the next thaw: the gauges
-    before and after."""
+async def _freeze_then_close(server: DormServer) -> tuple[dict[str, int], dict[str, int]]:
+    """``SOCKETS`` sockets in one room, frozen by the next thaw, then closed:
+    the gauges before they opened and once they were frozen."""
     # After a thaw: what startup and the first requests left is frozen too.
     idle = await _next_thaw(server, (await _gauges(server))["gc_thaws_total"])
     room = room_name("gc")
     clients = list(await asyncio.gather(*(WsClient.open(server.url(room, userId=f"u{i}")) for i in range(SOCKETS))))
-    await asyncio.sleep(0.3)  # the joins' presence updates go out
-    busy = await _next_thaw(server, idle["gc_thaws_total"])
-    # Each socket's protocol, consumer and scope (50-150 objects) are frozen
-    # now, out of every full collection until the next thaw.
-    assert (busy["gc_frozen_objects"] - idle["gc_frozen_objects"]) / SOCKETS > 30, (idle, busy)
-    # The room works on frozen objects: a draw reaches every other socket.
-    seq = await clients[0].draw({"x": 1})
-    for other in clients[1:]:
-        await other.wait_for(lambda f: f.get("type") == "draw" and f.get("seq") == seq)
-    return clients, idle, busy
+    try:
+        await asyncio.sleep(0.3)  # the joins' presence updates go out
+        busy = await _next_thaw(server, idle["gc_thaws_total"])
+        # Each socket's protocol, consumer and scope (50-150 objects) are
+        # frozen now, out of every full collection until the next thaw.
+        assert (busy["gc_frozen_objects"] - idle["gc_frozen_objects"]) / SOCKETS > 30, (idle, busy)
+        # The room works on frozen objects: a draw reaches every other socket.
+        seq = await clients[0].draw({"x": 1})
+        for other in clients[1:]:
+            await other.wait_for(lambda f: f.get("type") == "draw" and f.get("seq") == seq)
+    finally:
+        await asyncio.gather(*(c.close() for c in clients), return_exceptions=True)
+    return idle, busy
 
 
 async def test_daphne_frees_closed_sockets_while_frozen(tmp_path: Path) -> None:
     server = start_server("daphne", tmp_path, extra_env={"DORM_GC_THAW_SECONDS": str(THAW_SECONDS), **METRICS})
-    clients: list[WsClient] = []
     try:
-        clients, idle, busy = await _open_and_freeze(server)
-        await asyncio.gather(*(c.close() for c in clients))
-        clients = []
+        idle, busy = await _freeze_then_close(server)
         await asyncio.sleep(2.5)  # daphne lets a closed connection go at its next application check (1 s)
         closed = await _gauges(server)
         assert closed["gc_thaws_total"] == busy["gc_thaws_total"], "a thaw came between: the test proves nothing"
@@ -78,17 +78,13 @@ async def test_daphne_frees_closed_sockets_while_frozen(tmp_path: Path) -> None:
         print(f"daphne: {added / SOCKETS:.0f} objects frozen per socket, {left / SOCKETS:.1f} still frozen after it closed")
         assert left < added * 0.15, (idle, busy, closed)
     finally:
-        await asyncio.gather(*(c.close() for c in clients), return_exceptions=True)
         server.stop()
 
 
 async def test_uvicorn_freezes_when_asked_and_its_closed_sockets_wait_for_the_thaw(tmp_path: Path) -> None:
     server = start_server("uvicorn", tmp_path, extra_env={"DORM_GC_THAW_SECONDS": str(THAW_SECONDS), **METRICS})
-    clients: list[WsClient] = []
     try:
-        clients, idle, busy = await _open_and_freeze(server)
-        await asyncio.gather(*(c.close() for c in clients))
-        clients = []
+        idle, busy = await _freeze_then_close(server)
         await asyncio.sleep(0.5)
         closed = await _gauges(server)
         thawed = await _next_thaw(server, closed["gc_thaws_total"])
@@ -100,5 +96,4 @@ async def test_uvicorn_freezes_when_asked_and_its_closed_sockets_wait_for_the_th
         assert found > SOCKETS * 30, (closed, thawed)
         assert thawed["gc_frozen_objects"] - idle["gc_frozen_objects"] < (busy["gc_frozen_objects"] - idle["gc_frozen_objects"]) * 0.15
     finally:
-        await asyncio.gather(*(c.close() for c in clients), return_exceptions=True)
         server.stop()
