@@ -194,7 +194,7 @@ class Lifespan:
         while True:
             message = await receive()
             if message["type"] == "lifespan.startup":
-                start_server_process("uvicorn")
+                start_server_process("uvicorn")  # or another server with lifespan: Python's collector by default
                 await send({"type": "lifespan.startup.complete"})
             elif message["type"] == "lifespan.shutdown":
                 await send({"type": "lifespan.shutdown.complete"})

@@ -6,7 +6,7 @@ tracked object in the process while every room in it waits. A process with
 10,000 sockets open tracks 0.8-1.4 million objects: a full collection took
 0.6-1.06 s, and a process gaining sockets ran one every few seconds (33 in
 one run of the hibernation benchmark, 10.6 s in all; docs/performance.md,
-"Fifteenth round").
+"Fourteenth round", and "Fifteenth round" for what freezing bought).
 
 What survives a full collection is, nearly all of it, what the process
 holds on purpose: sockets, consumers, rooms. ``GCWatch`` freezes it
@@ -56,7 +56,6 @@ class GCWatch:
         self.pause_seconds = [0.0] * GENERATIONS
         self.thaws = 0
         self.thaw_collected = 0
-        self.thaw_seconds_spent = 0.0
 
     def __call__(self, phase: str, info: dict[str, int]) -> None:
         # Runs inside every collection (every 700 allocations): keep it short.
@@ -82,7 +81,6 @@ class GCWatch:
         elapsed = perf_counter() - started
         self.thaws += 1
         self.thaw_collected += collected
-        self.thaw_seconds_spent += elapsed
         log.info("gc thaw frozen=%d collected=%d duration_ms=%.1f", frozen, collected, elapsed * 1000)
         return collected
 
