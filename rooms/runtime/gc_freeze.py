@@ -88,7 +88,7 @@ class GCWatch:
 def default_thaw_seconds(server: str) -> float:
     """``DORM_GC_THAW_SECONDS`` unset: freeze under daphne, whose closed
     sockets leave no cycle. uvicorn's ``websockets`` protocol leaves each
-    closed socket's ~60 objects (its tasks, transport, logger adapter) in
+    closed socket's 60-90 objects (its tasks, transport, logger adapter) in
     reference cycles; frozen, they would wait for the thaw: 10,000 sessions
     closing between two thaws would hold them all. So uvicorn keeps Python's
     own full collections (timed) unless the setting says otherwise."""
