@@ -563,19 +563,17 @@ def gc_pauses(server: Server) -> dict[str, float] | None:
     except OSError as exc:
         log(f"  (no gc pauses: /metrics {exc!r})")
         return None
+    # Sample -> what it adds to (both young generations add to "young_s").
     wanted = {'dorm_process_gc_pause_seconds_count{generation="2"}': "full", 'dorm_process_gc_pause_seconds_sum{generation="2"}': "full_s",
-              'dorm_process_gc_pause_seconds_sum{generation="1"}': "young_s", 'dorm_process_gc_pause_seconds_sum{generation="0"}': "young0_s",
+              'dorm_process_gc_pause_seconds_sum{generation="1"}': "young_s", 'dorm_process_gc_pause_seconds_sum{generation="0"}': "young_s",
               'dorm_process_gc_pause_seconds_bucket{generation="2",le="0.1"}': "full_under_100ms",
               "dorm_process_gc_frozen_objects": "frozen"}
-    found = {}
+    found: dict[str, float] = {}
     for line in text.splitlines():
         key, _, value = line.rpartition(" ")
         if key in wanted:
-            found[wanted[key]] = float(value)
-    if "full" not in found:
-        return None
-    found["young_s"] = found.get("young_s", 0.0) + found.pop("young0_s", 0.0)
-    return found
+            found[wanted[key]] = found.get(wanted[key], 0.0) + float(value)
+    return found if "full" in found else None
 
 
 def gc_note(before: dict[str, float] | None, after: dict[str, float] | None) -> str:

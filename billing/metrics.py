@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from datetime import timedelta
+from itertools import accumulate
 
 from django.db.models import Sum
 from django.utils import timezone
@@ -157,8 +158,7 @@ def _gc_families() -> Iterator:
     )
     bounds = [repr(b) for b in gc_freeze.PAUSE_BOUNDS] + ["+Inf"]
     for generation, counts in enumerate(watch.pauses):
-        cumulative = [sum(counts[: i + 1]) for i in range(len(counts))]
-        pauses.add_metric([str(generation)], list(zip(bounds, cumulative)), sum_value=watch.pause_seconds[generation])
+        pauses.add_metric([str(generation)], list(zip(bounds, accumulate(counts))), sum_value=watch.pause_seconds[generation])
     yield pauses
     yield GaugeMetricFamily(
         "dorm_process_gc_frozen_objects",
