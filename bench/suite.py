@@ -69,7 +69,7 @@ from pathlib import Path
 from typing import Any
 
 import fanout
-from _loadgen import Client, Recorder, cpu_seconds
+from _loadgen import Client, Recorder, cpu_seconds, percentile
 from _rooms import Measure, RoomsConfig, anonymous_path, open_welcomed, run_rooms_step
 
 REPO = fanout.REPO
@@ -122,6 +122,21 @@ def rss_kib(pids: list[int]) -> int:
 
 def tree_cpu(pid: int) -> float:
     return sum(cpu_seconds(p) or 0.0 for p in tree(pid))
+
+
+def listen_overflows() -> int | None:
+    """The kernel's count of connections dropped because a listening
+    socket's accept queue was full (TcpExt ListenOverflows, machine-wide:
+    each dropped SYN is a client retrying a second later)."""
+    try:
+        lines = Path("/proc/net/netstat").read_text().splitlines()
+    except OSError:
+        return None
+    for names, values in zip(lines[::2], lines[1::2]):
+        if names.startswith("TcpExt:"):
+            fields = dict(zip(names.split()[1:], values.split()[1:]))
+            return int(fields["ListenOverflows"]) if "ListenOverflows" in fields else None
+    return None
 
 
 def raise_nofile() -> int:
@@ -364,7 +379,7 @@ def w_durable(args: argparse.Namespace, server: Server) -> list[Result]:
                    f"server CPU {cpu:.0f}%")]
 
 
-async def _connect(server: Server, n: int, concurrency: int, tokens: bool) -> tuple[float, int, tuple[float, float]]:
+async def _connect(server: Server, n: int, concurrency: int, tokens: bool) -> tuple[float, int, tuple[float, float], list[float]]:
     loop = asyncio.get_running_loop()
     rec = Recorder()
     rooms = [f"c{secrets.token_hex(3)}-{i}" for i in range(20)]
@@ -373,16 +388,20 @@ async def _connect(server: Server, n: int, concurrency: int, tokens: bool) -> tu
     gate = asyncio.Semaphore(concurrency)
     clients: list[Client] = []
     failed = 0
+    waits: list[float] = []  # ms from connect() to the welcome, per connection
 
     async def one(path: str) -> None:
         nonlocal failed
         async with gate:
             try:
+                began = time.perf_counter()
                 _, c = await loop.create_connection(lambda: Client(rec, HOST, server.port, path), HOST, server.port)
                 clients.append(c)
                 w = await asyncio.wait_for(c.welcome, 30)
                 if w.get("type") != "welcome":
                     failed += 1
+                else:
+                    waits.append(1000 * (time.perf_counter() - began))
             except Exception:
                 failed += 1
 
@@ -398,7 +417,7 @@ async def _connect(server: Server, n: int, concurrency: int, tokens: bool) -> tu
         if c.transport is not None:
             c.transport.close()
     await asyncio.sleep(1.0)
-    return rate, failed, cpu
+    return rate, failed, cpu, waits
 
 
 class CountingRecorder(Recorder):
@@ -586,15 +605,23 @@ def gc_note(before: dict[str, float] | None, after: dict[str, float] | None) -> 
 
 
 def w_connect(args: argparse.Namespace, server: Server) -> list[Result]:
-    gc0 = gc_pauses(server)
+    gc0, overflows0 = gc_pauses(server), listen_overflows()
     with py_spy(args, server, "connect"):
-        rate, failed, (server_cpu, gen_cpu) = asyncio.run(_connect(server, args.connections, 50, server.tokens))
+        rate, failed, (server_cpu, gen_cpu), waits = asyncio.run(
+            _connect(server, args.connections, args.connect_concurrency, server.tokens))
+    waits.sort()
+    overflows1 = listen_overflows()
     gc = gc_note(gc0, gc_pauses(server))
     auth = "HS256 token" if server.tokens else "no token check (?userId=)"
     # CPU per connection: the figure least disturbed by other load on a shared
     # machine (the rate is not: a server given half a core connects half as many).
     per_ms = server_cpu / 100 / rate * 1000 if rate else float("nan")
     cpu = f"server CPU {server_cpu:.0f}% ({per_ms:.2f} ms per connection), generator CPU {gen_cpu:.0f}%"
+    if waits:  # with a fixed number in flight, a server below 100 % CPU is waiting on something per connection
+        cpu += (f"; connect to welcome p50 {percentile(waits, 0.5):.1f} ms, p99 {percentile(waits, 0.99):.1f} ms"
+                f" ({args.connect_concurrency} in flight)")
+    if overflows0 is not None and overflows1 is not None:
+        cpu += f"; {overflows1 - overflows0} SYNs dropped by a full accept queue"
     log(f"  {server.name} connect: {rate:,.0f}/s ({auth}), failed {failed}, {cpu}" + (f"; {gc}" if gc else ""))
     return [Result(server.name, "connect", "new connections/s with token auth", rate, "/s",
                    f"{auth}; failed {failed}; {cpu}" + (f"; {gc}" if gc else ""))]
@@ -781,6 +808,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--max-loss-pct", type=float, default=1.0)
     p.add_argument("--max-p99-ms", type=float, default=1000.0)
     p.add_argument("--connections", type=int, default=2000, help="for 'connect' (default: %(default)s)")
+    p.add_argument("--connect-concurrency", type=int, default=50,
+                   help="for 'connect': connections in flight at once (default: %(default)s)")
     p.add_argument("--storm-connections", type=int, default=5000, help="for 'storm' (default: %(default)s)")
     p.add_argument("--storm-rooms", type=int, default=1,
                    help="for 'storm': spread the joins over this many rooms, a reconnect storm after a deploy (default: %(default)s)")

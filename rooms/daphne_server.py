@@ -28,7 +28,9 @@ sockets that was ~3.9 % of a core of pure bookkeeping (docs/performance.md,
   is open (``LeanWebSocketFactory``: ~2.5 KB less per idle socket);
 - the reactor dispatches socket events without twisted's logging context
   (``call_logging_errors``) and runs on uvloop's event loop instead of
-  asyncio's (``move_reactor_to_uvloop``, ``DORM_EVENT_LOOP``).
+  asyncio's (``move_reactor_to_uvloop``, ``DORM_EVENT_LOOP``);
+- each listening socket's accept queue holds ``LISTEN_BACKLOG`` connections,
+  not twisted's 50 (``with_listen_backlog``).
 
 The sweeps keep daphne's periods (1 s and 2 s), so every check happens in
 the same sweep daphne's would have acted in. Small client frames are
@@ -44,6 +46,7 @@ import asyncio
 import heapq
 import itertools
 import logging
+import re
 import time
 import weakref
 from collections import deque
@@ -64,6 +67,25 @@ logger = logging.getLogger("daphne.server")  # daphne's own messages, under daph
 
 APPLICATION_CHECK_SECONDS = 1.0  # daphne's periods
 TIMEOUT_CHECK_SECONDS = 2.0
+
+# The accept queue of each listening socket: uvicorn's and gunicorn's
+# default (node's is 511; the kernel caps it at net.core.somaxconn). With
+# twisted's 50, a burst of clients (a reconnect after a deploy, 100 opening
+# at once) overflowed it: the kernel dropped their SYNs and each retried a
+# second later (docs/performance.md, "Sixteenth round").
+LISTEN_BACKLOG = 2048
+_BACKLOG_OPTION = re.compile(r"(?:^|(?<!\\):)backlog=")
+
+
+def with_listen_backlog(description: str, backlog: int = LISTEN_BACKLOG) -> str:
+    """A twisted endpoint description (daphne's ``-b``/``-p``, ``-u`` or
+    ``-e``) with ``backlog`` added where twisted would use its 50: ``tcp``,
+    ``tcp6``, ``ssl`` and ``unix`` endpoints that do not name one. Others
+    (``fd:``, an inherited socket already listening) are left as they are."""
+    kind = description.split(":", 1)[0].strip().lower()
+    if kind not in ("tcp", "tcp6", "ssl", "unix") or _BACKLOG_OPTION.search(description):
+        return description
+    return f"{description}:backlog={backlog}"
 
 
 class ApplicationQueue:
@@ -345,6 +367,7 @@ class _LeanerFactory:
 class LeanDaphneServer(Server):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
+        self.endpoints = [with_listen_backlog(str(description)) for description in self.endpoints]
         # Connections whose application finished or whose socket closed
         # since the last application check.
         self.application_check_due: set[Any] = set()
