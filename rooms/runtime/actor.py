@@ -378,6 +378,12 @@ class RoomActor:
                 await self._handle_batch(batch)
                 if any(type(item) is not Tick for item in batch):
                     self._active_at = time.monotonic()
+                # Let go of it before waiting for the next one: a room whose
+                # last batch was its members leaving would otherwise hold
+                # every one of their closed sockets (a Leave holds its
+                # connection, and that its server protocol) for as long as it
+                # stays awake with nothing to do.
+                del batch
         except asyncio.CancelledError:
             reason = "lease_lost" if self._aborted else "shutdown"
             clean = not self._aborted

@@ -208,6 +208,34 @@ async def test_a_sleeping_rooms_actor_is_freed_without_the_cyclic_collector(runt
             gc.enable()
 
 
+async def test_an_awake_room_lets_go_of_the_connections_that_left(runtime: Any, connect: Any) -> None:
+    """The actor's loop kept its last batch while it waited for the next: a
+    room whose last batch was its members leaving held each one's closed
+    connection (and through it the server's protocol) for as long as it
+    stayed awake with nothing to do."""
+    import gc
+
+    from rooms.runtime.connection import Connection
+
+    def alive() -> int:  # Connection has slots and no weak references: count the tracked ones
+        return sum(1 for o in gc.get_objects() if type(o) is Connection and o.room == "letgo")
+
+    clients = [await connect("letgo", userId=user) for user in "abc"]
+    assert alive() == 3
+    gc.disable()  # freed by reference count, as they must be under a frozen collector
+    try:
+        for client in clients:
+            await client.close()
+        for _ in range(60):
+            await asyncio.sleep(0.05)
+            if not alive():
+                break
+        assert "letgo" in runtime.registry.actors  # still awake: nothing else let them go
+        assert alive() == 0
+    finally:
+        gc.enable()
+
+
 @pytest.mark.parametrize(
     ("raw", "reason"),
     [
