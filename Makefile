@@ -37,7 +37,7 @@ run: $(STAMP)
 # docs/performance.md); 1 MiB frame limit as daphne's.
 run-uvicorn: $(STAMP)
 	$(PY) manage.py migrate --noinput
-	$(PY) -m uvicorn config.asgi:application --host $(HOST) --port $(PORT) --ws websockets --ws-max-size 1048576 --ws-ping-interval $(WS_PING_INTERVAL) --ws-ping-timeout $(WS_PING_TIMEOUT)
+	$(PY) -m uvicorn config.asgi:application --host $(HOST) --port $(PORT) --ws websockets-sansio --ws-max-size 1048576 --ws-ping-interval $(WS_PING_INTERVAL) --ws-ping-timeout $(WS_PING_TIMEOUT)
 
 # A local distributed-mode cluster (Procfile: two daphne processes on 8001 and
 # 8002) on the machine's PostgreSQL and Redis; deploy/nginx.conf serves both

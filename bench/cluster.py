@@ -259,7 +259,7 @@ def running_servers(
             if server == "daphne":
                 cmd = [sys.executable, "-m", "daphne", "-b", HOST, "-p", str(port), "--websocket_timeout", "-1", target.app]
             else:
-                flags = "--ws websockets --ws-max-size 1048576 --log-level warning --no-access-log"
+                flags = "--ws websockets-sansio --ws-max-size 1048576 --log-level warning --no-access-log"
                 cmd = [sys.executable, "-m", "uvicorn", target.app, "--host", HOST, "--port", str(port), *flags.split()]
             log_path = log_dir / f"{target.name}-{i}.log"
             proc = fanout.start_pinned(cmd, target.repo, env, log_path, core=i)

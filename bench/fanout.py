@@ -239,7 +239,7 @@ def _running_server(
         # --websocket_timeout -1 as `make run`: no cut-off of long sockets.
         cmd = [sys.executable, "-m", "daphne", "-b", HOST, "-p", str(port), "--websocket_timeout", "-1", app]
     else:
-        flags = "--ws websockets --ws-max-size 1048576 --log-level warning --no-access-log"
+        flags = "--ws websockets-sansio --ws-max-size 1048576 --log-level warning --no-access-log"
         cmd = [sys.executable, "-m", "uvicorn", app, "--host", HOST, "--port", str(port), *flags.split()]
     log = log_dir / f"{target}-{server}.log"
     proc = start_pinned(cmd, REPO, env, log)

@@ -118,7 +118,7 @@ def start(v: Variant, log_dir: Path, db_dir: Path, extra_env: dict[str, str]) ->
                    "--ping-interval", "300", "--ping-timeout", "30", *v.flags, "config.asgi:application"]
         else:
             cmd = [sys.executable, "-m", "uvicorn", "config.asgi:application", "--host", HOST, "--port", str(port),
-                   "--ws", "websockets", "--ws-max-size", "1048576", "--log-level", "warning", "--no-access-log",
+                   "--ws", "websockets-sansio", "--ws-max-size", "1048576", "--log-level", "warning", "--no-access-log",
                    "--ws-ping-interval", "300", "--ws-ping-timeout", "30", *v.flags]
         log_path = log_dir / f"{v.name}.log"
         proc = fanout.start_pinned(cmd, root, env, log_path)

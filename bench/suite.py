@@ -6,8 +6,9 @@
 Servers (each pinned to core 0, the generator to core 1, started here):
 
 - ``dorm``: Dorm embedded (SQLite, daphne), production-like settings;
-- ``dorm-uvicorn``: ``dorm`` under uvicorn ``--ws websockets`` (as
-  ``make run-uvicorn``, no access log), for the connection workload;
+- ``dorm-uvicorn``: ``dorm`` under uvicorn ``--ws websockets-sansio`` (as
+  ``make run-uvicorn``, no access log; ``BENCH_UVICORN_WS=websockets`` runs
+  uvicorn's legacy protocol instead), for the connection workload;
 - ``dorm-pg``: the same on a fresh PostgreSQL database (DATABASE_URL only,
   created and dropped here), for the durable-writes workload;
 - ``naive``: the Channels tutorial consumer (bench/naive, in-memory layer);
@@ -189,7 +190,7 @@ def start_server(name: str, log_dir: Path, db_dir: Path, pg_url: str | None, ext
         subprocess.run([sys.executable, "manage.py", "migrate", "--noinput"], cwd=REPO, env=env, check=True, stdout=subprocess.DEVNULL, timeout=300)
         cmd, cwd = daphne + ["config.asgi:application"], REPO
         if name == "dorm-uvicorn":  # as `make run-uvicorn`, without the access log
-            flags = "--ws websockets --ws-max-size 1048576 --log-level warning --no-access-log"
+            flags = f"--ws {os.environ.get('BENCH_UVICORN_WS', 'websockets-sansio')} --ws-max-size 1048576 --log-level warning --no-access-log"
             cmd = [sys.executable, "-m", "uvicorn", "config.asgi:application", "--host", HOST, "--port", str(port), *flags.split()]
     elif name == "naive":
         env["DJANGO_SETTINGS_MODULE"] = "bench.naive.settings"
@@ -586,7 +587,7 @@ def gc_pauses(server: Server) -> dict[str, float] | None:
     wanted = {'dorm_process_gc_pause_seconds_count{generation="2"}': "full", 'dorm_process_gc_pause_seconds_sum{generation="2"}': "full_s",
               'dorm_process_gc_pause_seconds_sum{generation="1"}': "young_s", 'dorm_process_gc_pause_seconds_sum{generation="0"}': "young_s",
               'dorm_process_gc_pause_seconds_bucket{generation="2",le="0.1"}': "full_under_100ms",
-              "dorm_process_gc_frozen_objects": "frozen"}
+              "dorm_process_gc_frozen_objects": "frozen", "dorm_process_gc_thaw_collected_objects_total": "thaw_collected"}
     found: dict[str, float] = {}
     for line in text.splitlines():
         key, _, value = line.rpartition(" ")
@@ -627,7 +628,7 @@ def w_connect(args: argparse.Namespace, server: Server) -> list[Result]:
                    f"{auth}; failed {failed}; {cpu}" + (f"; {gc}" if gc else ""))]
 
 
-async def _idle(server: Server, n: int) -> tuple[float, int, int, int]:
+async def _idle(server: Server, n: int) -> tuple[float, int, int, int, list[float | None]]:
     rec = Recorder()
     rooms = [f"i{secrets.token_hex(3)}-{i}" for i in range(max(1, n // 100))]
     pids = tree(server.pid)
@@ -637,6 +638,18 @@ async def _idle(server: Server, n: int) -> tuple[float, int, int, int]:
     await asyncio.sleep(3.0)  # join announcements, settle
     after = rss_kib(tree(server.pid))
     held = len(clients)
+    # Objects frozen out of full collections (Dorm only): with the sockets
+    # open, 3 s after they all closed (a closed socket's objects should
+    # have left), and with them all back.
+    frozen: list[float | None] = []
+
+    async def note_frozen() -> None:
+        gauges = await asyncio.to_thread(gc_pauses, server)
+        frozen.append(None if gauges is None else gauges.get("frozen"))
+        if gauges is not None:
+            log(f"    (thaws found {gauges.get('thaw_collected', 0):,.0f} unreachable objects so far)")
+
+    await note_frozen()
 
     def close_all() -> None:
         for c in clients:
@@ -648,18 +661,23 @@ async def _idle(server: Server, n: int) -> tuple[float, int, int, int]:
     # second came (freed memory is reused; held memory adds up).
     close_all()
     await asyncio.sleep(3.0)
+    await note_frozen()
     reopened = await open_welcomed(rec, HOST, server.port, [anonymous_path(rooms[i % len(rooms)], f"u{i}") for i in range(n)])
     clients = [c for c in reopened if c is not None]
     await asyncio.sleep(3.0)
     again = rss_kib(tree(server.pid))
+    await note_frozen()
     close_all()
     await asyncio.sleep(2.0)
-    return (after - before) / max(1, held), held, after, again
+    return (after - before) / max(1, held), held, after, again, frozen
 
 
 def w_idle(args: argparse.Namespace, server: Server) -> list[Result]:
-    per, held, after, again = asyncio.run(_idle(server, args.idle_connections))
-    log(f"  {server.name} idle: {held:,} held, {per:.1f} KiB each, RSS {after / 1024:,.0f} MiB; {again / 1024:,.0f} MiB after all reconnected")
+    per, held, after, again, frozen = asyncio.run(_idle(server, args.idle_connections))
+    gc = ""
+    if None not in frozen:
+        gc = "; objects frozen: open {:,.0f}, all closed {:,.0f}, all reopened {:,.0f}".format(*frozen)
+    log(f"  {server.name} idle: {held:,} held, {per:.1f} KiB each, RSS {after / 1024:,.0f} MiB; {again / 1024:,.0f} MiB after all reconnected{gc}")
     return [Result(server.name, "idle", f"RSS KiB per idle connection ({args.idle_connections:,} opened)", per, "KiB",
                    f"{held:,} held, server RSS {after / 1024:,.0f} MiB; {again / 1024:,.0f} MiB after all reconnected 3 s later")]
 

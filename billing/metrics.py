@@ -165,6 +165,11 @@ def _gc_families() -> Iterator:
         "Objects this process froze out of full collections (what survived the last one; DORM_GC_THAW_SECONDS)",
         value=gc.get_freeze_count(),
     )
+    yield GaugeMetricFamily(
+        "dorm_process_gc_thaw_interval_seconds",
+        "How often this process collects everything, frozen objects too (DORM_GC_THAW_SECONDS); 0: it freezes nothing",
+        value=watch.thaw_seconds,
+    )
     yield CounterMetricFamily("dorm_process_gc_thaws", "Full collections of everything, frozen objects too", value=watch.thaws)
     yield CounterMetricFamily(
         "dorm_process_gc_thaw_collected_objects",

@@ -153,8 +153,8 @@ def start_runtime() -> None:
 
 
 def start_server_process(server: str) -> None:
-    """What a server process starts with, on its loop (daphne's reactor,
-    uvicorn's lifespan): the runtime, and the garbage collector's watch
+    """What a server process starts with, on its loop (``server`` "daphne":
+    its reactor; "lifespan": uvicorn's, or another server's, lifespan): the runtime, and the garbage collector's watch
     (``rooms/runtime/gc_freeze.py``: full collections walk only what is new,
     ``DORM_GC_THAW_SECONDS``). Not on a first request: a test process that
     drives the application directly keeps Python's own collector."""
@@ -194,7 +194,10 @@ class Lifespan:
         while True:
             message = await receive()
             if message["type"] == "lifespan.startup":
-                start_server_process("uvicorn")  # or another server with lifespan: Python's collector by default
+                from rooms import uvicorn_server
+
+                uvicorn_server.install()  # before the first socket: uvicorn has loaded its protocol by now
+                start_server_process("lifespan")  # uvicorn, or another server with lifespan
                 await send({"type": "lifespan.startup.complete"})
             elif message["type"] == "lifespan.shutdown":
                 await send({"type": "lifespan.shutdown.complete"})

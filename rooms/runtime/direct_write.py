@@ -8,12 +8,13 @@ bytes are identical for every recipient) and each recipient costs one
 ``transport.write``.
 
 This reaches into the server's protocol object, so it is used only where it
-is known to be correct: daphne (autobahn) and uvicorn's ``websockets``
-implementation, on an open socket with no fragmentation configured. An
-uncompressed frame is valid even when permessage-deflate was negotiated
-(RFC 7692 section 6: compression is per message, RSV1 says which). Anything
-else falls back to the ASGI ``send``; ordering is kept because both paths
-write synchronously to the same transport.
+is known to be correct: daphne (autobahn) and uvicorn's two ``websockets``
+implementations (``websockets-sansio``, its default, and the legacy one),
+on an open socket with no fragmentation configured. An uncompressed frame
+is valid even when permessage-deflate was negotiated (RFC 7692 section 6:
+compression is per message, RSV1 says which). Anything else falls back to
+the ASGI ``send``; ordering is kept because both paths write synchronously
+to the same transport.
 """
 
 from __future__ import annotations
@@ -106,10 +107,53 @@ def _send_now(sock: Any, frame: bytes) -> bytes:
 
 
 def _uvicorn_websockets_writer(send: Any) -> FrameWriter | None:
+    """uvicorn's ``--ws websockets-sansio`` (its default), or its
+    older ``--ws websockets`` (websockets' deprecated legacy protocol)."""
     proto = getattr(send, "__self__", None)
-    # Look before importing: the module warns about its own deprecation.
-    if proto is None or type(proto).__module__ != "uvicorn.protocols.websockets.websockets_impl":
+    if proto is None:
         return None
+    module = type(proto).__module__
+    # Look before importing: the legacy module warns about its own deprecation.
+    if module == "uvicorn.protocols.websockets.websockets_sansio_impl":
+        return _uvicorn_sansio_writer(proto)
+    if module == "uvicorn.protocols.websockets.websockets_impl":
+        return _uvicorn_legacy_writer(proto)
+    return None
+
+
+def _asyncio_write(transport: Any, frame: bytes) -> int:
+    transport.write(frame)  # asyncio sends at once what the socket takes
+    return QUEUED if transport.get_write_buffer_size() else SENT
+
+
+def _uvicorn_sansio_writer(proto: Any) -> FrameWriter | None:
+    try:
+        from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
+        from websockets.protocol import State
+    except ImportError:
+        return None
+    if not isinstance(proto, WebSocketsSansIOProtocol):
+        return None
+    open_state = State.OPEN
+    conn = proto.conn  # websockets' sans-I/O state machine; uvicorn sends whole messages, never fragments
+
+    def write(frame: bytes) -> int:
+        # The same checks as its ``send`` for a message: accepted, not
+        # closing, not answering the handshake with an HTTP response.
+        if (
+            conn.state is not open_state
+            or not proto.handshake_complete
+            or proto.close_sent
+            or proto.disconnected
+            or proto.initial_response is not None
+        ):
+            return NOT_WRITTEN
+        return _asyncio_write(proto.transport, frame)
+
+    return write
+
+
+def _uvicorn_legacy_writer(proto: Any) -> FrameWriter | None:
     try:
         from uvicorn.protocols.websockets.websockets_impl import WebSocketProtocol
         from websockets.protocol import State
@@ -122,9 +166,7 @@ def _uvicorn_websockets_writer(send: Any) -> FrameWriter | None:
     def write(frame: bytes) -> int:
         if proto.state is not open_state or not proto.handshake_completed_event.is_set():
             return NOT_WRITTEN
-        transport = proto.transport
-        transport.write(frame)  # asyncio sends at once what the socket takes
-        return QUEUED if transport.get_write_buffer_size() else SENT
+        return _asyncio_write(proto.transport, frame)
 
     return write
 

@@ -33,6 +33,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import logging
+import sys
 from bisect import bisect_left
 from time import perf_counter
 
@@ -47,8 +48,9 @@ class GCWatch:
     """A ``gc.callbacks`` entry: times each collection and, when
     ``freeze_survivors``, freezes what a full collection left."""
 
-    def __init__(self, freeze_survivors: bool) -> None:
+    def __init__(self, freeze_survivors: bool, thaw_seconds: float = 0.0) -> None:
         self.freeze_survivors = freeze_survivors
+        self.thaw_seconds = thaw_seconds  # reported on /metrics: is this process freezing, how often it thaws
         self._started = 0.0
         # Per generation: counts per bucket of PAUSE_BOUNDS (+1 for longer)
         # and the seconds in all.
@@ -85,14 +87,28 @@ class GCWatch:
         return collected
 
 
+# uvicorn imports only the WebSocket protocol it serves with (its config's
+# ``--ws``): which of these is loaded says which one that is.
+UVICORN_SANSIO_WEBSOCKETS = "uvicorn.protocols.websockets.websockets_sansio_impl"
+UVICORN_LEGACY_WEBSOCKETS = "uvicorn.protocols.websockets.websockets_impl"
+
+
 def default_thaw_seconds(server: str) -> float:
-    """``DORM_GC_THAW_SECONDS`` unset: freeze under daphne, whose closed
-    sockets leave no cycle. uvicorn's ``websockets`` protocol leaves each
-    closed socket's 60-90 objects (its tasks, transport, logger adapter) in
-    reference cycles; frozen, they would wait for the thaw: 10,000 sessions
-    closing between two thaws would hold them all. So uvicorn keeps Python's
-    own full collections (timed) unless the setting says otherwise."""
-    return 600.0 if server == "daphne" else 0.0
+    """``DORM_GC_THAW_SECONDS`` unset: freeze where closed sockets leave no
+    reference cycle, so that freezing holds nothing: daphne, and a lifespan
+    server (``server`` "lifespan") that is uvicorn with its
+    ``websockets-sansio`` protocol (its default, and ``make run-uvicorn``'s):
+    0.1 objects per closed socket in cycles. uvicorn's legacy ``--ws
+    websockets`` protocol leaves 60-90 (its tasks, transport, logger
+    adapter); frozen, they would wait for the thaw, 10,000 sessions closing
+    between two thaws all held. So that protocol, and any server not known
+    here, keeps Python's own full collections (timed)."""
+    if server == "daphne":
+        return 600.0
+    loaded = sys.modules
+    if UVICORN_SANSIO_WEBSOCKETS in loaded and UVICORN_LEGACY_WEBSOCKETS not in loaded:
+        return 600.0
+    return 0.0
 
 
 # The process's watch, once a server installed it.
@@ -109,7 +125,7 @@ def install(thaw_seconds: float, loop: asyncio.AbstractEventLoop | None = None) 
     if thaw_seconds < 0:
         raise ValueError(f"DORM_GC_THAW_SECONDS must be 0 (off) or a number of seconds, not {thaw_seconds!r}")
     uninstall()
-    watch = GCWatch(freeze_survivors=thaw_seconds > 0)
+    watch = GCWatch(freeze_survivors=thaw_seconds > 0, thaw_seconds=thaw_seconds)
     gc.callbacks.append(watch)
     if thaw_seconds > 0:
         _schedule_thaw(loop or asyncio.get_running_loop(), thaw_seconds)

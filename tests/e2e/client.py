@@ -318,6 +318,14 @@ class WsClient:
             pass
         await self._stop_reader()
 
+    async def drop(self) -> None:
+        """Close the TCP connection without a closing handshake (a FIN, as
+        from a client whose page or process ended; ``abort`` sends a RST)."""
+        transport = self.ws.transport
+        if transport is not None:
+            transport.close()
+        await self._stop_reader()
+
     def abort(self) -> None:
         """Drop the TCP connection without a closing handshake."""
         transport = self.ws.transport

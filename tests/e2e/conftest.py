@@ -61,7 +61,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DormServer]:
 
 @pytest.fixture(scope="session")
 def uvicorn_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DormServer]:
-    """The same ASGI application under ``uvicorn --ws websockets``."""
+    """The same ASGI application under ``uvicorn --ws websockets-sansio``."""
     yield from _start("uvicorn", tmp_path_factory)
 
 

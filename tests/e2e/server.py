@@ -96,7 +96,7 @@ def server_command(flavor: str, port: int, extra_args: list[str] | None = None) 
             "--port",
             str(port),
             "--ws",
-            "websockets",
+            "websockets-sansio",
             *extra,
         ]
     raise ValueError(f"unknown server flavor {flavor!r}")

@@ -2,11 +2,12 @@
 thaws it all every ``DORM_GC_THAW_SECONDS`` (rooms/runtime/gc_freeze.py),
 read from the process's /metrics.
 
-Under daphne (the watch starts from its reactor) a closed socket's objects
-are freed while frozen, by their reference counts, without waiting for a
-thaw. Under uvicorn (from its lifespan) they are left in reference cycles
-that only a thaw frees, which is why uvicorn keeps Python's own collector
-unless the setting asks."""
+Under daphne (the watch starts from its reactor) and under uvicorn's
+``websockets-sansio`` protocol (from its lifespan) a closed socket's
+objects are freed while frozen, by their reference counts, without waiting
+for a thaw. uvicorn's legacy ``--ws websockets`` protocol leaves them in
+reference cycles that only a thaw frees, which is why that protocol keeps
+Python's own collector unless the setting asks."""
 
 from __future__ import annotations
 
@@ -41,9 +42,10 @@ async def _next_thaw(server: DormServer, thaws: int) -> dict[str, int]:
     raise AssertionError(f"no thaw in {THAW_SECONDS * 2} s")
 
 
-async def _freeze_then_close(server: DormServer) -> tuple[dict[str, int], dict[str, int]]:
-    """``SOCKETS`` sockets in one room, frozen by the next thaw, then closed:
-    the gauges before they opened and once they were frozen."""
+async def _freeze_then_close(server: DormServer, how: str = "close") -> tuple[dict[str, int], dict[str, int]]:
+    """``SOCKETS`` sockets in one room, frozen by the next thaw, then closed
+    (``how``: "close", the closing handshake; "drop", a TCP close without
+    one): the gauges before they opened and once they were frozen."""
     # After a thaw: what startup and the first requests left is frozen too.
     idle = await _next_thaw(server, (await _gauges(server))["gc_thaws_total"])
     room = room_name("gc")
@@ -59,14 +61,19 @@ async def _freeze_then_close(server: DormServer) -> tuple[dict[str, int], dict[s
         for other in clients[1:]:
             await other.wait_for(lambda f: f.get("type") == "draw" and f.get("seq") == seq)
     finally:
-        await asyncio.gather(*(c.close() for c in clients), return_exceptions=True)
+        await asyncio.gather(*((c.drop() if how == "drop" else c.close()) for c in clients), return_exceptions=True)
     return idle, busy
 
 
-async def test_daphne_frees_closed_sockets_while_frozen(tmp_path: Path) -> None:
-    server = start_server("daphne", tmp_path, extra_env={"DORM_GC_THAW_SECONDS": str(THAW_SECONDS), **METRICS})
+@pytest.mark.parametrize("how", ["close", "drop"])
+@pytest.mark.parametrize("flavor", ["daphne", "uvicorn"])
+async def test_closed_sockets_are_freed_while_frozen(tmp_path: Path, flavor: str, how: str) -> None:
+    """With a closing handshake or without one: uvicorn's protocol left a
+    dropped socket's websockets state machine in a cycle with its parser
+    (``rooms/uvicorn_server.py``)."""
+    server = start_server(flavor, tmp_path, extra_env={"DORM_GC_THAW_SECONDS": str(THAW_SECONDS), **METRICS})
     try:
-        idle, busy = await _freeze_then_close(server)
+        idle, busy = await _freeze_then_close(server, how)
         await asyncio.sleep(2.5)  # daphne lets a closed connection go at its next application check (1 s)
         closed = await _gauges(server)
         assert closed["gc_thaws_total"] == busy["gc_thaws_total"], "a thaw came between: the test proves nothing"
@@ -75,24 +82,44 @@ async def test_daphne_frees_closed_sockets_while_frozen(tmp_path: Path) -> None:
         # actor, awake until it hibernates, keeps a little), before any thaw.
         added = busy["gc_frozen_objects"] - idle["gc_frozen_objects"]
         left = closed["gc_frozen_objects"] - idle["gc_frozen_objects"]
-        print(f"daphne: {added / SOCKETS:.0f} objects frozen per socket, {left / SOCKETS:.1f} still frozen after it closed")
+        print(f"{flavor} ({how}): {added / SOCKETS:.0f} objects frozen per socket, {left / SOCKETS:.1f} still frozen after it closed")
         assert left < added * 0.15, (idle, busy, closed)
     finally:
         server.stop()
 
 
-async def test_uvicorn_freezes_when_asked_and_its_closed_sockets_wait_for_the_thaw(tmp_path: Path) -> None:
-    server = start_server("uvicorn", tmp_path, extra_env={"DORM_GC_THAW_SECONDS": str(THAW_SECONDS), **METRICS})
+async def test_uvicorn_freezes_by_default_with_its_default_protocol(tmp_path: Path) -> None:
+    server = start_server("uvicorn", tmp_path, extra_env=METRICS)
+    try:
+        assert (await _gauges(server))["gc_thaw_interval_seconds"] == 600
+    finally:
+        server.stop()
+
+
+LEGACY = ["--ws", "websockets"]  # uvicorn's legacy protocol, deprecated by uvicorn
+
+
+async def test_uvicorns_legacy_protocol_keeps_pythons_collector_by_default(tmp_path: Path) -> None:
+    server = start_server("uvicorn", tmp_path, extra_env=METRICS, extra_args=LEGACY, name="uvicorn-legacy")
+    try:
+        assert (await _gauges(server))["gc_thaw_interval_seconds"] == 0
+    finally:
+        server.stop()
+
+
+async def test_uvicorns_legacy_protocol_frozen_leaves_closed_sockets_to_the_thaw(tmp_path: Path) -> None:
+    server = start_server("uvicorn", tmp_path, extra_env={"DORM_GC_THAW_SECONDS": str(THAW_SECONDS), **METRICS},
+                          extra_args=LEGACY, name="uvicorn-legacy")
     try:
         idle, busy = await _freeze_then_close(server)
         await asyncio.sleep(0.5)
         closed = await _gauges(server)
         thawed = await _next_thaw(server, closed["gc_thaws_total"])
-        # uvicorn's protocol leaves each closed socket in cycles that only the
-        # thaw found (the reason it keeps Python's collector by default). If
-        # this fails, those cycles are gone: daphne's default can be uvicorn's.
+        # The legacy protocol leaves each closed socket in cycles that only
+        # the thaw found (the reason it keeps Python's collector by default).
+        # If this fails, those cycles are gone: its default can be the others'.
         found = thawed["gc_thaw_collected_objects_total"] - closed["gc_thaw_collected_objects_total"]
-        print(f"uvicorn: the thaw after {SOCKETS} sockets closed found {found} unreachable objects")
+        print(f"uvicorn --ws websockets: the thaw after {SOCKETS} sockets closed found {found} unreachable objects")
         assert found > SOCKETS * 30, (closed, thawed)
         assert thawed["gc_frozen_objects"] - idle["gc_frozen_objects"] < (busy["gc_frozen_objects"] - idle["gc_frozen_objects"]) * 0.15
     finally:

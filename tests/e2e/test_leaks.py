@@ -87,7 +87,7 @@ def process_gauges(server: DormServer) -> dict[str, int]:
         text = response.read().decode()
     gauges = {
         m.group(1): int(float(m.group(2)))
-        for m in re.finditer(r"^dorm_process_(\w+) ([0-9.e+]+)$", text, re.MULTILINE)
+        for m in re.finditer(r"^dorm_process_(\w+) ([0-9.e+-]+)$", text, re.MULTILINE)
     }
     assert "asyncio_tasks" in gauges, text[-2000:]
     # Full garbage collections so far (rooms/runtime/gc_freeze.py).

@@ -96,7 +96,7 @@ def start_server(migrated_db: Path, tmp_path: Path) -> Iterator[Callable[..., Se
             # The access log on: an operator may turn it on, it must stay clean too.
             cmd = ["-m", "daphne", "-b", "127.0.0.1", "-p", str(port), "--access-log", "-", "config.asgi:application"]
         else:
-            cmd = ["-m", "uvicorn", "config.asgi:application", "--host", "127.0.0.1", "--port", str(port), "--ws", "websockets"]
+            cmd = ["-m", "uvicorn", "config.asgi:application", "--host", "127.0.0.1", "--port", str(port), "--ws", "websockets-sansio"]
         with open(log_path, "wb") as log:
             process = subprocess.Popen(
                 [sys.executable, *cmd],

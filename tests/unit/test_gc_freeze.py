@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import sys
+import types
 import weakref
 from collections.abc import Iterator
 
@@ -161,9 +163,18 @@ def test_metrics_show_the_pauses_and_the_frozen_objects(loop: asyncio.AbstractEv
     assert full["dorm_process_gc_pause_seconds_sum"] > 0
     assert found["dorm_process_gc_frozen_objects"].samples[0].value == gc.get_freeze_count() > 0
     assert found["dorm_process_gc_thaws"].samples[0].value == 1
+    assert found["dorm_process_gc_thaw_interval_seconds"].samples[0].value == 600
     assert found["dorm_process_gc_thaw_collected_objects"].samples[0].value == watch.thaw_collected
 
 
-def test_by_default_daphne_freezes_and_uvicorn_keeps_pythons_collector() -> None:
+def test_by_default_daphne_and_uvicorns_sansio_protocol_freeze(monkeypatch: pytest.MonkeyPatch) -> None:
+    # uvicorn imports the protocol of its --ws only: the loaded module says which.
+    sansio, legacy = gc_freeze.UVICORN_SANSIO_WEBSOCKETS, gc_freeze.UVICORN_LEGACY_WEBSOCKETS
+    for name in (sansio, legacy):
+        monkeypatch.delitem(sys.modules, name, raising=False)
     assert gc_freeze.default_thaw_seconds("daphne") == 600
-    assert gc_freeze.default_thaw_seconds("uvicorn") == 0
+    assert gc_freeze.default_thaw_seconds("lifespan") == 0  # a server not known here
+    monkeypatch.setitem(sys.modules, sansio, types.ModuleType(sansio))
+    assert gc_freeze.default_thaw_seconds("lifespan") == 600  # uvicorn's default protocol
+    monkeypatch.setitem(sys.modules, legacy, types.ModuleType(legacy))
+    assert gc_freeze.default_thaw_seconds("lifespan") == 0  # its legacy --ws websockets: cycles per closed socket
