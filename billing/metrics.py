@@ -173,7 +173,7 @@ def _gc_families() -> Iterator:
     yield CounterMetricFamily("dorm_process_gc_thaws", "Full collections of everything, frozen objects too", value=watch.thaws)
     yield CounterMetricFamily(
         "dorm_process_gc_thaw_collected_objects",
-        "Unreachable objects those found: cycles among frozen objects, held until a thaw",
+        "Objects those freed: cycles among frozen objects, held until a thaw",
         value=watch.thaw_collected,
     )
 

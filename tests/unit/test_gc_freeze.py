@@ -13,6 +13,7 @@ import sys
 import types
 import weakref
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 
@@ -81,6 +82,31 @@ def test_a_cycle_among_frozen_objects_is_freed_by_the_thaw(loop: asyncio.Abstrac
     survivor = Node()
     watch.thaw()
     assert not tracked(survivor)
+
+
+def test_the_thaw_counts_a_cycle_that_a_finalizer_breaks(loop: asyncio.AbstractEventLoop) -> None:
+    """A suspended generator that refers back to its owner (websockets'
+    parser): collecting it closes it, which frees the cycle by reference
+    count during the collection, outside ``gc.collect()``'s own count."""
+    watch = gc_freeze.install(600, loop)
+
+    class Owner:
+        def parse(self) -> Any:
+            while True:
+                yield self
+
+    owners = [Owner() for _ in range(100)]
+    for owner in owners:
+        owner.parser = owner.parse()
+        next(owner.parser)
+    gone = weakref.ref(owners[0])
+    gc.collect()  # alive now: frozen
+    del owners, owner
+    gc.collect()
+    assert gone() is not None
+    freed = watch.thaw()
+    assert gone() is None
+    assert freed >= 200 and watch.thaw_collected == freed  # each owner and its generator (and their dicts)
 
 
 def test_a_frozen_object_is_still_freed_by_its_reference_count(loop: asyncio.AbstractEventLoop) -> None:
