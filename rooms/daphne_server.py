@@ -49,7 +49,6 @@ import logging
 import re
 import time
 import weakref
-from collections import deque
 from concurrent.futures import CancelledError
 from functools import partial
 from types import MappingProxyType
@@ -61,6 +60,7 @@ from daphne.ws_protocol import WebSocketFactory, WebSocketProtocol
 from twisted.internet import reactor
 
 from rooms.daphne_upgrade import UpgradeSniffingHTTPFactory
+from rooms.runtime.app_queue import ApplicationQueue
 from rooms.runtime.direct_write import twisted_write
 
 logger = logging.getLogger("daphne.server")  # daphne's own messages, under daphne's logger
@@ -86,56 +86,6 @@ def with_listen_backlog(description: str, backlog: int = LISTEN_BACKLOG) -> str:
     if kind not in ("tcp", "tcp6", "ssl", "unix") or _BACKLOG_OPTION.search(description):
         return description
     return f"{description}:backlog={backlog}"
-
-
-class ApplicationQueue:
-    """What daphne's protocols and the application use of the
-    ``asyncio.Queue`` daphne gives each connection (``put_nowait`` and
-    ``get``), without its cost: an ``asyncio.Queue`` is ~3.2 KB (three deques
-    and an ``Event``), held by every idle socket for its whole life; this is
-    one slotted object, with a deque only while messages wait.
-
-    As in ``asyncio.Queue``, a message stays queued until a getter takes it:
-    a getter cancelled after it was woken loses nothing.
-    """
-
-    __slots__ = ("_items", "_waiter")
-
-    def __init__(self) -> None:
-        self._items: deque[Any] | None = None
-        self._waiter: asyncio.Future[None] | None = None
-
-    def put_nowait(self, item: Any) -> None:
-        items = self._items
-        if items is None:
-            items = self._items = deque()
-        items.append(item)
-        waiter = self._waiter
-        if waiter is not None:
-            self._waiter = None
-            if not waiter.done():
-                waiter.set_result(None)
-
-    def qsize(self) -> int:
-        return 0 if self._items is None else len(self._items)
-
-    def awaited_empty(self) -> bool:
-        """A getter waits and nothing is queued: the reader (one task) has
-        nothing of this queue in hand."""
-        waiter = self._waiter
-        return waiter is not None and not waiter.done()
-
-    async def get(self) -> Any:
-        while not self._items:
-            waiter = self._waiter
-            if waiter is None or waiter.done():
-                waiter = self._waiter = asyncio.get_running_loop().create_future()
-            await waiter
-        items = self._items
-        item = items.popleft()
-        if not items:
-            self._items = None
-        return item
 
 
 def _unbound(value: Any) -> Any:
