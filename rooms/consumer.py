@@ -46,7 +46,7 @@ from rooms.protocol import (
     now_ms,
 )
 from rooms.runtime.connection import Connection, ConnectionState
-from rooms.runtime.direct_write import answer_at_edge, close_cleanly_on_protocol_errors, close_socket
+from rooms.runtime.direct_write import answer_at_edge, application_queue, close_cleanly_on_protocol_errors, close_socket
 from rooms.runtime.messages import Binary, Frame, Join, Leave
 from rooms.runtime.registry import get_runtime
 
@@ -100,7 +100,7 @@ class RoomConsumer(AsyncConsumer):
         self.scope = scope
         self.channel_layer = None
         self.base_send = send
-        self._queue = getattr(receive, "__self__", None)
+        self._queue = application_queue(receive)
         try:
             while True:
                 await self.dispatch(await receive())
@@ -198,7 +198,7 @@ class RoomConsumer(AsyncConsumer):
         service = runtime.presence_service
         service.ensure_started()
         service.opened(conn, _header(self.scope, b"user-agent"), str(client[0]))
-        if not conn.binary and conn.write_frame is not None and hasattr(self._queue, "awaited_empty"):
+        if not conn.binary and conn.write_frame is not None and self._queue is not None:
             answer_at_edge(self.base_send, self._answer_at_edge)
         if self.identity.expires_at is not None:
             delay = max(0.0, self.identity.expires_at - time.time())

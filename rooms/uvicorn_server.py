@@ -23,6 +23,13 @@ for daphne's: the application's queue is an ``ApplicationQueue`` instead of
 an ``asyncio.Queue`` (~3.2 KB), and the handshake's request and response
 (their headers) are let go once the socket is accepted, when the protocol
 starts its keepalive; nothing reads them after that.
+
+And the application can answer small text messages in the protocol's read
+(``edge_answer``, set through ``direct_write.answer_at_edge``), as
+``rooms/daphne_server.LeanFrames`` lets it on daphne: the consumer answers
+a keepalive ``ping`` there, so it is not queued, does not pause the
+socket's reads (uvicorn pauses them while a message waits for the
+application) and does not wake the consumer's task.
 """
 
 from __future__ import annotations
@@ -33,6 +40,8 @@ from typing import Any
 from rooms.runtime.app_queue import ApplicationQueue
 
 SANSIO_MODULE = "uvicorn.protocols.websockets.websockets_sansio_impl"
+# The largest text message offered to ``edge_answer`` (a keepalive is ~40).
+EDGE_ANSWER_BYTES = 1024
 
 
 def close_parser(protocol: Any) -> None:
@@ -45,7 +54,7 @@ def close_parser(protocol: Any) -> None:
 
 def install() -> bool:
     """Wrap uvicorn's sans-I/O protocol (``__init__``, ``start_keepalive``,
-    ``connection_lost``), if uvicorn serves with it (it imports only the
+    ``send_receive_event_to_app``, ``connection_lost``), if uvicorn serves with it (it imports only the
     protocol of its ``--ws``); True if the protocol is (now) wrapped."""
     module = sys.modules.get(SANSIO_MODULE)
     if module is None:
@@ -53,9 +62,10 @@ def install() -> bool:
     protocol_class = module.WebSocketsSansIOProtocol
     if getattr(protocol_class.connection_lost, "closes_parser", False):
         return True
-    init, start_keepalive, connection_lost = (
+    init, start_keepalive, to_app, connection_lost = (
         protocol_class.__init__,
         protocol_class.start_keepalive,
+        protocol_class.send_receive_event_to_app,
         protocol_class.connection_lost,
     )
 
@@ -68,6 +78,21 @@ def install() -> bool:
         self.request = self.response = None
         start_keepalive(self)
 
+    def to_app_or_answer(self: Any) -> None:
+        # One whole text message in ``frames``: the application may answer it here.
+        answer = self.edge_answer
+        if answer is not None and self.curr_msg_data_type == "text" and len(self.frames) == 1 and not self.close_sent:
+            data = self.frames[0]
+            if len(data) <= EDGE_ANSWER_BYTES:
+                try:
+                    text = data.decode()
+                except UnicodeDecodeError:
+                    text = None  # uvicorn's own path closes with 1007
+                if text is not None and answer(text):
+                    self.frames = []
+                    return
+        to_app(self)
+
     def connection_lost_closing_parser(self: Any, exc: Exception | None) -> None:
         try:
             connection_lost(self, exc)
@@ -78,8 +103,11 @@ def install() -> bool:
     for name, wrapper, original in (
         ("__init__", lean_init, init),
         ("start_keepalive", start_keepalive_without_handshake, start_keepalive),
+        ("send_receive_event_to_app", to_app_or_answer, to_app),
         ("connection_lost", connection_lost_closing_parser, connection_lost),
     ):
         wrapper.__wrapped__ = original  # type: ignore[attr-defined]
         setattr(protocol_class, name, wrapper)
+    # A class default: a socket whose application set none holds no entry for it.
+    protocol_class.edge_answer = None
     return True

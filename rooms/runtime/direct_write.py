@@ -23,6 +23,8 @@ import functools
 from collections.abc import Callable
 from typing import Any
 
+from rooms.runtime.app_queue import ApplicationQueue
+
 # What a frame writer did: NOT_WRITTEN (use the ASGI ``send``), SENT (the
 # socket took every byte) or QUEUED (bytes wait in the server's transport: the
 # backpressure watch must look at this socket).
@@ -226,14 +228,27 @@ def answer_at_edge(send: Any, answer: Callable[[str], bool] | None) -> bool:
 
     ``answer`` runs in the server's read, on the event loop, before any later
     message of the socket is queued. Only Dorm's daphne protocol
-    (``rooms/daphne_server.LeanFrames``) can do this; False elsewhere, where
+    (``rooms/daphne_server.LeanFrames``) and uvicorn's sans-I/O one as
+    ``rooms/uvicorn_server`` wraps it can do this; False elsewhere, where
     every message comes through ``receive``.
     """
     proto = _daphne_protocol(send)
+    if proto is None:
+        proto = getattr(send, "__self__", None)
     if proto is None or not hasattr(type(proto), "edge_answer"):
         return False
     proto.edge_answer = answer
     return True
+
+
+def application_queue(receive: Any) -> ApplicationQueue | None:
+    """The queue this ASGI ``receive`` reads, where it is Dorm's
+    ``ApplicationQueue`` (daphne's, and uvicorn's sans-I/O protocol's as
+    ``rooms/uvicorn_server`` wraps it): whether the application's task has
+    nothing of the socket's in hand (``awaited_empty``) can be asked."""
+    owner = getattr(receive, "__self__", None)
+    queue = owner if isinstance(owner, ApplicationQueue) else getattr(owner, "queue", None)
+    return queue if isinstance(queue, ApplicationQueue) else None
 
 
 def outbound_meter(send: Any) -> Callable[[], int] | None:

@@ -1,8 +1,9 @@
 """Keepalives answered at the edge (``RoomConsumer._answer_at_edge``): real
-daphne under Dorm's server class, a raw client that sees every frame.
+daphne under Dorm's server class and real uvicorn with Dorm's wraps of its
+sans-I/O protocol, a raw client that sees every frame.
 
 A ``ping`` or ``heartbeat`` that arrives while the socket's consumer has
-nothing else in hand is answered in daphne's read: the same pong, counted as
+nothing else in hand is answered in the server's read: the same pong, counted as
 the same keepalive, with no task woken. Everything else keeps PROTOCOL.md's
 answers and order: a ping behind an invalid frame in the same read gets its
 pong after that frame's error, and a ping with a bad envelope gets the
@@ -32,8 +33,9 @@ async def _welcomed(peer: RawPeer) -> None:
         pass
 
 
-async def test_keepalives_are_answered_at_the_edge_and_other_frames_keep_their_answers_and_order(tmp_path: Path) -> None:
-    server = start_server("daphne", tmp_path, extra_env=ENV)
+@pytest.mark.parametrize("flavor", ["daphne", "uvicorn"])
+async def test_keepalives_are_answered_at_the_edge_and_other_frames_keep_their_answers_and_order(tmp_path: Path, flavor: str) -> None:
+    server = start_server(flavor, tmp_path, extra_env=ENV)
     try:
         room = room_name("edge")
         peer = RawPeer(server.port, f"/ws/{room}?userId=edge")

@@ -20,7 +20,8 @@ from rooms import uvicorn_server
 from rooms.runtime.app_queue import ApplicationQueue
 from tests.fixtures.uvicorn_pair import Served, serve
 
-WRAPPED = ("__init__", "start_keepalive", "connection_lost")
+MISSING = object()
+WRAPPED = ("__init__", "start_keepalive", "send_receive_event_to_app", "connection_lost")
 
 
 @pytest.fixture
@@ -30,11 +31,18 @@ def shipped() -> Iterator[type]:
     from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol as cls
 
     before = {name: cls.__dict__[name] for name in WRAPPED}
+    edge_answer = cls.__dict__.get("edge_answer", MISSING)
     for name, func in before.items():
         setattr(cls, name, getattr(func, "__wrapped__", func))
+    if edge_answer is not MISSING:
+        del cls.edge_answer
     yield cls
     for name, func in before.items():
         setattr(cls, name, func)
+    if edge_answer is not MISSING:
+        cls.edge_answer = edge_answer
+    elif "edge_answer" in cls.__dict__:
+        del cls.edge_answer
 
 
 async def _dropped(served: Served) -> weakref.ref:
@@ -94,6 +102,30 @@ async def test_wrapped_the_handshake_goes_once_accepted_and_messages_flow(shippe
         served.close.set()
         frames = await served.frames(1)
         assert frames[0].opcode.name == "CLOSE"
+
+
+async def test_wrapped_the_application_answers_small_text_in_the_read(shipped: type) -> None:
+    """What ``direct_write.answer_at_edge`` sets: a message it answers is
+    not queued, and does not pause the socket's reads; the others are, in
+    order."""
+    assert uvicorn_server.install()
+    async with serve("websockets-sansio") as served:
+        offered: list[str] = []
+
+        def answer(text: str) -> bool:
+            offered.append(text)
+            return text.startswith("keepalive")
+
+        served.protocol.edge_answer = answer
+        served.accept.set()
+        for text in ("keepalive 1", "m1", "keepalive 2", "x" * 2000, "m2"):
+            await served.send_text(text)
+        got = [await asyncio.wait_for(served.received.get(), 5) for _ in range(3)]
+        assert [m["text"] for m in got] == ["m1", "x" * 2000, "m2"]
+        assert offered == ["keepalive 1", "m1", "keepalive 2", "m2"]  # not the message over EDGE_ANSWER_BYTES
+        await served.send_text("keepalive 3")
+        await asyncio.sleep(0.05)
+        assert offered[-1] == "keepalive 3" and served.received.empty() and not served.protocol.read_paused
 
 
 def test_without_uvicorns_sansio_protocol_loaded_nothing_is_wrapped(monkeypatch: pytest.MonkeyPatch) -> None:
