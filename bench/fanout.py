@@ -1,7 +1,7 @@
 """Fan-out benchmark: Dorm against the Channels tutorial pattern, one room.
 
     .venv/bin/python bench/fanout.py                       # dorm and naive on daphne
-    .venv/bin/python bench/fanout.py --server uvicorn      # the same on uvicorn --ws websockets
+    .venv/bin/python bench/fanout.py --server uvicorn      # the same on uvicorn --ws websockets-sansio
     .venv/bin/python bench/fanout.py --targets dorm,dorm-asgi-send
 
 Targets: ``dorm`` (config.asgi), ``dorm-asgi-send`` (the same with
@@ -239,7 +239,8 @@ def _running_server(
         # --websocket_timeout -1 as `make run`: no cut-off of long sockets.
         cmd = [sys.executable, "-m", "daphne", "-b", HOST, "-p", str(port), "--websocket_timeout", "-1", app]
     else:
-        flags = "--ws websockets-sansio --ws-max-size 1048576 --log-level warning --no-access-log"
+        # BENCH_UVICORN_WS=websockets: uvicorn's legacy protocol, to compare.
+        flags = f"--ws {os.environ.get('BENCH_UVICORN_WS', 'websockets-sansio')} --ws-max-size 1048576 --log-level warning --no-access-log"
         cmd = [sys.executable, "-m", "uvicorn", app, "--host", HOST, "--port", str(port), *flags.split()]
     log = log_dir / f"{target}-{server}.log"
     proc = start_pinned(cmd, REPO, env, log)
