@@ -647,7 +647,7 @@ async def _idle(server: Server, n: int) -> tuple[float, int, int, int, list[floa
         gauges = await asyncio.to_thread(gc_pauses, server)
         frozen.append(None if gauges is None else gauges.get("frozen"))
         if gauges is not None:
-            log(f"    (thaws found {gauges.get('thaw_collected', 0):,.0f} unreachable objects so far)")
+            log(f"    (the thaws have freed {gauges.get('thaw_collected', 0):,.0f} objects so far)")
 
     await note_frozen()
 

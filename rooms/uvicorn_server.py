@@ -39,7 +39,10 @@ from typing import Any
 
 from rooms.runtime.app_queue import ApplicationQueue
 
+# uvicorn's two websockets-based protocols; it imports only the one it
+# serves with (its ``--ws``), so which is loaded says which that is.
 SANSIO_MODULE = "uvicorn.protocols.websockets.websockets_sansio_impl"
+LEGACY_MODULE = "uvicorn.protocols.websockets.websockets_impl"  # deprecated by uvicorn
 # The largest text message offered to ``edge_answer`` (a keepalive is ~40).
 EDGE_ANSWER_BYTES = 1024
 

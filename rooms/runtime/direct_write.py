@@ -114,11 +114,13 @@ def _uvicorn_websockets_writer(send: Any) -> FrameWriter | None:
     proto = getattr(send, "__self__", None)
     if proto is None:
         return None
+    from rooms.uvicorn_server import LEGACY_MODULE, SANSIO_MODULE
+
     module = type(proto).__module__
     # Look before importing: the legacy module warns about its own deprecation.
-    if module == "uvicorn.protocols.websockets.websockets_sansio_impl":
+    if module == SANSIO_MODULE:
         return _uvicorn_sansio_writer(proto)
-    if module == "uvicorn.protocols.websockets.websockets_impl":
+    if module == LEGACY_MODULE:
         return _uvicorn_legacy_writer(proto)
     return None
 

@@ -96,12 +96,6 @@ class GCWatch:
         return freed
 
 
-# uvicorn imports only the WebSocket protocol it serves with (its config's
-# ``--ws``): which of these is loaded says which one that is.
-UVICORN_SANSIO_WEBSOCKETS = "uvicorn.protocols.websockets.websockets_sansio_impl"
-UVICORN_LEGACY_WEBSOCKETS = "uvicorn.protocols.websockets.websockets_impl"
-
-
 def default_thaw_seconds(server: str) -> float:
     """``DORM_GC_THAW_SECONDS`` unset: freeze where closed sockets leave no
     reference cycle, so that freezing holds nothing: daphne, and a lifespan
@@ -112,10 +106,13 @@ def default_thaw_seconds(server: str) -> float:
     adapter); frozen, they would wait for the thaw, 10,000 sessions closing
     between two thaws all held. So that protocol, and any server not known
     here, keeps Python's own full collections (timed)."""
+    from rooms.uvicorn_server import LEGACY_MODULE, SANSIO_MODULE
+
     if server == "daphne":
         return 600.0
+    # uvicorn imports only the protocol it serves with (its ``--ws``).
     loaded = sys.modules
-    if UVICORN_SANSIO_WEBSOCKETS in loaded and UVICORN_LEGACY_WEBSOCKETS not in loaded:
+    if SANSIO_MODULE in loaded and LEGACY_MODULE not in loaded:
         return 600.0
     return 0.0
 

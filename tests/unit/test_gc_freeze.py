@@ -195,7 +195,9 @@ def test_metrics_show_the_pauses_and_the_frozen_objects(loop: asyncio.AbstractEv
 
 def test_by_default_daphne_and_uvicorns_sansio_protocol_freeze(monkeypatch: pytest.MonkeyPatch) -> None:
     # uvicorn imports the protocol of its --ws only: the loaded module says which.
-    sansio, legacy = gc_freeze.UVICORN_SANSIO_WEBSOCKETS, gc_freeze.UVICORN_LEGACY_WEBSOCKETS
+    from rooms.uvicorn_server import LEGACY_MODULE as legacy
+    from rooms.uvicorn_server import SANSIO_MODULE as sansio
+
     for name in (sansio, legacy):
         monkeypatch.delitem(sys.modules, name, raising=False)
     assert gc_freeze.default_thaw_seconds("daphne") == 600
