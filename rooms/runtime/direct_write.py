@@ -20,6 +20,7 @@ to the same transport.
 from __future__ import annotations
 
 import functools
+import sys
 from collections.abc import Callable
 from typing import Any
 
@@ -111,68 +112,48 @@ def _send_now(sock: Any, frame: bytes) -> bytes:
 def _uvicorn_websockets_writer(send: Any) -> FrameWriter | None:
     """uvicorn's ``--ws websockets-sansio`` (its default), or its
     older ``--ws websockets`` (websockets' deprecated legacy protocol)."""
-    proto = getattr(send, "__self__", None)
-    if proto is None:
-        return None
     from rooms.uvicorn_server import LEGACY_MODULE, SANSIO_MODULE
 
-    module = type(proto).__module__
-    # Look before importing: the legacy module warns about its own deprecation.
-    if module == SANSIO_MODULE:
-        return _uvicorn_sansio_writer(proto)
-    if module == LEGACY_MODULE:
-        return _uvicorn_legacy_writer(proto)
+    proto = getattr(send, "__self__", None)
+    # By module name first: importing the legacy module would warn about its
+    # deprecation; a protocol's class is loaded, so its module is there.
+    module = sys.modules.get(type(proto).__module__) if proto is not None else None
+    if module is None or module.__name__ not in (SANSIO_MODULE, LEGACY_MODULE):
+        return None
+    from websockets.protocol import State
+
+    open_state = State.OPEN
+    if module.__name__ == SANSIO_MODULE and isinstance(proto, module.WebSocketsSansIOProtocol):
+        conn = proto.conn  # websockets' sans-I/O state machine; uvicorn sends whole messages, never fragments
+
+        def sansio_write(frame: bytes) -> int:
+            # The same checks as its ``send`` for a message: accepted, not
+            # closing, not answering the handshake with an HTTP response.
+            if (
+                conn.state is not open_state
+                or not proto.handshake_complete
+                or proto.close_sent
+                or proto.disconnected
+                or proto.initial_response is not None
+            ):
+                return NOT_WRITTEN
+            return _asyncio_write(proto.transport, frame)
+
+        return sansio_write
+    if module.__name__ == LEGACY_MODULE and isinstance(proto, module.WebSocketProtocol):
+
+        def legacy_write(frame: bytes) -> int:
+            if proto.state is not open_state or not proto.handshake_completed_event.is_set():
+                return NOT_WRITTEN
+            return _asyncio_write(proto.transport, frame)
+
+        return legacy_write
     return None
 
 
 def _asyncio_write(transport: Any, frame: bytes) -> int:
     transport.write(frame)  # asyncio sends at once what the socket takes
     return QUEUED if transport.get_write_buffer_size() else SENT
-
-
-def _uvicorn_sansio_writer(proto: Any) -> FrameWriter | None:
-    try:
-        from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
-        from websockets.protocol import State
-    except ImportError:
-        return None
-    if not isinstance(proto, WebSocketsSansIOProtocol):
-        return None
-    open_state = State.OPEN
-    conn = proto.conn  # websockets' sans-I/O state machine; uvicorn sends whole messages, never fragments
-
-    def write(frame: bytes) -> int:
-        # The same checks as its ``send`` for a message: accepted, not
-        # closing, not answering the handshake with an HTTP response.
-        if (
-            conn.state is not open_state
-            or not proto.handshake_complete
-            or proto.close_sent
-            or proto.disconnected
-            or proto.initial_response is not None
-        ):
-            return NOT_WRITTEN
-        return _asyncio_write(proto.transport, frame)
-
-    return write
-
-
-def _uvicorn_legacy_writer(proto: Any) -> FrameWriter | None:
-    try:
-        from uvicorn.protocols.websockets.websockets_impl import WebSocketProtocol
-        from websockets.protocol import State
-    except ImportError:
-        return None
-    if not isinstance(proto, WebSocketProtocol):
-        return None
-    open_state = State.OPEN
-
-    def write(frame: bytes) -> int:
-        if proto.state is not open_state or not proto.handshake_completed_event.is_set():
-            return NOT_WRITTEN
-        return _asyncio_write(proto.transport, frame)
-
-    return write
 
 
 def direct_writer(send: Any) -> FrameWriter | None:
