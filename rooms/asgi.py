@@ -156,8 +156,9 @@ def start_server_process(server: str) -> None:
     """What a server process starts with, on its loop (``server`` "daphne":
     its reactor; "lifespan": uvicorn's, or another server's, lifespan): the
     runtime, and the garbage collector's watch (``rooms/runtime/gc_freeze.py``:
-    full collections walk only what is new, ``DORM_GC_THAW_SECONDS``). Not on a first request: a test process that
-    drives the application directly keeps Python's own collector."""
+    full collections walk only what is new, ``DORM_GC_THAW_SECONDS``). Not on
+    a first request: a test process that drives the application directly
+    keeps Python's own collector."""
     from rooms.conf import dorm_settings
     from rooms.runtime import gc_freeze
 

@@ -57,14 +57,15 @@ def close_parser(protocol: Any) -> None:
 
 def install() -> bool:
     """Wrap uvicorn's sans-I/O protocol (``__init__``, ``start_keepalive``,
-    ``send_receive_event_to_app``, ``connection_lost``), if uvicorn serves with it (it imports only the
-    protocol of its ``--ws``); True if the protocol is (now) wrapped."""
+    ``send_receive_event_to_app``, ``connection_lost``), if uvicorn serves
+    with it (it imports only the protocol of its ``--ws``); True if the
+    protocol is (now) wrapped."""
     module = sys.modules.get(SANSIO_MODULE)
     if module is None:
         return False
     protocol_class = module.WebSocketsSansIOProtocol
-    if getattr(protocol_class.connection_lost, "closes_parser", False):
-        return True
+    if hasattr(protocol_class.connection_lost, "__wrapped__"):
+        return True  # wrapped already
     init, start_keepalive, to_app, connection_lost = (
         protocol_class.__init__,
         protocol_class.start_keepalive,
@@ -102,7 +103,6 @@ def install() -> bool:
         finally:
             close_parser(self)
 
-    connection_lost_closing_parser.closes_parser = True  # type: ignore[attr-defined]
     for name, wrapper, original in (
         ("__init__", lean_init, init),
         ("start_keepalive", start_keepalive_without_handshake, start_keepalive),
