@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 
 import pytest
 from channels.db import database_sync_to_async
@@ -10,19 +11,29 @@ from channels.db import database_sync_to_async
 from rooms.models import Event, Room
 from rooms.runtime import committer, persistence
 from rooms.runtime.cluster import decode_event, encode_event
+from tests.fixtures import commit_checks
 
 
 def row(room_id: int, seq: int) -> persistence.EventRow:
     return (room_id, seq, "draw", "u", f"c{seq}", '{"x":1}', 1)
 
 
+# The same checks run on an SQLite file and on PostgreSQL in
+# tests/e2e/test_commit_statements.py.
 @pytest.mark.django_db(transaction=True)
-def test_one_rooms_failure_stays_in_that_room() -> None:
+@pytest.mark.parametrize("check", commit_checks.CHECKS, ids=lambda c: c.__name__.removeprefix("check_"))
+def test_commit_statements(check: Callable[[], None]) -> None:
+    check()
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_storage_write_fails_alone_in_a_round() -> None:
     a = Room.objects.create(slug="gc-a")
     b = Room.objects.create(slug="gc-b")
     persistence.commit_batch(a.pk, [row(a.pk, 1)], {})
-    # Room a's batch repeats seq 1 (a stale writer): only that batch fails.
-    results = persistence.commit_batches([(a.pk, [row(a.pk, 1), row(a.pk, 2)], {}), (b.pk, [row(b.pk, 1)], {"k": "v"})])
+    # Room a's batch repeats seq 1 (a stale writer) in a round that is one
+    # transaction (b writes storage): only a's batch fails.
+    results = persistence.commit_batches([(a.pk, [row(a.pk, 1), row(a.pk, 2)], {}, ()), (b.pk, [row(b.pk, 1)], {"k": "v"}, ())])
     assert results[0] is not None and results[1] is None
     assert list(Event.objects.filter(room=a).values_list("seq", flat=True)) == [1]
     assert list(Event.objects.filter(room=b).values_list("seq", flat=True)) == [1]
