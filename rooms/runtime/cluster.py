@@ -42,7 +42,7 @@ from rooms.conf import dorm_settings
 from rooms.protocol import CloseCode, ErrorReason
 from rooms.runtime.connection import SCOPE_RANK, Connection, ConnectionState
 from rooms.runtime.messages import AlarmDue, Binary, Call, Frame, Item, Join, Leave, Peer, Tick
-from rooms.runtime.redis_pubsub import SubscriberConnection
+from rooms.runtime.redis_pubsub import PublisherConnection, SubscriberConnection
 
 if TYPE_CHECKING:
     from rooms.runtime.registry import ActorRegistry, Runtime
@@ -82,6 +82,9 @@ UNAVAILABLE = (ConnectionError, TimeoutError, RedisError)
 GOING_AWAY = "room moved or server restarting, reconnect with since"
 # Most forwarded items in one channel-layer message (one send, one receive).
 FORWARD_BATCH_ITEMS = 256
+# A bus publish unanswered this long fails (as the redis-py pool's socket
+# timeout fails its commands): the rooms it carried restart.
+PUBLISH_TIMEOUT_SECONDS = 5.0
 
 
 def lease_key(room: str) -> str:
@@ -216,12 +219,14 @@ class Route:
 
 
 class RoomBus:
-    """Publishing to and subscribing to room channels, one pub/sub connection."""
+    """Publishing to and subscribing to room channels: a connection of its own
+    for each (rooms/runtime/redis_pubsub.py)."""
 
     def __init__(self, cluster: Cluster, client: aioredis.Redis) -> None:
         self.cluster = cluster
         self.client = client
         self.subscriber = self.new_subscriber()
+        self.publisher = PublisherConnection(settings.REDIS_URL)
         # One (un)subscribe at a time: the subscriber connection opens on
         # first use, and concurrent first subscribes (a hundred rooms joining
         # at once) must not each open one (with redis-py's PubSub, all but
@@ -272,12 +277,7 @@ class RoomBus:
             self._outbox.clear()
             if batch:
                 try:
-                    # `async with`: a pipeline left unreset by a failed
-                    # execute logs "Unclosed Pipeline client" when collected.
-                    async with self.client.pipeline(transaction=False) as pipe:
-                        for channel, data in batch:
-                            pipe.publish(channel, data)
-                        await pipe.execute()
+                    await self.publisher.publish(batch, PUBLISH_TIMEOUT_SECONDS)
                 except Exception as exc:
                     self.cluster.redis_failed()
                     rooms = {channel[len(BUS_PREFIX) :] for channel, _ in batch}
@@ -400,10 +400,11 @@ class RoomBus:
                     await task
                 except (asyncio.CancelledError, Exception):
                     pass
-        try:
-            await self.subscriber.aclose()
-        except Exception:
-            pass
+        for connection in (self.subscriber, self.publisher):
+            try:
+                await connection.aclose()
+            except Exception:
+                pass
 
 
 class Cluster:

@@ -1,18 +1,24 @@
-"""The room bus's subscriber connection: Redis pub/sub read in bulk.
+"""The room bus's own Redis connections: pub/sub read in bulk, PUBLISH in batches.
 
 Every event of a room goes through the bus once per subscribed process (the
 owner reads its own back too, and drops it), so the read is on the hot path of
 the distributed mode. redis-py's ``PubSub.get_message`` cost ~51 us of CPU per
 message read (~27 us with hiredis): per message a health check, a retry
-wrapper, an async timeout, an observability hook and a dict. This connection
-reads what the socket has and parses every complete reply in one go with
-hiredis' C parser: ~5 us per message (``bench/bus_read.py``,
+wrapper, an async timeout, an observability hook and a dict. The subscriber
+connection reads what the socket has and parses every complete reply in one
+go with hiredis' C parser: ~5 us per message (``bench/bus_read.py``,
 docs/performance.md "Seventh round").
 
-It speaks only what the bus needs (AUTH, SUBSCRIBE, UNSUBSCRIBE and the
-pushes that follow) and takes the same ``REDIS_URL`` as redis-py
+The owner publishes each commit's events (and the replies to other
+processes' sockets) as one batch. Through a redis-py pipeline a batch cost
+130-190 us of CPU; the publisher connection writes the packed ``PUBLISH``
+commands at once and reads their replies with the same parser: ~52 us
+(``bench/bus_publish.py``, docs/performance.md "Seventeenth round").
+
+Both speak only what the bus needs (AUTH, SUBSCRIBE, UNSUBSCRIBE and the
+pushes that follow; PUBLISH) and take the same ``REDIS_URL`` as redis-py
 (``redis://``, ``rediss://`` with its ``ssl_*`` options, ``unix://``).
-Publishing and every other command stay on redis-py.
+Every other command stays on redis-py.
 """
 
 from __future__ import annotations
@@ -20,6 +26,7 @@ from __future__ import annotations
 import asyncio
 import socket
 import ssl
+from collections.abc import Sequence
 from typing import Any
 
 import hiredis
@@ -48,11 +55,9 @@ def tls_context(options: dict[str, Any]) -> ssl.SSLContext:
     ).get()
 
 
-class SubscriberConnection:
-    """One pub/sub connection. ``read()`` returns every complete reply that
-    has arrived (subscribe confirmations and messages, in order), waiting
-    for the first; it raises ``ConnectionError`` once the connection is
-    gone. Commands are sent by one caller at a time (the bus's lock)."""
+class BusConnection:
+    """One connection to Redis, opened on first use: commands written
+    packed, replies parsed in bulk. Failures are ``ConnectionError``."""
 
     def __init__(self, url: str) -> None:
         self._options = parse_url(url)
@@ -87,23 +92,17 @@ class SubscriberConnection:
                 # Redis' own words ("WRONGPASS ...", "NOAUTH ..."), never the password.
                 raise ConnectionError(f"bus authentication failed: {reply}")
 
-    async def _send(self, *command: str) -> None:
+    async def _write(self, packed: bytes) -> None:
         if self._writer is None:
             await self._connect()
         assert self._writer is not None
         if self._writer.is_closing():
             raise ConnectionError("bus connection closed")
-        self._writer.write(hiredis.pack_command(command))
+        self._writer.write(packed)
         try:
             await self._writer.drain()
         except OSError as exc:
             raise ConnectionError(f"bus connection lost: {type(exc).__name__}") from exc
-
-    async def subscribe(self, channel: str) -> None:
-        await self._send("SUBSCRIBE", channel)
-
-    async def unsubscribe(self, channel: str) -> None:
-        await self._send("UNSUBSCRIBE", channel)
 
     async def _replies(self) -> list[Any]:
         reader = self._reader
@@ -129,15 +128,6 @@ class SubscriberConnection:
                 raise ConnectionError("bus connection closed by Redis")
             parser.feed(data)
 
-    async def read(self) -> list[Any]:
-        replies = await self._replies()
-        for reply in replies:
-            if isinstance(reply, Exception):
-                # An error pushed on a subscribed connection: nothing on it can
-                # be trusted any more; the bus reconnects.
-                raise ConnectionError(f"bus connection error from Redis: {reply}")
-        return replies
-
     async def aclose(self) -> None:
         self._closed = True
         writer, self._writer, self._reader = self._writer, None, None
@@ -147,3 +137,74 @@ class SubscriberConnection:
                 await writer.wait_closed()
             except (OSError, ssl.SSLError):
                 pass
+
+
+class SubscriberConnection(BusConnection):
+    """One pub/sub connection. ``read()`` returns every complete reply that
+    has arrived (subscribe confirmations and messages, in order), waiting
+    for the first; it raises ``ConnectionError`` once the connection is
+    gone. Commands are sent by one caller at a time (the bus's lock)."""
+
+    async def subscribe(self, channel: str) -> None:
+        await self._write(hiredis.pack_command(("SUBSCRIBE", channel)))
+
+    async def unsubscribe(self, channel: str) -> None:
+        await self._write(hiredis.pack_command(("UNSUBSCRIBE", channel)))
+
+    async def read(self) -> list[Any]:
+        replies = await self._replies()
+        for reply in replies:
+            if isinstance(reply, Exception):
+                # An error pushed on a subscribed connection: nothing on it can
+                # be trusted any more; the bus reconnects.
+                raise ConnectionError(f"bus connection error from Redis: {reply}")
+        return replies
+
+
+class PublisherConnection(BusConnection):
+    """The bus's publishing connection, used by one task (the bus's writer).
+
+    ``publish`` sends a batch of ``PUBLISH`` commands in one write and
+    returns once Redis has answered every one of them, in order. A batch
+    that fails (the connection lost, no answer within ``timeout``, a reply
+    that is not RESP, or an error reply such as ``NOPERM``) raises
+    ``ConnectionError``: whether its messages were delivered is unknown, as
+    with a failed pipeline, and the caller treats it so. The connection is
+    then dropped, unless it is still in step (every reply read), and the
+    next batch opens a new one.
+    """
+
+    async def publish(self, messages: Sequence[tuple[str, bytes]], timeout: float) -> None:
+        if self._closed:
+            raise ConnectionError("bus connection closed")
+        packed = b"".join([hiredis.pack_command(("PUBLISH", channel, data)) for channel, data in messages])
+        refused: Exception | None = None
+        try:
+            async with asyncio.timeout(timeout):
+                await self._write(packed)
+                answered = 0
+                while answered < len(messages):
+                    replies = await self._replies()
+                    answered += len(replies)
+                    for reply in replies:
+                        if isinstance(reply, Exception) and refused is None:
+                            refused = reply
+        except TimeoutError:
+            self._drop()
+            raise ConnectionError(f"bus publish not answered within {timeout:g} s") from None
+        except BaseException:
+            self._drop()  # its replies may still come: out of step
+            raise
+        if answered != len(messages):  # more replies than commands: out of step
+            self._drop()
+            raise ConnectionError("bus connection sent replies to nothing")
+        if refused is not None:
+            raise ConnectionError(f"bus publish refused by Redis: {refused}")
+
+    def _drop(self) -> None:
+        """Forget the connection (the next call opens a new one) without
+        waiting for it to close."""
+        writer, self._writer, self._reader = self._writer, None, None
+        self._parser = hiredis.Reader()
+        if writer is not None:
+            writer.close()

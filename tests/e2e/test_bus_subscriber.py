@@ -1,11 +1,12 @@
-"""The room bus's subscriber connection (rooms/runtime/redis_pubsub.py)
-against real redis-servers: the machine's, and private ones with TLS, a
-password and a Unix socket; and against a server of the test's own that
-sends replies cut anywhere, or garbage.
+"""The room bus's own connections (rooms/runtime/redis_pubsub.py), subscriber
+and publisher, against real redis-servers: the machine's, and private ones
+with TLS, a password and a Unix socket; and against a server of the test's
+own that sends replies cut anywhere, garbage, errors, or nothing.
 
-The bus reads in bulk, so what matters is that nothing is lost, reordered
-or glued together whatever the reads return, and that a broken connection
-is an error the bus reconnects on, never a hang or a silent loss.
+The bus reads in bulk and publishes in batches, so what matters is that
+nothing is lost, reordered or glued together whatever the reads return, and
+that a broken connection is an error the bus reconnects on, never a hang or
+a silent loss.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ import redis
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from rooms.runtime.redis_pubsub import SubscriberConnection
+from rooms.runtime.redis_pubsub import PublisherConnection, SubscriberConnection
 from tests.e2e.server import free_port
 from tests.e2e.services import REDIS_TEST_URL, PrivateRedis, check_redis
 
@@ -104,6 +105,65 @@ async def test_an_unreachable_redis_is_a_connection_error() -> None:
         await conn.subscribe("dorm:room:x")
 
 
+async def test_published_batches_arrive_once_in_order() -> None:
+    """Batches of every size, messages from empty to several of the reader's
+    reads, bytes that are not UTF-8 and CRLF inside: one batch is one write."""
+    check_redis()
+    a, b = f"dorm:room:t-{uuid.uuid4().hex}", f"dorm:room:t-{uuid.uuid4().hex}"
+    conn = SubscriberConnection(REDIS_TEST_URL)
+    ours = PublisherConnection(REDIS_TEST_URL)
+    try:
+        await _subscribed(conn, a, b)
+        sent: list[tuple[bytes, bytes]] = []
+        batch_sizes = (1, 2, 7, 1, 300, 64, 1)
+        i = 0
+        for size in batch_sizes:
+            batch = []
+            for _ in range(size):
+                n = (0, 1, 100, 70_000, 600_000)[i % 5] if i % 40 == 0 else 100 + i % 400
+                data = (b"E x %d -\n" % i) + bytes((i + j) % 256 for j in range(n)) + b"\r\n"
+                batch.append((a if i % 3 else b, data))
+                i += 1
+            await ours.publish(batch, 10)
+            sent += [(channel.encode(), data) for channel, data in batch]
+        got, _ = await _read_messages(conn, len(sent))
+        assert got == sent
+    finally:
+        await conn.aclose()
+        await ours.aclose()
+
+
+async def test_a_killed_publisher_fails_one_batch_then_reconnects() -> None:
+    check_redis()
+    channel = f"dorm:room:t-{uuid.uuid4().hex}"
+    conn = SubscriberConnection(REDIS_TEST_URL)
+    ours = PublisherConnection(REDIS_TEST_URL)
+    admin = redis.Redis.from_url(REDIS_TEST_URL)
+    try:
+        await _subscribed(conn, channel)
+        await ours.publish([(channel, b"1")], 10)
+        assert ours._writer is not None
+        host, port = ours._writer.get_extra_info("sockname")[:2]
+        assert admin.client_kill_filter(addr=f"{host}:{port}") == 1
+        with pytest.raises(ConnectionError):
+            await ours.publish([(channel, b"lost")], 10)
+        await ours.publish([(channel, b"2")], 10)  # a new connection
+        got, _ = await _read_messages(conn, 2)
+        assert got == [(channel.encode(), b"1"), (channel.encode(), b"2")]
+    finally:
+        admin.close()
+        await conn.aclose()
+        await ours.aclose()
+    with pytest.raises(ConnectionError, match="closed"):
+        await ours.publish([(channel, b"3")], 10)
+
+
+async def test_a_publish_to_an_unreachable_redis_is_a_connection_error() -> None:
+    ours = PublisherConnection(f"redis://127.0.0.1:{free_port()}/0")
+    with pytest.raises(ConnectionError, match="bus connection failed"):
+        await ours.publish([("dorm:room:x", b"1")], 10)
+
+
 # -- TLS, passwords and Unix sockets, on a redis-server of the test's own ------------------
 
 
@@ -168,13 +228,16 @@ def secured_redis(tmp_path: Path) -> Iterator[tuple[PrivateRedis, int, Path, Pat
 
 async def _round_trip(url: str, publisher: redis.Redis) -> None:
     conn = SubscriberConnection(url)
+    ours = PublisherConnection(url)
     try:
         await _subscribed(conn, "dorm:room:secured")
         publisher.publish("dorm:room:secured", b"E o 1 -\n{}")
-        got, _ = await _read_messages(conn, 1)
-        assert got == [(b"dorm:room:secured", b"E o 1 -\n{}")]
+        await ours.publish([("dorm:room:secured", b"E o 2 -\n{}")], 10)
+        got, _ = await _read_messages(conn, 2)
+        assert got == [(b"dorm:room:secured", b"E o 1 -\n{}"), (b"dorm:room:secured", b"E o 2 -\n{}")]
     finally:
         await conn.aclose()
+        await ours.aclose()
 
 
 async def test_tls_password_and_unix_socket_urls(secured_redis: tuple[PrivateRedis, int, Path, Path]) -> None:
@@ -298,6 +361,32 @@ async def test_garbage_errors_and_a_cut_connection_are_connection_errors(sent: b
         with pytest.raises(ConnectionError, match=error):
             await asyncio.wait_for(conn.read(), 10)
         await conn.aclose()
+
+
+@pytest.mark.parametrize(
+    ("answer", "error", "in_step"),
+    [
+        (b"", "not answered within 0.3 s", False),  # Redis hangs
+        (b":1\r\n-NOPERM this user has no permissions to access the channel\r\n", "refused by Redis: NOPERM", True),
+        (b":1\r\n%%% not RESP\r\n", "malformed reply", False),
+        (b":1\r\n", "closed by Redis|connection lost", False),  # one answer of two, then closed
+    ],
+)
+async def test_a_publish_not_answered_in_full_is_a_connection_error(answer: bytes, error: str, in_step: bool) -> None:
+    async for feeder, url in _Feeder.serve():
+        ours = PublisherConnection(url)
+        publishing = asyncio.ensure_future(ours.publish([("dorm:room:x", b"1"), ("dorm:room:x", b"2")], 0.3))
+        await feeder.connected.wait()
+        assert feeder.writer is not None
+        feeder.writer.write(answer)
+        await feeder.writer.drain()
+        if "closed" in error:
+            feeder.writer.close()
+        with pytest.raises(ConnectionError, match=error):
+            await asyncio.wait_for(publishing, 10)
+        # Out of step: the connection is dropped (the next batch opens another).
+        assert (ours._writer is not None) is in_step
+        await ours.aclose()
 
 
 def test_hiredis_is_the_parser() -> None:

@@ -96,6 +96,9 @@ def test_in_process_benchmarks_run(script: str, args: list[str], expected: str, 
     [
         # Every reader gets every event.
         ("bus_read.py", ["--events", "500"], ["round 1 bus", "round 1 pubsub-hiredis", "round 1 pubsub-python"]),
+        # Both ways publish batches of both sizes.
+        ("bus_publish.py", ["--batches", "50"], ["1 event(s)  publisher", "1 event(s)  redis-py-pipeline",
+                                                  "3 event(s)  publisher", "3 event(s)  redis-py-pipeline"]),
         # Both layers send and receive.
         ("inbox.py", ["--messages", "200"], ["channels-redis  send", "channels-redis  receive", "dorm            send",
                                              "dorm            receive"]),

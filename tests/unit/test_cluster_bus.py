@@ -211,3 +211,25 @@ async def test_sockets_fed_by_the_bus_must_be_where_a_new_local_actor_starts() -
     assert behind.state is ConnectionState.CLOSED and behind.close_code == 1001
     assert waiting.state is ConnectionState.PENDING
     await asyncio.sleep(0.01)
+
+
+async def test_a_failed_bus_publish_restarts_the_rooms_it_carried(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Redis cannot take the owner's batch (here: nothing listens): the
+    other processes' sockets may have missed those events, so every room of
+    the batch restarts, and leases are held in doubt until proven."""
+    runtime = _runtime()
+    cluster = runtime.cluster
+    assert cluster is not None
+    failed: list[tuple[str, str]] = []
+    monkeypatch.setattr(cluster, "room_failed", lambda room, why: failed.append((room, why)))
+    failures = cluster._redis_failures
+    bus = cluster.bus
+    bus.start()
+    try:
+        bus.publish_event("a", '{"type":"draw","seq":1}', 1, None)
+        bus.publish_event("b", '{"type":"draw","seq":4}', 4, None)
+        await asyncio.wait_for(bus.flushed(), 5)
+    finally:
+        await bus.stop()
+    assert sorted(failed) == [("a", "bus publish failed"), ("b", "bus publish failed")]
+    assert cluster._redis_failures == failures + 1
