@@ -11,8 +11,8 @@ docs/performance.md "Seventh round").
 
 The owner publishes each commit's events (and the replies to other
 processes' sockets) as one batch. Through a redis-py pipeline a batch cost
-130-190 us of CPU; the publisher connection writes the packed ``PUBLISH``
-commands at once and reads their replies with the same parser: ~52 us
+124-150 us of CPU; the publisher connection writes the packed ``PUBLISH``
+commands at once and reads their replies with the same parser: 64-69 us
 (``bench/bus_publish.py``, docs/performance.md "Seventeenth round").
 
 Both speak only what the bus needs (AUTH, SUBSCRIBE, UNSUBSCRIBE and the
