@@ -11,9 +11,11 @@ moderate load) to a process channel on the machine's Redis (``REDIS_URL``,
 default database 0, a prefix of its own), one after another as the
 forwarder makes them, then receives of the same messages (waiting in the
 queue, as under load), with channels-redis' own ``RedisChannelLayer`` (send:
-four awaited commands; receive: four) and Dorm's ``DormRedisChannelLayer``
-(one script each), alternating each round. It prints microseconds of CPU
-(this process) and of wall time per send and per receive.
+four awaited commands; receive: four), Dorm's ``DormRedisChannelLayer``
+(one script each, through redis-py) and, as ``dorm-sender``, the forward
+loop's ``InboxSender`` (the same script on a connection of its own; the
+receive is the layer's), alternating each round. It prints microseconds of
+CPU (this process) and of wall time per send and per receive.
 """
 
 from __future__ import annotations
@@ -32,7 +34,7 @@ setup_django("inbox-send")
 
 from channels_redis.core import RedisChannelLayer  # noqa: E402
 
-from rooms.runtime.channel_layer import DormRedisChannelLayer  # noqa: E402
+from rooms.runtime.channel_layer import DormRedisChannelLayer, InboxSender  # noqa: E402
 
 BATCH = {"type": "dorm.items", "items": [{
     "type": "dorm.item", "room": "bench", "c": "c-1", "u": "u-1", "sc": "write", "p": "proc", "k": "frame",
@@ -40,22 +42,26 @@ BATCH = {"type": "dorm.items", "items": [{
 }]}
 
 
-async def one(layer_class: type[RedisChannelLayer], messages: int) -> dict[str, tuple[float, float]]:
+async def one(layer_class: type[RedisChannelLayer], messages: int, sender: bool = False) -> dict[str, tuple[float, float]]:
     """(us CPU, us wall) per send and per receive."""
     layer = layer_class(hosts=[URL], prefix=f"bench-{uuid.uuid4().hex[:8]}", capacity=messages + 10)
+    inbox_sender = InboxSender(layer, 5.0) if sender else None  # type: ignore[arg-type]
+    send = layer.send if inbox_sender is None else inbox_sender.send
     inbox = await layer.new_channel("dorm.inbox.")
-    await layer.send(inbox, BATCH)  # connect, load the scripts
+    await send(inbox, BATCH)  # connect, load the scripts
     await layer.receive(inbox)
     result = {}
     for what in ("send", "receive"):
         c0, w0 = time.process_time(), time.perf_counter()
         for _ in range(messages):
             if what == "send":
-                await layer.send(inbox, BATCH)
+                await send(inbox, BATCH)
             else:
                 await layer.receive(inbox)
         cpu, wall = time.process_time() - c0, time.perf_counter() - w0
         result[what] = (cpu / messages * 1e6, wall / messages * 1e6)
+    if inbox_sender is not None:
+        await inbox_sender.aclose()
     await layer.flush()
     await layer.close_pools()
     return result
@@ -67,11 +73,12 @@ def main() -> None:
     p.add_argument("--rounds", type=int, default=3)
     args = p.parse_args()
     print(f"inbox: {args.messages:,} one-frame batches per round, Redis {URL}", flush=True)
-    layers = {"channels-redis": RedisChannelLayer, "dorm": DormRedisChannelLayer}
+    layers = {"channels-redis": (RedisChannelLayer, False), "dorm": (DormRedisChannelLayer, False),
+              "dorm-sender": (DormRedisChannelLayer, True)}
     results: dict[tuple[str, str], list[tuple[float, float]]] = {}
     for round_ in range(args.rounds):
-        for name, layer_class in layers.items():
-            for what, (cpu, wall) in asyncio.run(one(layer_class, args.messages)).items():
+        for name, (layer_class, sender) in layers.items():
+            for what, (cpu, wall) in asyncio.run(one(layer_class, args.messages, sender)).items():
                 results.setdefault((name, what), []).append((cpu, wall))
                 print(f"round {round_ + 1} {name:15s} {what:8s} {cpu:6.1f} us CPU, {wall:6.1f} us wall", flush=True)
     print("\nlayer           op        us CPU / us wall (median of rounds)")

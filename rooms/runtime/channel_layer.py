@@ -29,12 +29,15 @@ frames carry client ids, which the room de-duplicates).
 
 from __future__ import annotations
 
+import hashlib
 import time
 from typing import Any
 
 from channels.exceptions import ChannelFull
 from channels_redis.core import RedisChannelLayer
 from redis.commands.core import AsyncScript
+
+from rooms.runtime.redis_pubsub import CommandConnection
 
 # channels-redis' send in one step: drop expired entries, refuse at capacity,
 # add the member, renew the key's expiry. 1: sent, 0: full.
@@ -83,6 +86,15 @@ class DormRedisChannelLayer(RedisChannelLayer):
 
     async def send(self, channel: str, message: dict[str, Any]) -> None:
         """channels-redis' ``send`` (same checks, keys, member and score) in one round trip."""
+        index, keys, args = self.send_script_call(channel, message)
+        connection = self.connection(index)
+        if self._send_script is None:
+            self._send_script = connection.register_script(SEND)
+        if not await self._send_script(keys=keys, args=args, client=connection):
+            raise ChannelFull()
+
+    def send_script_call(self, channel: str, message: dict[str, Any]) -> tuple[int, list[str], list[Any]]:
+        """A send as the SEND script's call: the host's index, its keys and arguments."""
         assert isinstance(message, dict), "message is not a dict"
         assert self.require_valid_channel_name(channel), "Channel name not valid"
         assert "__asgi_channel__" not in message
@@ -94,17 +106,10 @@ class DormRedisChannelLayer(RedisChannelLayer):
             index = self.consistent_hash(channel)
         else:
             index = next(self._send_index_generator)
-        connection = self.connection(index)
-        if self._send_script is None:
-            self._send_script = connection.register_script(SEND)
         now = time.time()
-        sent = await self._send_script(
-            keys=[self.prefix + channel_non_local_name],
-            args=[int(now) - int(self.expiry), self.get_capacity(channel), now, self.serialize(message), int(self.expiry)],
-            client=connection,
-        )
-        if not sent:
-            raise ChannelFull()
+        keys = [self.prefix + channel_non_local_name]
+        args = [int(now) - int(self.expiry), self.get_capacity(channel), now, self.serialize(message), int(self.expiry)]
+        return index, keys, args
 
     async def _brpop_with_clean(self, index: int, channel: str, timeout: float) -> bytes | None:
         backup = self._backup_channel_name(channel)
@@ -131,3 +136,47 @@ class DormRedisChannelLayer(RedisChannelLayer):
         member = self._popped.pop(channel, None)
         if member is not None:
             self._handed_over[channel] = member
+
+
+class InboxSender:
+    """The forwarder's sends to other processes' inboxes, on a connection of
+    its own per Redis host: the SEND script by ``EVALSHA``, packed, its
+    reply parsed by hiredis (``CommandConnection``), not through redis-py's
+    client. Same keys, member, score, capacity and expiry as
+    :meth:`DormRedisChannelLayer.send`, which it falls back to for a host
+    that is not a plain URL (a sentinel, a dict of options).
+
+    For one task on one event loop (the cluster's forward loop). Each
+    forwarded batch is one send: with a commit per message or two, nearly
+    one per forwarded frame, and redis-py's command path cost more than the
+    round trip (docs/performance.md, "Seventeenth round").
+    """
+
+    def __init__(self, layer: DormRedisChannelLayer, timeout: float) -> None:
+        self.layer = layer
+        self.timeout = timeout
+        self._connections: dict[int, CommandConnection] = {}
+        self._sha = hashlib.sha1(SEND.encode()).hexdigest()
+
+    async def send(self, channel: str, message: dict[str, Any]) -> None:
+        index, keys, args = self.layer.send_script_call(channel, message)
+        connection = self._connections.get(index)
+        if connection is None:
+            host = self.layer.hosts[index]
+            if set(host) != {"address"} or not isinstance(host["address"], str):
+                await self.layer.send(channel, message)
+                return
+            connection = self._connections[index] = CommandConnection(host["address"])
+        (sent,) = await connection.call([("EVALSHA", self._sha, len(keys), *keys, *args)], self.timeout)
+        if isinstance(sent, Exception) and str(sent).startswith("NOSCRIPT"):
+            # First use on this Redis, or its scripts were flushed: EVAL loads it.
+            (sent,) = await connection.call([("EVAL", SEND, len(keys), *keys, *args)], self.timeout)
+        if isinstance(sent, Exception):
+            raise ConnectionError(f"inbox send refused by Redis: {sent}")
+        if not sent:
+            raise ChannelFull()
+
+    async def aclose(self) -> None:
+        connections, self._connections = list(self._connections.values()), {}
+        for connection in connections:
+            await connection.aclose()

@@ -40,6 +40,7 @@ from django.conf import settings
 from presence.process import PROCESS_ID
 from rooms.conf import dorm_settings
 from rooms.protocol import CloseCode, ErrorReason
+from rooms.runtime.channel_layer import DormRedisChannelLayer, InboxSender
 from rooms.runtime.connection import SCOPE_RANK, Connection, ConnectionState
 from rooms.runtime.messages import AlarmDue, Binary, Call, Frame, Item, Join, Leave, Peer, Tick
 from rooms.runtime.redis_pubsub import PublisherConnection, SubscriberConnection
@@ -82,9 +83,9 @@ UNAVAILABLE = (ConnectionError, TimeoutError, RedisError)
 GOING_AWAY = "room moved or server restarting, reconnect with since"
 # Most forwarded items in one channel-layer message (one send, one receive).
 FORWARD_BATCH_ITEMS = 256
-# A bus publish unanswered this long fails (as the redis-py pool's socket
-# timeout fails its commands): the rooms it carried restart.
-PUBLISH_TIMEOUT_SECONDS = 5.0
+# A bus publish or an inbox send unanswered this long fails (as the redis-py
+# pool's socket timeout fails its commands): the rooms it carried restart.
+REDIS_TIMEOUT_SECONDS = 5.0
 
 
 def lease_key(room: str) -> str:
@@ -277,7 +278,7 @@ class RoomBus:
             self._outbox.clear()
             if batch:
                 try:
-                    await self.publisher.publish(batch, PUBLISH_TIMEOUT_SECONDS)
+                    await self.publisher.publish(batch, REDIS_TIMEOUT_SECONDS)
                 except Exception as exc:
                     self.cluster.redis_failed()
                     rooms = {channel[len(BUS_PREFIX) :] for channel, _ in batch}
@@ -422,6 +423,8 @@ class Cluster:
         self.redis = aioredis.Redis(connection_pool=pool)
         self.bus = RoomBus(self, self.redis)
         self.layer = get_channel_layer()
+        # The forward loop's sends: on connections of their own (channel_layer.InboxSender).
+        self.inbox_sender = InboxSender(self.layer, REDIS_TIMEOUT_SECONDS) if isinstance(self.layer, DormRedisChannelLayer) else None
         self.held: set[str] = set()  # rooms whose lease this process holds
         self.routes: dict[str, Route] = {}
         self.remote_peers: dict[str, RemotePeer] = {}
@@ -672,7 +675,11 @@ class Cluster:
                 while queue and queue[0][0] == owner and len(batch) < FORWARD_BATCH_ITEMS:
                     batch.append(queue.popleft()[1])
                 try:
-                    await self.layer.send(owner, {"type": "dorm.items", "items": batch})
+                    message = {"type": "dorm.items", "items": batch}
+                    if self.inbox_sender is not None:
+                        await self.inbox_sender.send(owner, message)
+                    else:
+                        await self.layer.send(owner, message)
                 except Exception as exc:
                     self.redis_failed()
                     rooms = {message["room"] for message in batch}
@@ -907,6 +914,8 @@ class Cluster:
         await self.bus.stop()
         try:
             await self.redis.aclose()
+            if self.inbox_sender is not None:
+                await self.inbox_sender.aclose()
         except Exception:
             pass
 

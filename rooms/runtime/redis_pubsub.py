@@ -15,10 +15,15 @@ processes' sockets) as one batch. Through a redis-py pipeline a batch cost
 commands at once and reads their replies with the same parser: 64-69 us
 (``bench/bus_publish.py``, docs/performance.md "Seventeenth round").
 
-Both speak only what the bus needs (AUTH, SUBSCRIBE, UNSUBSCRIBE and the
-pushes that follow; PUBLISH) and take the same ``REDIS_URL`` as redis-py
-(``redis://``, ``rediss://`` with its ``ssl_*`` options, ``unix://``).
-Every other command stays on redis-py.
+The same command connection carries the forward loop's sends to other
+processes' inboxes (``channel_layer.InboxSender``: the inbox's send script by
+``EVALSHA``).
+
+They speak only what those need (AUTH and SELECT; SUBSCRIBE, UNSUBSCRIBE and
+the pushes that follow; PUBLISH; EVALSHA and EVAL) and take the same
+``REDIS_URL`` as redis-py (``redis://``, ``rediss://`` with its ``ssl_*``
+options, ``unix://``, a database number). Every other command stays on
+redis-py.
 """
 
 from __future__ import annotations
@@ -88,9 +93,16 @@ class BusConnection:
             self._writer.write(hiredis.pack_command(auth))
             (reply,) = await asyncio.wait_for(self._replies(), CONNECT_TIMEOUT)
             if isinstance(reply, Exception):
-                await self.aclose()
+                self._drop()
                 # Redis' own words ("WRONGPASS ...", "NOAUTH ..."), never the password.
                 raise ConnectionError(f"bus authentication failed: {reply}")
+        if o.get("db"):
+            # The URL's database (pub/sub channels ignore it; keys do not).
+            self._writer.write(hiredis.pack_command(("SELECT", int(o["db"]))))
+            (reply,) = await asyncio.wait_for(self._replies(), CONNECT_TIMEOUT)
+            if isinstance(reply, Exception):
+                self._drop()
+                raise ConnectionError(f"bus connection refused its database: {reply}")
 
     async def _write(self, packed: bytes) -> None:
         if self._writer is None:
@@ -128,6 +140,14 @@ class BusConnection:
                 raise ConnectionError("bus connection closed by Redis")
             parser.feed(data)
 
+    def _drop(self) -> None:
+        """Forget the connection (the next call opens a new one) without
+        waiting for it to close."""
+        writer, self._writer, self._reader = self._writer, None, None
+        self._parser = hiredis.Reader()
+        if writer is not None:
+            writer.close()
+
     async def aclose(self) -> None:
         self._closed = True
         writer, self._writer, self._reader = self._writer, None, None
@@ -161,50 +181,48 @@ class SubscriberConnection(BusConnection):
         return replies
 
 
-class PublisherConnection(BusConnection):
-    """The bus's publishing connection, used by one task (the bus's writer).
+class CommandConnection(BusConnection):
+    """Commands from one task at a time: each batch of them packed in one
+    write, their replies read in one go with hiredis' parser.
 
-    ``publish`` sends a batch of ``PUBLISH`` commands in one write and
-    returns once Redis has answered every one of them, in order. A batch
-    that fails (the connection lost, no answer within ``timeout``, a reply
-    that is not RESP, or an error reply such as ``NOPERM``) raises
-    ``ConnectionError``: whether its messages were delivered is unknown, as
-    with a failed pipeline, and the caller treats it so. The connection is
-    then dropped, unless it is still in step (every reply read), and the
-    next batch opens a new one.
+    ``call`` returns the replies, in order (an error reply, such as
+    ``NOSCRIPT`` or ``NOPERM``, as an exception object in its place), once
+    Redis has answered every command. A batch that fails (the connection
+    lost, no answer within ``timeout``, a reply that is not RESP) raises
+    ``ConnectionError``: whether its commands ran is unknown, as with a
+    failed pipeline. The connection is then dropped and the next batch opens
+    a new one.
     """
 
-    async def publish(self, messages: Sequence[tuple[str, bytes]], timeout: float) -> None:
+    async def call(self, commands: Sequence[tuple[str | bytes | int | float, ...]], timeout: float) -> list[Any]:
         if self._closed:
             raise ConnectionError("bus connection closed")
-        packed = b"".join([hiredis.pack_command(("PUBLISH", channel, data)) for channel, data in messages])
-        refused: Exception | None = None
+        packed = b"".join([hiredis.pack_command(command) for command in commands])
+        replies: list[Any] = []
         try:
             async with asyncio.timeout(timeout):
                 await self._write(packed)
-                answered = 0
-                while answered < len(messages):
-                    replies = await self._replies()
-                    answered += len(replies)
-                    for reply in replies:
-                        if isinstance(reply, Exception) and refused is None:
-                            refused = reply
+                while len(replies) < len(commands):
+                    replies += await self._replies()
         except TimeoutError:
             self._drop()
-            raise ConnectionError(f"bus publish not answered within {timeout:g} s") from None
+            raise ConnectionError(f"no answer from Redis within {timeout:g} s") from None
         except BaseException:
             self._drop()  # its replies may still come: out of step
             raise
-        if answered != len(messages):  # more replies than commands: out of step
+        if len(replies) != len(commands):  # more replies than commands: out of step
             self._drop()
             raise ConnectionError("bus connection sent replies to nothing")
-        if refused is not None:
-            raise ConnectionError(f"bus publish refused by Redis: {refused}")
+        return replies
 
-    def _drop(self) -> None:
-        """Forget the connection (the next call opens a new one) without
-        waiting for it to close."""
-        writer, self._writer, self._reader = self._writer, None, None
-        self._parser = hiredis.Reader()
-        if writer is not None:
-            writer.close()
+
+class PublisherConnection(CommandConnection):
+    """The bus's publishing connection, used by one task (the bus's writer):
+    ``publish`` sends a batch of ``PUBLISH`` commands and returns once Redis
+    has taken them all. A refusal (an error reply) is a ``ConnectionError``
+    as well; the connection stays, in step."""
+
+    async def publish(self, messages: Sequence[tuple[str, bytes]], timeout: float) -> None:
+        for reply in await self.call([("PUBLISH", channel, data) for channel, data in messages], timeout):
+            if isinstance(reply, Exception):
+                raise ConnectionError(f"bus publish refused by Redis: {reply}")

@@ -278,6 +278,20 @@ async def test_a_wrong_password_is_refused_in_redis_words_without_the_password(
         await conn.aclose()
 
 
+async def test_a_refused_publisher_tries_again_on_its_next_batch(secured_redis: tuple[PrivateRedis, int, Path, Path]) -> None:
+    """A publisher lives as long as the process: a refusal at connect (the
+    password, the database) fails that batch only, and the next one connects
+    anew, it does not find the connection closed for good."""
+    server, _, _, _ = secured_redis
+    for url, refused in ((f"redis://:not-{PASSWORD}@127.0.0.1:{server.port}/0", "WRONGPASS"),
+                         (f"redis://:{PASSWORD}@127.0.0.1:{server.port}/99", "refused its database")):
+        ours = PublisherConnection(url)
+        for _ in range(2):
+            with pytest.raises(ConnectionError, match=refused):
+                await ours.publish([("dorm:room:x", b"1")], 10)
+        await ours.aclose()
+
+
 # -- replies cut anywhere, and garbage: a server of the test's own ----------------------------
 
 
@@ -366,7 +380,7 @@ async def test_garbage_errors_and_a_cut_connection_are_connection_errors(sent: b
 @pytest.mark.parametrize(
     ("answer", "error", "in_step"),
     [
-        (b"", "not answered within 0.3 s", False),  # Redis hangs
+        (b"", "no answer from Redis within 0.3 s", False),  # Redis hangs
         (b":1\r\n-NOPERM this user has no permissions to access the channel\r\n", "refused by Redis: NOPERM", True),
         (b":1\r\n%%% not RESP\r\n", "malformed reply", False),
         (b":1\r\n", "closed by Redis|connection lost", False),  # one answer of two, then closed

@@ -1,21 +1,25 @@
 """The inbox's channel layer (rooms/runtime/channel_layer.py) on the
 machine's Redis: its one-round-trip send stores what channels-redis' own
 send stores, so either side of a rolling deploy reads the other's messages,
-and keeps channels-redis' capacity and expiry rules."""
+and keeps channels-redis' capacity and expiry rules. Every send test runs
+both ways Dorm sends: the layer's ``send`` (redis-py) and the forward loop's
+``InboxSender`` (a connection of its own)."""
 
 from __future__ import annotations
 
 import asyncio
 import time
 import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 import redis
 from channels.exceptions import ChannelFull
 from channels_redis.core import RedisChannelLayer
 
-from rooms.runtime.channel_layer import DormRedisChannelLayer
+from rooms.runtime.channel_layer import DormRedisChannelLayer, InboxSender
 from tests.e2e.server import free_port
 from tests.e2e.services import REDIS_TEST_URL, PrivateRedis, check_redis
 
@@ -26,23 +30,45 @@ def prefix() -> str:
     return f"dorm-test-{uuid.uuid4().hex[:8]}"
 
 
+Send = Callable[[str, dict[str, Any]], Awaitable[None]]
+
+
+@pytest.fixture(params=["layer", "inbox-sender"])
+async def dorm_send(request: pytest.FixtureRequest) -> AsyncIterator[Callable[[DormRedisChannelLayer], Send]]:
+    """How Dorm sends with a given layer: its ``send``, or an ``InboxSender`` on it."""
+    senders: list[InboxSender] = []
+
+    def way(layer: DormRedisChannelLayer) -> Send:
+        if request.param == "layer":
+            return layer.send
+        sender = InboxSender(layer, 5.0)
+        senders.append(sender)
+        return sender.send
+
+    yield way
+    for sender in senders:
+        await sender.aclose()
+
+
 def _layers(prefix: str, **config: object) -> tuple[DormRedisChannelLayer, RedisChannelLayer]:
     return (DormRedisChannelLayer(hosts=[REDIS_TEST_URL], prefix=prefix, **config),  # type: ignore[arg-type]
             RedisChannelLayer(hosts=[REDIS_TEST_URL], prefix=prefix, **config))  # type: ignore[arg-type]
 
 
-async def test_either_side_reads_the_others_messages(prefix: str) -> None:
+async def test_either_side_reads_the_others_messages(prefix: str, dorm_send: Callable[[DormRedisChannelLayer], Send]) -> None:
     dorm, plain = _layers(prefix)
+    send = dorm_send(dorm)
     try:
         for sender, receiver in ((dorm, plain), (plain, dorm), (dorm, dorm)):
             inbox = await receiver.new_channel("dorm.inbox.")
             batch = {"type": "dorm.items", "items": [{"room": "r", "k": "frame", "p": "é" * 100}, {"room": "r", "k": "leave"}]}
-            await sender.send(inbox, batch)
-            await sender.send(inbox, {"type": "dorm.items", "items": []})
+            sender_send = send if sender is dorm else sender.send
+            await sender_send(inbox, batch)
+            await sender_send(inbox, {"type": "dorm.items", "items": []})
             assert await receiver.receive(inbox) == batch  # in order
             assert await receiver.receive(inbox) == {"type": "dorm.items", "items": []}
         # A general (non-process) channel too.
-        await dorm.send("dorm.general", {"type": "x", "n": 1})
+        await send("dorm.general", {"type": "x", "n": 1})
         assert await plain.receive("dorm.general") == {"type": "x", "n": 1}
     finally:
         await dorm.flush()
@@ -50,12 +76,12 @@ async def test_either_side_reads_the_others_messages(prefix: str) -> None:
         await dorm.close_pools()
 
 
-async def test_the_stored_entry_is_channels_redis_own(prefix: str) -> None:
+async def test_the_stored_entry_is_channels_redis_own(prefix: str, dorm_send: Callable[[DormRedisChannelLayer], Send]) -> None:
     dorm, plain = _layers(prefix, expiry=30)
     client = redis.Redis.from_url(REDIS_TEST_URL)
     try:
         before = time.time()
-        await dorm.send("dorm.one", {"type": "x"})
+        await dorm_send(dorm)("dorm.one", {"type": "x"})
         await plain.send("dorm.two", {"type": "x"})
         after = time.time()
         ours, theirs = (client.zrange(f"{prefix}dorm.{n}", 0, -1, withscores=True) for n in ("one", "two"))
@@ -70,20 +96,23 @@ async def test_the_stored_entry_is_channels_redis_own(prefix: str) -> None:
         await plain.close_pools()
 
 
-async def test_capacity_refuses_and_adds_nothing_expired_entries_are_dropped(prefix: str) -> None:
+async def test_capacity_refuses_and_adds_nothing_expired_entries_are_dropped(
+    prefix: str, dorm_send: Callable[[DormRedisChannelLayer], Send]
+) -> None:
     dorm, _ = _layers(prefix, capacity=2, expiry=30)
+    send = dorm_send(dorm)
     client = redis.Redis.from_url(REDIS_TEST_URL)
     key = f"{prefix}dorm.full"
     try:
-        await dorm.send("dorm.full", {"n": 1})
-        await dorm.send("dorm.full", {"n": 2})
+        await send("dorm.full", {"n": 1})
+        await send("dorm.full", {"n": 2})
         with pytest.raises(ChannelFull):
-            await dorm.send("dorm.full", {"n": 3})
+            await send("dorm.full", {"n": 3})
         assert client.zcard(key) == 2
         # Entries older than the expiry are dropped before counting.
         client.zadd(key, {b"old-1": time.time() - 120, b"old-2": time.time() - 60})
         client.zremrangebyscore(key, f"({time.time() - 40}", "+inf")  # only the two old ones are left
-        await dorm.send("dorm.full", {"n": 4})
+        await send("dorm.full", {"n": 4})
         assert [dorm.deserialize(m) for m in client.zrange(key, 0, -1)] == [{"n": 4}]
     finally:
         client.delete(key)
@@ -91,13 +120,15 @@ async def test_capacity_refuses_and_adds_nothing_expired_entries_are_dropped(pre
         await dorm.close_pools()
 
 
-async def test_the_script_survives_redis_forgetting_it(prefix: str) -> None:
+async def test_the_script_survives_redis_forgetting_it(prefix: str, dorm_send: Callable[[DormRedisChannelLayer], Send]) -> None:
     dorm, _ = _layers(prefix)
+    send = dorm_send(dorm)
     client = redis.Redis.from_url(REDIS_TEST_URL)
     try:
-        await dorm.send("dorm.again", {"n": 1})
+        client.script_flush()  # never loaded yet, on this Redis
+        await send("dorm.again", {"n": 1})
         client.script_flush()  # as after a Redis restart
-        await dorm.send("dorm.again", {"n": 2})
+        await send("dorm.again", {"n": 2})
         assert await dorm.receive("dorm.again") == {"n": 1}
         assert await dorm.receive("dorm.again") == {"n": 2}
     finally:
@@ -171,3 +202,38 @@ async def test_a_receive_cancelled_after_its_pop_loses_nothing(prefix: str) -> N
         await dorm.flush()
         await dorm.close_pools()
         await plain.close_pools()
+
+
+async def test_the_inbox_sender_reconnects_after_its_connection_is_killed(prefix: str) -> None:
+    dorm, _ = _layers(prefix)
+    sender = InboxSender(dorm, 5.0)
+    admin = redis.Redis.from_url(REDIS_TEST_URL)
+    try:
+        await sender.send("dorm.killed", {"n": 1})
+        (connection,) = sender._connections.values()
+        assert connection._writer is not None
+        host, port = connection._writer.get_extra_info("sockname")[:2]
+        assert admin.client_kill_filter(addr=f"{host}:{port}") == 1
+        with pytest.raises(ConnectionError):
+            await sender.send("dorm.killed", {"n": "lost"})
+        await sender.send("dorm.killed", {"n": 2})  # a new connection
+        assert await dorm.receive("dorm.killed") == {"n": 1}
+        assert await dorm.receive("dorm.killed") == {"n": 2}
+    finally:
+        admin.close()
+        await sender.aclose()
+        await dorm.close_pools()
+
+
+async def test_the_inbox_sender_leaves_a_host_of_options_to_redis_py(prefix: str) -> None:
+    """A host given as options (here an address with a timeout) is redis-py's to
+    connect to: the sender falls back to the layer's own send."""
+    dorm = DormRedisChannelLayer(hosts=[{"address": REDIS_TEST_URL, "socket_timeout": 5}], prefix=prefix)
+    sender = InboxSender(dorm, 5.0)
+    try:
+        await sender.send("dorm.options", {"n": 1})
+        assert not sender._connections
+        assert await dorm.receive("dorm.options") == {"n": 1}
+    finally:
+        await sender.aclose()
+        await dorm.close_pools()
