@@ -149,10 +149,11 @@ class BusConnection:
             writer.close()
 
     async def aclose(self) -> None:
+        """Close for good: every later call raises ``ConnectionError``."""
         self._closed = True
-        writer, self._writer, self._reader = self._writer, None, None
+        writer = self._writer
+        self._drop()
         if writer is not None:
-            writer.close()
             try:
                 await writer.wait_closed()
             except (OSError, ssl.SSLError):
