@@ -912,12 +912,13 @@ class Cluster:
             except (asyncio.CancelledError, Exception):
                 pass
         await self.bus.stop()
-        try:
-            await self.redis.aclose()
-            if self.inbox_sender is not None:
-                await self.inbox_sender.aclose()
-        except Exception:
-            pass
+        for closing in (self.redis, self.inbox_sender):
+            if closing is None:
+                continue
+            try:
+                await closing.aclose()
+            except Exception:
+                pass
 
 
 class LeaseLost(Exception):

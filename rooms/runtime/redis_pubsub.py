@@ -90,19 +90,20 @@ class BusConnection:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
         if o.get("password"):
             auth = ("AUTH", o["username"], o["password"]) if o.get("username") else ("AUTH", o["password"])
-            self._writer.write(hiredis.pack_command(auth))
-            (reply,) = await asyncio.wait_for(self._replies(), CONNECT_TIMEOUT)
-            if isinstance(reply, Exception):
-                self._drop()
-                # Redis' own words ("WRONGPASS ...", "NOAUTH ..."), never the password.
-                raise ConnectionError(f"bus authentication failed: {reply}")
+            # Refused in Redis' own words ("WRONGPASS ...", "NOAUTH ..."), never the password.
+            await self._set_up(auth, "bus authentication failed")
         if o.get("db"):
             # The URL's database (pub/sub channels ignore it; keys do not).
-            self._writer.write(hiredis.pack_command(("SELECT", int(o["db"]))))
-            (reply,) = await asyncio.wait_for(self._replies(), CONNECT_TIMEOUT)
-            if isinstance(reply, Exception):
-                self._drop()
-                raise ConnectionError(f"bus connection refused its database: {reply}")
+            await self._set_up(("SELECT", int(o["db"])), "bus connection refused its database")
+
+    async def _set_up(self, command: tuple[str | int, ...], refused: str) -> None:
+        """One command of the connection's set-up, answered before anything else is sent."""
+        assert self._writer is not None
+        self._writer.write(hiredis.pack_command(command))
+        (reply,) = await asyncio.wait_for(self._replies(), CONNECT_TIMEOUT)
+        if isinstance(reply, Exception):
+            self._drop()
+            raise ConnectionError(f"{refused}: {reply}")
 
     async def _write(self, packed: bytes) -> None:
         if self._writer is None:
