@@ -9,14 +9,13 @@ skips with the reason, except under CI (env CI set), where it fails.
 from __future__ import annotations
 
 import os
-import re
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from tests.e2e.server import DormServer, start_server
+from tests.e2e.server import DormServer, bad_log_excerpts, start_server
 
 CHROMIUM = os.environ.get("DORM_CHROMIUM", "/usr/bin/chromium")
 # This machine refuses bursts of connections without the background-networking
@@ -36,8 +35,6 @@ INSTALL_HINT = {
     "node": "install Node.js 20 or newer (Debian: apt-get install -y nodejs)",
 }
 
-# What a healthy server never logs.
-BAD_LOG_LINE = re.compile(r"Traceback \(most recent call last\)|\bERROR\b|\bCRITICAL\b|code=1011\b")
 
 
 def require_tool(name: str, path: str | None) -> str:
@@ -81,8 +78,8 @@ def _server_log_clean(request: pytest.FixtureRequest) -> Iterator[None]:
     server: DormServer = request.getfixturevalue("dorm_server")
     offset = server.log_size()
     yield
-    bad = [line for line in server.log_text(offset).splitlines() if BAD_LOG_LINE.search(line)]
-    assert not bad, "server logged errors:\n" + "\n".join(bad[:20]) + f"\n(full log: {server.log_path})"
+    bad = bad_log_excerpts(server.log_text(offset))
+    assert not bad, "server logged errors:\n" + "\n".join(bad[:5]) + f"\n(full log: {server.log_path})"
 
 
 @pytest.fixture(scope="session")

@@ -12,21 +12,18 @@ no ERROR line, and no client may have been closed with 1011.
 
 from __future__ import annotations
 
-import re
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import pytest
 
 from tests.e2e.client import OBSERVED_CLOSE_CODES, Connect, WsClient
-from tests.e2e.server import DormServer, start_server
+from tests.e2e.server import DormServer, bad_log_excerpts, start_server
 
 # Servers started in this session, for the per-test log check.
 STARTED: list[DormServer] = []
 LOG_OFFSETS = pytest.StashKey[dict[str, int]]()
 
-# What a healthy server never logs (payload-free metadata is INFO).
-BAD_LOG_LINE = re.compile(r"Traceback \(most recent call last\)|\bERROR\b|\bCRITICAL\b|code=1011\b")
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -115,8 +112,9 @@ def _server_health(request: pytest.FixtureRequest) -> Iterator[None]:
         STARTED.remove(s)
     for s in [*STARTED, *stopped]:
         text = s.log_text(offsets.get(str(s.log_path), 0))
-        bad = [line for line in text.splitlines() if BAD_LOG_LINE.search(line)]
-        assert not bad, f"{s.log_path.name} logged errors during the test:\n" + "\n".join(bad[:20]) + f"\n(full log: {s.log_path})"
+        bad = bad_log_excerpts(text)
+        assert not bad, f"{s.log_path.name} logged errors during the test:\n" + "\n".join(bad[:5]) + f"\n(full log: {s.log_path})"
+
 
 
 @pytest.hookimpl(wrapper=True)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import signal
 import socket
 import sqlite3
@@ -35,6 +36,27 @@ def log_size(path: Path) -> int:
         return path.stat().st_size
     except FileNotFoundError:
         return 0
+
+
+# What a healthy server never logs (payload-free metadata is INFO).
+BAD_LOG_LINE = re.compile(r"Traceback \(most recent call last\)|\bERROR\b|\bCRITICAL\b|code=1011\b")
+
+
+def bad_log_excerpts(text: str, before: int = 2, after: int = 30) -> list[str]:
+    """Each line of a log that ``BAD_LOG_LINE`` matches, with the lines around
+    it: a traceback's frames and exception follow its first line, and what
+    printed it (``Exception ignored in ...``, a thread's crash) precedes it.
+    A CI run's logs are gone once it ends; the excerpt in the failure is what
+    is left to read."""
+    lines = text.splitlines()
+    excerpts: list[str] = []
+    covered = -1
+    for i, line in enumerate(lines):
+        if i <= covered or not BAD_LOG_LINE.search(line):
+            continue
+        covered = min(len(lines) - 1, i + after)
+        excerpts.append("\n".join(lines[max(0, i - before) : covered + 1]))
+    return excerpts
 
 
 def log_text(path: Path, offset: int = 0) -> str:
