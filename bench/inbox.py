@@ -12,9 +12,9 @@ default database 0, a prefix of its own), one after another as the
 forwarder makes them, then receives of the same messages (waiting in the
 queue, as under load), with channels-redis' own ``RedisChannelLayer`` (send:
 four awaited commands; receive: four), Dorm's ``DormRedisChannelLayer``
-(one script each, through redis-py) and, as ``dorm-sender``, the forward
-loop's ``InboxSender`` (the same script on a connection of its own; the
-receive is the layer's), alternating each round. It prints microseconds of
+(one script each, through redis-py) and, as ``dorm-own``, the cluster's
+``InboxSender`` and ``InboxReceiver`` (the same scripts on connections of
+their own), alternating each round. It prints microseconds of
 CPU (this process) and of wall time per send and per receive.
 """
 
@@ -34,7 +34,7 @@ setup_django("inbox-send")
 
 from channels_redis.core import RedisChannelLayer  # noqa: E402
 
-from rooms.runtime.channel_layer import DormRedisChannelLayer, InboxSender  # noqa: E402
+from rooms.runtime.channel_layer import DormRedisChannelLayer, InboxReceiver, InboxSender  # noqa: E402
 
 BATCH = {"type": "dorm.items", "items": [{
     "type": "dorm.item", "room": "bench", "c": "c-1", "u": "u-1", "sc": "write", "p": "proc", "k": "frame",
@@ -42,14 +42,19 @@ BATCH = {"type": "dorm.items", "items": [{
 }]}
 
 
-async def one(layer_class: type[RedisChannelLayer], messages: int, sender: bool = False) -> dict[str, tuple[float, float]]:
+async def one(layer_class: type[RedisChannelLayer], messages: int, own: bool = False) -> dict[str, tuple[float, float]]:
     """(us CPU, us wall) per send and per receive."""
     layer = layer_class(hosts=[URL], prefix=f"bench-{uuid.uuid4().hex[:8]}", capacity=messages + 10)
-    inbox_sender = InboxSender(layer, 5.0) if sender else None  # type: ignore[arg-type]
-    send = layer.send if inbox_sender is None else inbox_sender.send
     inbox = await layer.new_channel("dorm.inbox.")
+    inbox_sender = InboxSender(layer, 5.0) if own else None  # type: ignore[arg-type]
+    inbox_receiver = InboxReceiver(layer, inbox, 5.0) if own else None  # type: ignore[arg-type]
+    send = layer.send if inbox_sender is None else inbox_sender.send
+
+    async def receive() -> object:
+        return await (layer.receive(inbox) if inbox_receiver is None else inbox_receiver.receive())
+
     await send(inbox, BATCH)  # connect, load the scripts
-    await layer.receive(inbox)
+    assert await receive() == BATCH
     result = {}
     for what in ("send", "receive"):
         c0, w0 = time.process_time(), time.perf_counter()
@@ -57,11 +62,12 @@ async def one(layer_class: type[RedisChannelLayer], messages: int, sender: bool 
             if what == "send":
                 await send(inbox, BATCH)
             else:
-                await layer.receive(inbox)
+                await receive()
         cpu, wall = time.process_time() - c0, time.perf_counter() - w0
         result[what] = (cpu / messages * 1e6, wall / messages * 1e6)
-    if inbox_sender is not None:
+    if inbox_sender is not None and inbox_receiver is not None:
         await inbox_sender.aclose()
+        await inbox_receiver.aclose()
     await layer.flush()
     await layer.close_pools()
     return result
@@ -74,11 +80,11 @@ def main() -> None:
     args = p.parse_args()
     print(f"inbox: {args.messages:,} one-frame batches per round, Redis {URL}", flush=True)
     layers = {"channels-redis": (RedisChannelLayer, False), "dorm": (DormRedisChannelLayer, False),
-              "dorm-sender": (DormRedisChannelLayer, True)}
+              "dorm-own": (DormRedisChannelLayer, True)}
     results: dict[tuple[str, str], list[tuple[float, float]]] = {}
     for round_ in range(args.rounds):
-        for name, (layer_class, sender) in layers.items():
-            for what, (cpu, wall) in asyncio.run(one(layer_class, args.messages, sender)).items():
+        for name, (layer_class, own) in layers.items():
+            for what, (cpu, wall) in asyncio.run(one(layer_class, args.messages, own)).items():
                 results.setdefault((name, what), []).append((cpu, wall))
                 print(f"round {round_ + 1} {name:15s} {what:8s} {cpu:6.1f} us CPU, {wall:6.1f} us wall", flush=True)
     print("\nlayer           op        us CPU / us wall (median of rounds)")

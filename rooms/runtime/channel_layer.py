@@ -162,15 +162,12 @@ class InboxSender:
         index, keys, args = self.layer.send_script_call(channel, message)
         connection = self._connections.get(index)
         if connection is None:
-            host = self.layer.hosts[index]
-            if set(host) != {"address"} or not isinstance(host["address"], str):
+            url = plain_url(self.layer, index)
+            if url is None:
                 await self.layer.send(channel, message)
                 return
-            connection = self._connections[index] = CommandConnection(host["address"])
-        (sent,) = await connection.call([("EVALSHA", self._sha, len(keys), *keys, *args)], self.timeout)
-        if isinstance(sent, Exception) and str(sent).startswith("NOSCRIPT"):
-            # First use on this Redis, or its scripts were flushed: EVAL loads it.
-            (sent,) = await connection.call([("EVAL", SEND, len(keys), *keys, *args)], self.timeout)
+            connection = self._connections[index] = CommandConnection(url)
+        sent = await run_script(connection, SEND, self._sha, keys, args, self.timeout)
         if isinstance(sent, Exception):
             raise ConnectionError(f"inbox send refused by Redis: {sent}")
         if not sent:
@@ -180,3 +177,101 @@ class InboxSender:
         connections, self._connections = list(self._connections.values()), {}
         for connection in connections:
             await connection.aclose()
+
+
+class InboxReceiver:
+    """The owner's receives from its own inbox on a connection of its own:
+    the RECEIVE script by ``EVALSHA`` and, on an empty inbox, BZPOPMIN,
+    where :meth:`DormRedisChannelLayer.receive` goes through channels-redis'
+    receive (its lock, its buffers, a clean-up task per message) and
+    redis-py's command path.
+
+    For one task (the cluster's inbox loop), the only reader of its
+    channel's key: the layer's process-local channels share one key per
+    client prefix (``dorm.inbox.<client prefix>!``), and a process has one
+    cluster, so one inbox. A message sent to any channel of that key is this
+    process's, and is returned. A host that is not a plain URL (a sentinel,
+    a dict of options) falls back to the layer's receive.
+
+    What is lost, and what is not: the script's pop keeps a backup copy,
+    dropped by the next receive's script by member, so a receive cancelled
+    or failed while the script's reply was on its way loses nothing: the
+    next receive puts the message back first. A message BZPOPMIN hands over
+    is returned with no await in between, so it needs no copy (channels-
+    redis adds one with a ZADD after the pop, which a cancellation between
+    the two would lose); as in channels-redis, a connection lost while that
+    reply is on its way loses the message.
+    """
+
+    def __init__(self, layer: DormRedisChannelLayer, channel: str, timeout: float) -> None:
+        assert "!" in channel, "an inbox is a process-local channel"
+        self.layer = layer
+        self.channel = channel
+        real = layer.non_local_name(channel)
+        # channels-redis' receive: the host by the channel's non-local name.
+        url = plain_url(layer, layer.consistent_hash(real))
+        self._connection = CommandConnection(url) if url is not None else None
+        self._keys = [layer.prefix + real, layer._backup_channel_name(layer.prefix + real)]
+        self._handed_over = b""  # the member the script last popped; its copy goes at the next receive
+        self._sha = hashlib.sha1(RECEIVE.encode()).hexdigest()
+        self.timeout = timeout  # a command unanswered this long fails
+        self.block_seconds = layer.brpop_timeout  # one wait of an empty inbox
+
+    async def receive(self) -> dict[str, Any]:
+        """The next message, waiting for one as long as it takes. A failed
+        round trip is a ``ConnectionError``; a message that cannot be read
+        (another serializer, another encryption key) an ``UnreadableMessage``,
+        and it is not received again."""
+        connection = self._connection
+        if connection is None:
+            return await self.layer.receive(self.channel)
+        member = await run_script(connection, RECEIVE, self._sha, self._keys, [self._handed_over], self.timeout)
+        _refused(member)
+        self._handed_over = member or b""  # the script dropped the previous copy
+        while member is None:
+            (popped,) = await connection.call([("BZPOPMIN", self._keys[0], self.block_seconds)],
+                                              self.block_seconds + self.timeout)
+            _refused(popped)
+            if popped is not None:
+                member = popped[1]
+        try:
+            message = self.layer.deserialize(member)
+        except Exception as exc:
+            raise UnreadableMessage(f"inbox message of {len(member)} bytes unreadable: {type(exc).__name__}") from exc
+        if not isinstance(message, dict):
+            raise UnreadableMessage(f"inbox message of {len(member)} bytes is a {type(message).__name__}, not a map")
+        message.pop("__asgi_channel__", None)
+        return message
+
+    async def aclose(self) -> None:
+        if self._connection is not None:
+            await self._connection.aclose()
+
+
+class UnreadableMessage(ValueError):
+    """An inbox message that does not deserialize to a message."""
+
+
+def _refused(reply: Any) -> None:
+    if isinstance(reply, Exception):
+        raise ConnectionError(f"inbox receive refused by Redis: {reply}")
+
+
+def plain_url(layer: RedisChannelLayer, index: int) -> str | None:
+    """The layer's host ``index`` as a URL, if it is given as one (a
+    connection of Dorm's own can open it); ``None`` for a sentinel or a
+    dict of options, which stay on redis-py."""
+    host = layer.hosts[index]
+    if set(host) != {"address"} or not isinstance(host["address"], str):
+        return None
+    return str(host["address"])
+
+
+async def run_script(connection: CommandConnection, script: str, sha: str, keys: list[str], args: list[Any], timeout: float) -> Any:
+    """One call of a Lua script by ``EVALSHA``, by ``EVAL`` when Redis does
+    not know it (first use on this Redis, or its scripts were flushed): its
+    reply, an error reply as an exception object."""
+    (reply,) = await connection.call([("EVALSHA", sha, len(keys), *keys, *args)], timeout)
+    if isinstance(reply, Exception) and str(reply).startswith("NOSCRIPT"):
+        (reply,) = await connection.call([("EVAL", script, len(keys), *keys, *args)], timeout)
+    return reply

@@ -40,7 +40,7 @@ from django.conf import settings
 from presence.process import PROCESS_ID
 from rooms.conf import dorm_settings
 from rooms.protocol import CloseCode, ErrorReason
-from rooms.runtime.channel_layer import DormRedisChannelLayer, InboxSender
+from rooms.runtime.channel_layer import DormRedisChannelLayer, InboxReceiver, InboxSender, UnreadableMessage
 from rooms.runtime.connection import SCOPE_RANK, Connection, ConnectionState
 from rooms.runtime.messages import AlarmDue, Binary, Call, Frame, Item, Join, Leave, Peer, Tick
 from rooms.runtime.redis_pubsub import PublisherConnection, SubscriberConnection
@@ -425,6 +425,8 @@ class Cluster:
         self.layer = get_channel_layer()
         # The forward loop's sends: on connections of their own (channel_layer.InboxSender).
         self.inbox_sender = InboxSender(self.layer, REDIS_TIMEOUT_SECONDS) if isinstance(self.layer, DormRedisChannelLayer) else None
+        # The inbox loop's receives, likewise (InboxReceiver), once the inbox has its name.
+        self.inbox_receiver: InboxReceiver | None = None
         self.held: set[str] = set()  # rooms whose lease this process holds
         self.routes: dict[str, Route] = {}
         self.remote_peers: dict[str, RemotePeer] = {}
@@ -452,6 +454,8 @@ class Cluster:
 
     async def start(self) -> None:
         self.me = await self.layer.new_channel("dorm.inbox.")
+        if isinstance(self.layer, DormRedisChannelLayer):
+            self.inbox_receiver = InboxReceiver(self.layer, self.me, REDIS_TIMEOUT_SECONDS)
         loop = asyncio.get_running_loop()
         self.bus.start()
         for coro, name in (
@@ -693,11 +697,18 @@ class Cluster:
         delay = 0.1
         while True:
             try:
-                message = await self.layer.receive(self.me)
+                if self.inbox_receiver is not None:
+                    message = await self.inbox_receiver.receive()
+                else:
+                    message = await self.layer.receive(self.me)
             except asyncio.CancelledError:
                 raise
             except TimeoutError:
                 continue  # an idle inbox: the blocking pop timed out, as it does
+            except UnreadableMessage as exc:
+                # Not Redis' failure: a sender with another serializer or key.
+                log.warning("inbox message dropped error=%s", exc)
+                continue
             except Exception as exc:
                 self.redis_failed()
                 log.warning("inbox receive failed error=%s", type(exc).__name__)
@@ -912,7 +923,7 @@ class Cluster:
             except (asyncio.CancelledError, Exception):
                 pass
         await self.bus.stop()
-        for closing in (self.redis, self.inbox_sender):
+        for closing in (self.redis, self.inbox_sender, self.inbox_receiver):
             if closing is None:
                 continue
             try:

@@ -19,7 +19,7 @@ import redis
 from channels.exceptions import ChannelFull
 from channels_redis.core import RedisChannelLayer
 
-from rooms.runtime.channel_layer import DormRedisChannelLayer, InboxSender
+from rooms.runtime.channel_layer import DormRedisChannelLayer, InboxReceiver, InboxSender, UnreadableMessage
 from tests.e2e.server import free_port
 from tests.e2e.services import REDIS_TEST_URL, PrivateRedis, check_redis
 
@@ -236,4 +236,171 @@ async def test_the_inbox_sender_leaves_a_host_of_options_to_redis_py(prefix: str
         assert await dorm.receive("dorm.options") == {"n": 1}
     finally:
         await sender.aclose()
+        await dorm.close_pools()
+
+
+# -- the cluster's InboxReceiver ----------------------------------------------------
+
+
+async def test_the_inbox_receiver_reads_what_every_sender_sends_in_order(prefix: str) -> None:
+    """channels-redis' send (a process of another release, a rolling deploy),
+    the layer's and the forward loop's: one inbox, in order."""
+    dorm, plain = _layers(prefix)
+    sender = InboxSender(dorm, 5.0)
+    inbox = await dorm.new_channel("dorm.inbox.")
+    receiver = InboxReceiver(dorm, inbox, 5.0)
+    try:
+        batches = [{"type": "dorm.items", "items": [{"room": "r", "k": "frame", "p": "é" * n}]} for n in (0, 1, 1000, 600_000)]
+        for send, batch in zip((plain.send, dorm.send, sender.send, plain.send), batches, strict=True):
+            await send(inbox, batch)
+        assert [await receiver.receive() for _ in batches] == batches
+        assert receiver._connection is not None and receiver._connection._writer is not None  # its own connection
+    finally:
+        await receiver.aclose()
+        await sender.aclose()
+        await dorm.flush()
+        await dorm.close_pools()
+        await plain.close_pools()
+
+
+async def test_the_inbox_receiver_takes_one_round_trip_per_waiting_message(tmp_path: Path) -> None:
+    check_redis()
+    server = PrivateRedis(tmp_path, free_port())
+    server.start()
+    url = f"redis://127.0.0.1:{server.port}/0"
+    dorm = DormRedisChannelLayer(hosts=[url], prefix="p")
+    client = redis.Redis.from_url(url)
+    inbox = await dorm.new_channel("dorm.inbox.")
+    receiver = InboxReceiver(dorm, inbox, 5.0)
+    backup = f"p{dorm.non_local_name(inbox)}$inflight"
+    try:
+        for n in range(3):
+            await dorm.send(inbox, {"n": n})
+        assert await receiver.receive() == {"n": 0}  # loads the script
+        before = _command_calls(client)
+        assert await receiver.receive() == {"n": 1}
+        calls = _command_calls(client)
+        spent = {name: calls[name] - before.get(name, 0) for name in calls if calls[name] != before.get(name, 0)}
+        spent.pop("info", None)  # this test's own
+        assert spent.pop("evalsha") == 1
+        assert not {k for k in spent if k not in ("zrem", "zrange", "del", "zpopmin", "zadd")}, spent
+        # The copy of {"n": 0} was dropped by that receive; {"n": 1}'s stays until the next.
+        assert [dorm.deserialize(m)["n"] for m in client.zrange(backup, 0, -1)] == [1]
+        assert await receiver.receive() == {"n": 2}
+        # An empty inbox waits (BZPOPMIN), past the block's own timeout, for the next message.
+        receiver.block_seconds = 1
+        waiting = asyncio.ensure_future(receiver.receive())
+        await asyncio.sleep(1.5)
+        assert not waiting.done()
+        await dorm.send(inbox, {"n": 3})
+        assert await asyncio.wait_for(waiting, 5) == {"n": 3}
+        assert client.zcard(backup) == 0  # what BZPOPMIN handed over needs no copy
+    finally:
+        client.close()
+        await receiver.aclose()
+        await dorm.close_pools()
+        server.stop()
+
+
+async def test_an_inbox_receive_cancelled_anywhere_loses_and_repeats_nothing(prefix: str) -> None:
+    """Cancelled before its write, during the script, while its reply is on
+    the way, or after it: each message is handed over once, in order."""
+    dorm, _ = _layers(prefix)
+    inbox = await dorm.new_channel("dorm.inbox.")
+    receiver = InboxReceiver(dorm, inbox, 5.0)
+    sent: list[int] = []
+    received: list[int] = []
+    try:
+        for steps in range(12):
+            for _ in range(2):
+                sent.append(len(sent))
+                await dorm.send(inbox, {"n": sent[-1]})
+            receiving = asyncio.ensure_future(receiver.receive())
+            for _ in range(steps):
+                await asyncio.sleep(0)
+            receiving.cancel()
+            try:
+                received.append((await receiving)["n"])
+            except asyncio.CancelledError:
+                pass
+            while len(received) < len(sent):
+                received.append((await asyncio.wait_for(receiver.receive(), 5))["n"])
+        assert received == sent
+        # Cancelled while waiting on an empty inbox: the next receive gets what comes.
+        waiting = asyncio.ensure_future(receiver.receive())
+        await asyncio.sleep(0.2)
+        waiting.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await waiting
+        await asyncio.sleep(0.2)  # Redis has seen the dropped connection's close
+        await dorm.send(inbox, {"n": "after"})
+        assert await asyncio.wait_for(receiver.receive(), 5) == {"n": "after"}
+    finally:
+        await receiver.aclose()
+        await dorm.flush()
+        await dorm.close_pools()
+
+
+async def test_the_inbox_receiver_reconnects_after_its_connection_is_killed(prefix: str) -> None:
+    dorm, _ = _layers(prefix)
+    inbox = await dorm.new_channel("dorm.inbox.")
+    receiver = InboxReceiver(dorm, inbox, 5.0)
+    admin = redis.Redis.from_url(REDIS_TEST_URL)
+    try:
+        await dorm.send(inbox, {"n": 1})
+        assert await receiver.receive() == {"n": 1}
+        waiting = asyncio.ensure_future(receiver.receive())
+        await asyncio.sleep(0.2)  # blocked in BZPOPMIN
+        connection = receiver._connection
+        assert connection is not None and connection._writer is not None
+        host, port = connection._writer.get_extra_info("sockname")[:2]
+        assert admin.client_kill_filter(addr=f"{host}:{port}") == 1
+        with pytest.raises(ConnectionError):
+            await asyncio.wait_for(waiting, 5)
+        await dorm.send(inbox, {"n": 2})
+        assert await asyncio.wait_for(receiver.receive(), 5) == {"n": 2}  # a new connection
+        admin.script_flush()  # as after a Redis restart: EVAL loads the script again
+        await dorm.send(inbox, {"n": 3})
+        assert await asyncio.wait_for(receiver.receive(), 5) == {"n": 3}
+    finally:
+        admin.close()
+        await receiver.aclose()
+        await dorm.flush()
+        await dorm.close_pools()
+
+
+async def test_an_unreadable_inbox_message_is_an_error_once_and_the_next_one_arrives(prefix: str) -> None:
+    dorm, _ = _layers(prefix)
+    inbox = await dorm.new_channel("dorm.inbox.")
+    receiver = InboxReceiver(dorm, inbox, 5.0)
+    client = redis.Redis.from_url(REDIS_TEST_URL)
+    key = prefix + dorm.non_local_name(inbox)
+    try:
+        # Another serializer's (or another key's) message, and a map's bytes that are not a map.
+        now = time.time()  # scored as sent, or the next send drops them as expired
+        client.zadd(key, {b"r" * 12 + b"\xc1 not msgpack": now - 2, b"r" * 12 + b"\x05": now - 1})
+        await dorm.send(inbox, {"n": 1})
+        for _ in range(2):
+            with pytest.raises(UnreadableMessage, match=r"inbox message of (25|13) bytes (unreadable|is a int)"):
+                await receiver.receive()
+        assert await receiver.receive() == {"n": 1}
+        assert client.zcard(key) == 0
+    finally:
+        client.close()
+        await receiver.aclose()
+        await dorm.flush()
+        await dorm.close_pools()
+
+
+async def test_the_inbox_receiver_leaves_a_host_of_options_to_redis_py(prefix: str) -> None:
+    dorm = DormRedisChannelLayer(hosts=[{"address": REDIS_TEST_URL, "socket_timeout": 5}], prefix=prefix)
+    inbox = await dorm.new_channel("dorm.inbox.")
+    receiver = InboxReceiver(dorm, inbox, 5.0)
+    try:
+        await dorm.send(inbox, {"n": 1})
+        assert await receiver.receive() == {"n": 1}
+        assert receiver._connection is None
+    finally:
+        await receiver.aclose()
+        await dorm.flush()
         await dorm.close_pools()

@@ -101,7 +101,8 @@ def test_in_process_benchmarks_run(script: str, args: list[str], expected: str, 
                                                   "3 event(s)  publisher", "3 event(s)  redis-py-pipeline"]),
         # Both layers send and receive.
         ("inbox.py", ["--messages", "200"], ["channels-redis  send", "channels-redis  receive", "dorm            send",
-                                             "dorm            receive", "dorm-sender     send"]),
+                                             "dorm            receive", "dorm-own        send",
+                                             "dorm-own        receive"]),
     ],
 )
 def test_redis_benchmarks_run(script: str, args: list[str], expected: list[str], tmp_path: Any) -> None:
