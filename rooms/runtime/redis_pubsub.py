@@ -17,10 +17,11 @@ commands at once and reads their replies with the same parser: 64-69 us
 
 The same command connection carries the forward loop's sends to other
 processes' inboxes (``channel_layer.InboxSender``: the inbox's send script by
-``EVALSHA``).
+``EVALSHA``) and the inbox loop's receives (``channel_layer.InboxReceiver``:
+the receive script, and BZPOPMIN when the inbox is empty).
 
 They speak only what those need (AUTH and SELECT; SUBSCRIBE, UNSUBSCRIBE and
-the pushes that follow; PUBLISH; EVALSHA and EVAL) and take the same
+the pushes that follow; PUBLISH; EVALSHA, EVAL and BZPOPMIN) and take the same
 ``REDIS_URL`` as redis-py (``redis://``, ``rediss://`` with its ``ssl_*``
 options, ``unix://``, a database number). Every other command stays on
 redis-py.
