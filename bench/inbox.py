@@ -14,7 +14,9 @@ queue, as under load), with channels-redis' own ``RedisChannelLayer`` (send:
 four awaited commands; receive: four), Dorm's ``DormRedisChannelLayer``
 (one script each, through redis-py) and, as ``dorm-own``, the cluster's
 ``InboxSender`` and ``InboxReceiver`` (the same scripts on connections of
-their own), alternating each round. It prints microseconds of
+their own; the receiver taking one message per round trip, and, as
+``dorm-own-many``, every message waiting up to its 64, as it does),
+alternating each round. A receive's figures are per message. It prints microseconds of
 CPU (this process) and of wall time per send and per receive.
 """
 
@@ -42,27 +44,31 @@ BATCH = {"type": "dorm.items", "items": [{
 }]}
 
 
-async def one(layer_class: type[RedisChannelLayer], messages: int, own: bool = False) -> dict[str, tuple[float, float]]:
+async def one(layer_class: type[RedisChannelLayer], messages: int, own: int = 0) -> dict[str, tuple[float, float]]:
     """(us CPU, us wall) per send and per receive."""
     layer = layer_class(hosts=[URL], prefix=f"bench-{uuid.uuid4().hex[:8]}", capacity=messages + 10)
     inbox = await layer.new_channel("dorm.inbox.")
     inbox_sender = InboxSender(layer, 5.0) if own else None  # type: ignore[arg-type]
     inbox_receiver = InboxReceiver(layer, inbox, 5.0) if own else None  # type: ignore[arg-type]
+    if inbox_receiver is not None:
+        inbox_receiver.MAX_MESSAGES = own  # type: ignore[misc]
     send = layer.send if inbox_sender is None else inbox_sender.send
 
-    async def receive() -> object:
-        return await (layer.receive(inbox) if inbox_receiver is None else inbox_receiver.receive())
+    async def receive() -> list[object]:
+        return [await layer.receive(inbox)] if inbox_receiver is None else await inbox_receiver.receive()
 
     await send(inbox, BATCH)  # connect, load the scripts
-    assert await receive() == BATCH
+    assert await receive() == [BATCH]
     result = {}
     for what in ("send", "receive"):
         c0, w0 = time.process_time(), time.perf_counter()
-        for _ in range(messages):
+        done = 0
+        while done < messages:
             if what == "send":
                 await send(inbox, BATCH)
+                done += 1
             else:
-                await receive()
+                done += len(await receive())
         cpu, wall = time.process_time() - c0, time.perf_counter() - w0
         result[what] = (cpu / messages * 1e6, wall / messages * 1e6)
     if inbox_sender is not None and inbox_receiver is not None:
@@ -79,8 +85,8 @@ def main() -> None:
     p.add_argument("--rounds", type=int, default=3)
     args = p.parse_args()
     print(f"inbox: {args.messages:,} one-frame batches per round, Redis {URL}", flush=True)
-    layers = {"channels-redis": (RedisChannelLayer, False), "dorm": (DormRedisChannelLayer, False),
-              "dorm-own": (DormRedisChannelLayer, True)}
+    layers = {"channels-redis": (RedisChannelLayer, 0), "dorm": (DormRedisChannelLayer, 0),
+              "dorm-own": (DormRedisChannelLayer, 1), "dorm-own-many": (DormRedisChannelLayer, 64)}
     results: dict[tuple[str, str], list[tuple[float, float]]] = {}
     for round_ in range(args.rounds):
         for name, (layer_class, own) in layers.items():

@@ -36,6 +36,7 @@ trip (docs/performance.md, "Seventeenth round" and "Eighteenth round").
 from __future__ import annotations
 
 import hashlib
+import logging
 import time
 from typing import Any
 
@@ -44,6 +45,8 @@ from channels_redis.core import RedisChannelLayer
 from redis.commands.core import AsyncScript
 
 from rooms.runtime.redis_pubsub import CommandConnection
+
+log = logging.getLogger("dorm.cluster")
 
 # channels-redis' send in one step: drop expired entries, refuse at capacity,
 # add the member, renew the key's expiry. 1: sent, 0: full.
@@ -76,6 +79,35 @@ if popped[1] then
   return popped[1]
 end
 return false
+"""
+
+
+# The inbox receiver's start of a receive (``InboxReceiver``): RECEIVE for
+# up to ARGV[1] messages. ARGV[2...]: the members handed over last, whose
+# copies are dropped; the other copies go back to the queue; then the
+# oldest messages are popped, each keeping its copy. Returns the members
+# popped (an empty array when the queue is empty).
+RECEIVE_MANY = """
+if #ARGV > 1 then
+  redis.call('ZREM', KEYS[2], unpack(ARGV, 2))
+end
+local backed_up = redis.call('ZRANGE', KEYS[2], 0, -1, 'WITHSCORES')
+for i = #backed_up, 1, -2 do
+  redis.call('ZADD', KEYS[1], backed_up[i], backed_up[i - 1])
+end
+redis.call('DEL', KEYS[2])
+local popped = redis.call('ZPOPMIN', KEYS[1], ARGV[1])
+if #popped == 0 then
+  return {}
+end
+local copies, members = {}, {}
+for i = 1, #popped, 2 do
+  copies[#copies + 1] = popped[i + 1]
+  copies[#copies + 1] = popped[i]
+  members[#members + 1] = popped[i]
+end
+redis.call('ZADD', KEYS[2], unpack(copies))
+return members
 """
 
 
@@ -187,10 +219,12 @@ class InboxSender:
 
 class InboxReceiver:
     """The owner's receives from its own inbox on a connection of its own:
-    the RECEIVE script by ``EVALSHA`` and, on an empty inbox, BZPOPMIN,
+    the RECEIVE_MANY script by ``EVALSHA`` and, on an empty inbox, BZPOPMIN,
     where :meth:`DormRedisChannelLayer.receive` goes through channels-redis'
     receive (its lock, its buffers, a clean-up task per message) and
-    redis-py's command path.
+    redis-py's command path. A receive takes every message waiting, up to
+    ``MAX_MESSAGES``, in one round trip: an owner whose core is busy finds
+    several.
 
     For one task (the cluster's inbox loop), the only reader of its
     channel's key: the layer's process-local channels share one key per
@@ -199,15 +233,19 @@ class InboxReceiver:
     process's, and is returned. A host that is not a plain URL (a sentinel,
     a dict of options) falls back to the layer's receive.
 
-    What is lost, and what is not: the script's pop keeps a backup copy,
-    dropped by the next receive's script by member, so a receive cancelled
-    or failed while the script's reply was on its way loses nothing: the
-    next receive puts the message back first. A message BZPOPMIN hands over
-    is returned with no await in between, so it needs no copy (channels-
-    redis adds one with a ZADD after the pop, which a cancellation between
-    the two would lose); as in channels-redis, a connection lost while that
-    reply is on its way loses the message.
+    What is lost, and what is not: the script's pop keeps a backup copy of
+    each message, dropped by the next receive's script by member, so a
+    receive cancelled or failed while the script's reply was on its way
+    loses nothing: the next receive puts the messages back first. What
+    BZPOPMIN hands over is returned with no await in between, so it needs
+    no copy (channels-redis adds one with a ZADD after the pop, which a
+    cancellation between the two would lose); as in channels-redis, a
+    connection lost while that reply is on its way loses the message. A
+    message that does not deserialize (a sender with another serializer or
+    encryption key) is dropped with a warning that gives its size.
     """
+
+    MAX_MESSAGES = 64
 
     def __init__(self, layer: DormRedisChannelLayer, channel: str, timeout: float) -> None:
         assert "!" in channel, "an inbox is a process-local channel"
@@ -218,44 +256,49 @@ class InboxReceiver:
         url = plain_url(layer, layer.consistent_hash(real))
         self._connection = CommandConnection(url) if url is not None else None
         self._keys = [layer.prefix + real, layer._backup_channel_name(layer.prefix + real)]
-        self._handed_over = b""  # the member the script last popped; its copy goes at the next receive
-        self._sha = hashlib.sha1(RECEIVE.encode()).hexdigest()
+        self._handed_over: list[bytes] = []  # the members the script last popped; their copies go at the next receive
+        self._sha = hashlib.sha1(RECEIVE_MANY.encode()).hexdigest()
         self.timeout = timeout  # a command unanswered this long fails
         self.block_seconds = layer.brpop_timeout  # one wait of an empty inbox
 
-    async def receive(self) -> dict[str, Any]:
-        """The next message, waiting for one as long as it takes. A failed
-        round trip is a ``ConnectionError``; a message that cannot be read
-        (another serializer, another encryption key) an ``UnreadableMessage``,
-        and it is not received again."""
+    async def receive(self) -> list[dict[str, Any]]:
+        """The messages waiting (at least one, in order), waiting for one as
+        long as it takes. A failed round trip is a ``ConnectionError``."""
         connection = self._connection
         if connection is None:
-            return await self.layer.receive(self.channel)
-        member = await run_script(connection, RECEIVE, self._sha, self._keys, [self._handed_over], self.timeout)
-        _refused(member)
-        self._handed_over = member or b""  # the script dropped the previous copy
-        while member is None:
-            (popped,) = await connection.call([("BZPOPMIN", self._keys[0], self.block_seconds)],
-                                              self.block_seconds + self.timeout)
-            _refused(popped)
-            if popped is not None:
-                member = popped[1]
+            return [await self.layer.receive(self.channel)]
+        while True:
+            args = [self.MAX_MESSAGES, *self._handed_over]
+            members = await run_script(connection, RECEIVE_MANY, self._sha, self._keys, args, self.timeout)
+            _refused(members)
+            self._handed_over = members  # the script dropped the previous copies
+            while not members:
+                (popped,) = await connection.call([("BZPOPMIN", self._keys[0], self.block_seconds)],
+                                                  self.block_seconds + self.timeout)
+                _refused(popped)
+                if popped is not None:
+                    members = [popped[1]]
+            # Handed over from here on, read or not: a message that cannot be
+            # read is not put back to fail every receive after it.
+            messages = [message for member in members if (message := self._read(member)) is not None]
+            if messages:
+                return messages
+
+    def _read(self, member: bytes) -> dict[str, Any] | None:
         try:
             message = self.layer.deserialize(member)
         except Exception as exc:
-            raise UnreadableMessage(f"inbox message of {len(member)} bytes unreadable: {type(exc).__name__}") from exc
+            log.warning("inbox message dropped bytes=%d error=%s", len(member), type(exc).__name__)
+            return None
         if not isinstance(message, dict):
-            raise UnreadableMessage(f"inbox message of {len(member)} bytes is a {type(message).__name__}, not a map")
+            log.warning("inbox message dropped bytes=%d error=not_a_map type=%s", len(member), type(message).__name__)
+            return None
         message.pop("__asgi_channel__", None)
         return message
 
     async def aclose(self) -> None:
         if self._connection is not None:
             await self._connection.aclose()
-
-
-class UnreadableMessage(ValueError):
-    """An inbox message that does not deserialize to a message."""
 
 
 def _refused(reply: Any) -> None:

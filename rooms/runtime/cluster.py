@@ -40,7 +40,7 @@ from django.conf import settings
 from presence.process import PROCESS_ID
 from rooms.conf import dorm_settings
 from rooms.protocol import CloseCode, ErrorReason
-from rooms.runtime.channel_layer import DormRedisChannelLayer, InboxReceiver, InboxSender, UnreadableMessage
+from rooms.runtime.channel_layer import DormRedisChannelLayer, InboxReceiver, InboxSender
 from rooms.runtime.connection import SCOPE_RANK, Connection, ConnectionState
 from rooms.runtime.messages import AlarmDue, Binary, Call, Frame, Item, Join, Leave, Peer, Tick
 from rooms.runtime.redis_pubsub import PublisherConnection, SubscriberConnection
@@ -698,17 +698,13 @@ class Cluster:
         while True:
             try:
                 if self.inbox_receiver is not None:
-                    message = await self.inbox_receiver.receive()
+                    messages = await self.inbox_receiver.receive()
                 else:
-                    message = await self.layer.receive(self.me)
+                    messages = [await self.layer.receive(self.me)]
             except asyncio.CancelledError:
                 raise
             except TimeoutError:
                 continue  # an idle inbox: the blocking pop timed out, as it does
-            except UnreadableMessage as exc:
-                # Not Redis' failure: a sender with another serializer or key.
-                log.warning("inbox message dropped error=%s", exc)
-                continue
             except Exception as exc:
                 self.redis_failed()
                 log.warning("inbox receive failed error=%s", type(exc).__name__)
@@ -716,13 +712,14 @@ class Cluster:
                 delay = min(delay * 2, 2.0)
                 continue
             delay = 0.1
-            # "dorm.items": a batch; "dorm.item": one (a process of an older
-            # release during a rolling deploy).
-            for item in message["items"] if message.get("type") == "dorm.items" else (message,):
-                try:
-                    self._on_inbox(item)
-                except Exception:
-                    log.exception("inbox message failed room=%s", item.get("room"))
+            for message in messages:
+                # "dorm.items": a batch; "dorm.item": one (a process of an
+                # older release during a rolling deploy).
+                for item in message["items"] if message.get("type") == "dorm.items" else (message,):
+                    try:
+                        self._on_inbox(item)
+                    except Exception:
+                        log.exception("inbox message failed room=%s", item.get("room"))
 
     def _on_inbox(self, message: dict[str, Any]) -> None:
         room = message["room"]

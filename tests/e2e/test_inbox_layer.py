@@ -19,7 +19,7 @@ import redis
 from channels.exceptions import ChannelFull
 from channels_redis.core import RedisChannelLayer
 
-from rooms.runtime.channel_layer import DormRedisChannelLayer, InboxReceiver, InboxSender, UnreadableMessage
+from rooms.runtime.channel_layer import DormRedisChannelLayer, InboxReceiver, InboxSender
 from tests.e2e.server import free_port
 from tests.e2e.services import REDIS_TEST_URL, PrivateRedis, check_redis
 
@@ -244,7 +244,8 @@ async def test_the_inbox_sender_leaves_a_host_of_options_to_redis_py(prefix: str
 
 async def test_the_inbox_receiver_reads_what_every_sender_sends_in_order(prefix: str) -> None:
     """channels-redis' send (a process of another release, a rolling deploy),
-    the layer's and the forward loop's: one inbox, in order."""
+    the layer's and the forward loop's: one inbox, in order, every message
+    waiting in one receive."""
     dorm, plain = _layers(prefix)
     sender = InboxSender(dorm, 5.0)
     inbox = await dorm.new_channel("dorm.inbox.")
@@ -253,7 +254,7 @@ async def test_the_inbox_receiver_reads_what_every_sender_sends_in_order(prefix:
         batches = [{"type": "dorm.items", "items": [{"room": "r", "k": "frame", "p": "é" * n}]} for n in (0, 1, 1000, 600_000)]
         for send, batch in zip((plain.send, dorm.send, sender.send, plain.send), batches, strict=True):
             await send(inbox, batch)
-        assert [await receiver.receive() for _ in batches] == batches
+        assert await receiver.receive() == batches
         assert receiver._connection is not None and receiver._connection._writer is not None  # its own connection
     finally:
         await receiver.aclose()
@@ -263,7 +264,7 @@ async def test_the_inbox_receiver_reads_what_every_sender_sends_in_order(prefix:
         await plain.close_pools()
 
 
-async def test_the_inbox_receiver_takes_one_round_trip_per_waiting_message(tmp_path: Path) -> None:
+async def test_the_inbox_receiver_takes_everything_waiting_in_one_round_trip(tmp_path: Path) -> None:
     check_redis()
     server = PrivateRedis(tmp_path, free_port())
     server.start()
@@ -273,27 +274,37 @@ async def test_the_inbox_receiver_takes_one_round_trip_per_waiting_message(tmp_p
     inbox = await dorm.new_channel("dorm.inbox.")
     receiver = InboxReceiver(dorm, inbox, 5.0)
     backup = f"p{dorm.non_local_name(inbox)}$inflight"
-    try:
-        for n in range(3):
+
+    async def send(*numbers: int) -> None:
+        for n in numbers:
             await dorm.send(inbox, {"n": n})
-        assert await receiver.receive() == {"n": 0}  # loads the script
+
+    try:
+        await send(0)
+        assert await receiver.receive() == [{"n": 0}]  # loads the script
+        await send(1, 2, 3)
         before = _command_calls(client)
-        assert await receiver.receive() == {"n": 1}
+        assert await receiver.receive() == [{"n": 1}, {"n": 2}, {"n": 3}]
         calls = _command_calls(client)
         spent = {name: calls[name] - before.get(name, 0) for name in calls if calls[name] != before.get(name, 0)}
         spent.pop("info", None)  # this test's own
         assert spent.pop("evalsha") == 1
         assert not {k for k in spent if k not in ("zrem", "zrange", "del", "zpopmin", "zadd")}, spent
-        # The copy of {"n": 0} was dropped by that receive; {"n": 1}'s stays until the next.
-        assert [dorm.deserialize(m)["n"] for m in client.zrange(backup, 0, -1)] == [1]
-        assert await receiver.receive() == {"n": 2}
+        # The copy of {"n": 0} was dropped by that receive; the three others' stay until the next.
+        assert sorted(dorm.deserialize(m)["n"] for m in client.zrange(backup, 0, -1)) == [1, 2, 3]
+        # At most MAX_MESSAGES a receive, the oldest first.
+        receiver.MAX_MESSAGES = 2
+        await send(4, 5, 6)
+        assert await receiver.receive() == [{"n": 4}, {"n": 5}]
+        assert sorted(dorm.deserialize(m)["n"] for m in client.zrange(backup, 0, -1)) == [4, 5]
+        assert await receiver.receive() == [{"n": 6}]
         # An empty inbox waits (BZPOPMIN), past the block's own timeout, for the next message.
         receiver.block_seconds = 1
         waiting = asyncio.ensure_future(receiver.receive())
         await asyncio.sleep(1.5)
         assert not waiting.done()
-        await dorm.send(inbox, {"n": 3})
-        assert await asyncio.wait_for(waiting, 5) == {"n": 3}
+        await send(7)
+        assert await asyncio.wait_for(waiting, 5) == [{"n": 7}]
         assert client.zcard(backup) == 0  # what BZPOPMIN handed over needs no copy
     finally:
         client.close()
@@ -308,11 +319,12 @@ async def test_an_inbox_receive_cancelled_anywhere_loses_and_repeats_nothing(pre
     dorm, _ = _layers(prefix)
     inbox = await dorm.new_channel("dorm.inbox.")
     receiver = InboxReceiver(dorm, inbox, 5.0)
+    receiver.MAX_MESSAGES = 2
     sent: list[int] = []
     received: list[int] = []
     try:
         for steps in range(12):
-            for _ in range(2):
+            for _ in range(3):
                 sent.append(len(sent))
                 await dorm.send(inbox, {"n": sent[-1]})
             receiving = asyncio.ensure_future(receiver.receive())
@@ -320,11 +332,11 @@ async def test_an_inbox_receive_cancelled_anywhere_loses_and_repeats_nothing(pre
                 await asyncio.sleep(0)
             receiving.cancel()
             try:
-                received.append((await receiving)["n"])
+                received += [m["n"] for m in await receiving]
             except asyncio.CancelledError:
                 pass
             while len(received) < len(sent):
-                received.append((await asyncio.wait_for(receiver.receive(), 5))["n"])
+                received += [m["n"] for m in await asyncio.wait_for(receiver.receive(), 5)]
         assert received == sent
         # Cancelled while waiting on an empty inbox: the next receive gets what comes.
         waiting = asyncio.ensure_future(receiver.receive())
@@ -334,7 +346,7 @@ async def test_an_inbox_receive_cancelled_anywhere_loses_and_repeats_nothing(pre
             await waiting
         await asyncio.sleep(0.2)  # Redis has seen the dropped connection's close
         await dorm.send(inbox, {"n": "after"})
-        assert await asyncio.wait_for(receiver.receive(), 5) == {"n": "after"}
+        assert await asyncio.wait_for(receiver.receive(), 5) == [{"n": "after"}]
     finally:
         await receiver.aclose()
         await dorm.flush()
@@ -348,7 +360,7 @@ async def test_the_inbox_receiver_reconnects_after_its_connection_is_killed(pref
     admin = redis.Redis.from_url(REDIS_TEST_URL)
     try:
         await dorm.send(inbox, {"n": 1})
-        assert await receiver.receive() == {"n": 1}
+        assert await receiver.receive() == [{"n": 1}]
         waiting = asyncio.ensure_future(receiver.receive())
         await asyncio.sleep(0.2)  # blocked in BZPOPMIN
         connection = receiver._connection
@@ -358,10 +370,10 @@ async def test_the_inbox_receiver_reconnects_after_its_connection_is_killed(pref
         with pytest.raises(ConnectionError):
             await asyncio.wait_for(waiting, 5)
         await dorm.send(inbox, {"n": 2})
-        assert await asyncio.wait_for(receiver.receive(), 5) == {"n": 2}  # a new connection
+        assert await asyncio.wait_for(receiver.receive(), 5) == [{"n": 2}]  # a new connection
         admin.script_flush()  # as after a Redis restart: EVAL loads the script again
         await dorm.send(inbox, {"n": 3})
-        assert await asyncio.wait_for(receiver.receive(), 5) == {"n": 3}
+        assert await asyncio.wait_for(receiver.receive(), 5) == [{"n": 3}]
     finally:
         admin.close()
         await receiver.aclose()
@@ -369,21 +381,33 @@ async def test_the_inbox_receiver_reconnects_after_its_connection_is_killed(pref
         await dorm.close_pools()
 
 
-async def test_an_unreadable_inbox_message_is_an_error_once_and_the_next_one_arrives(prefix: str) -> None:
+async def test_an_unreadable_inbox_message_is_dropped_with_a_warning_and_the_rest_arrive(
+    prefix: str, caplog: pytest.LogCaptureFixture
+) -> None:
     dorm, _ = _layers(prefix)
     inbox = await dorm.new_channel("dorm.inbox.")
     receiver = InboxReceiver(dorm, inbox, 5.0)
     client = redis.Redis.from_url(REDIS_TEST_URL)
     key = prefix + dorm.non_local_name(inbox)
+    # Another serializer's (or another key's) message, and msgpack that is not a map.
+    garbage = {b"r" * 12 + b"\xc1 not msgpack": 0, b"r" * 12 + b"\x05": 0}
     try:
-        # Another serializer's (or another key's) message, and a map's bytes that are not a map.
-        now = time.time()  # scored as sent, or the next send drops them as expired
-        client.zadd(key, {b"r" * 12 + b"\xc1 not msgpack": now - 2, b"r" * 12 + b"\x05": now - 1})
+        # Scored as sent, or the next send drops them as expired.
+        now = time.time()
+        client.zadd(key, {member: now + i / 1000 for i, member in enumerate(garbage)})
         await dorm.send(inbox, {"n": 1})
-        for _ in range(2):
-            with pytest.raises(UnreadableMessage, match=r"inbox message of (25|13) bytes (unreadable|is a int)"):
-                await receiver.receive()
-        assert await receiver.receive() == {"n": 1}
+        with caplog.at_level("WARNING", logger="dorm.cluster"):
+            assert await receiver.receive() == [{"n": 1}]
+            # Nothing readable waiting: the receive goes on to wait for the next.
+            now = time.time()
+            client.zadd(key, {member: now + i / 1000 for i, member in enumerate(garbage)})
+            waiting = asyncio.ensure_future(receiver.receive())
+            await asyncio.sleep(0.2)
+            await dorm.send(inbox, {"n": 2})
+            assert await asyncio.wait_for(waiting, 5) == [{"n": 2}]
+        dropped = [r.getMessage() for r in caplog.records if "inbox message dropped" in r.getMessage()]
+        assert dropped == ["inbox message dropped bytes=25 error=FormatError",
+                           "inbox message dropped bytes=13 error=not_a_map type=int"] * 2
         assert client.zcard(key) == 0
     finally:
         client.close()
@@ -398,7 +422,7 @@ async def test_the_inbox_receiver_leaves_a_host_of_options_to_redis_py(prefix: s
     receiver = InboxReceiver(dorm, inbox, 5.0)
     try:
         await dorm.send(inbox, {"n": 1})
-        assert await receiver.receive() == {"n": 1}
+        assert await receiver.receive() == [{"n": 1}]
         assert receiver._connection is None
     finally:
         await receiver.aclose()

@@ -102,7 +102,7 @@ def test_in_process_benchmarks_run(script: str, args: list[str], expected: str, 
         # Both layers send and receive.
         ("inbox.py", ["--messages", "200"], ["channels-redis  send", "channels-redis  receive", "dorm            send",
                                              "dorm            receive", "dorm-own        send",
-                                             "dorm-own        receive"]),
+                                             "dorm-own        receive", "dorm-own-many   receive"]),
     ],
 )
 def test_redis_benchmarks_run(script: str, args: list[str], expected: list[str], tmp_path: Any) -> None:
