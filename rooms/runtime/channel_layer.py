@@ -26,8 +26,9 @@ its popped message waits in the backup queue and the next receive puts it
 back, the duplicate channels-redis documents for cancellations (forwarded
 frames carry client ids, which the room de-duplicates).
 
-**Connections of Dorm's own**: the cluster sends (``InboxSender``) and
-receives (``InboxReceiver``) the same scripts on ``CommandConnection``s
+**Connections of Dorm's own**: the cluster sends (``InboxSender``: the
+SEND script) and receives (``InboxReceiver``: RECEIVE_MANY, the receive
+for every message waiting, up to 64) on ``CommandConnection``s
 (``rooms/runtime/redis_pubsub.py``) instead of redis-py's client: per
 message, the command path around one round trip cost more than the round
 trip (docs/performance.md, "Seventeenth round" and "Eighteenth round").
