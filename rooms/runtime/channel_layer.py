@@ -27,8 +27,8 @@ back, the duplicate channels-redis documents for cancellations (forwarded
 frames carry client ids, which the room de-duplicates).
 
 **Connections of Dorm's own**: the cluster sends (``InboxSender``: the
-SEND script) and receives (``InboxReceiver``: RECEIVE_MANY, the receive
-for every message waiting, up to 64) on ``CommandConnection``s
+SEND script) and receives (``InboxReceiver``: RECEIVE for every message
+waiting, up to 64) on ``CommandConnection``s
 (``rooms/runtime/redis_pubsub.py``) instead of redis-py's client: per
 message, the command path around one round trip cost more than the round
 trip (docs/performance.md, "Seventeenth round" and "Eighteenth round").
@@ -61,34 +61,13 @@ redis.call('EXPIRE', KEYS[1], ARGV[5])
 return 1
 """
 
-# The start of a receive: drop the backup copy of the message handed over
-# last (ARGV[1], '' if none), put the other copies back in the queue as
-# channels-redis' clean-up script does, then pop the oldest message and keep
-# its backup copy. Returns the message, or false when the queue is empty.
+# The start of a receive, for up to ARGV[1] messages: drop the backup
+# copies of the members handed over last (ARGV[2...], none at first), put
+# the other copies back in the queue as channels-redis' clean-up script
+# does, then pop the oldest messages, each keeping its backup copy. Returns
+# the members popped (an empty array when the queue is empty). The layer's
+# receive takes one; the cluster's ``InboxReceiver`` every one waiting.
 RECEIVE = """
-if ARGV[1] ~= '' then
-  redis.call('ZREM', KEYS[2], ARGV[1])
-end
-local backed_up = redis.call('ZRANGE', KEYS[2], 0, -1, 'WITHSCORES')
-for i = #backed_up, 1, -2 do
-  redis.call('ZADD', KEYS[1], backed_up[i], backed_up[i - 1])
-end
-redis.call('DEL', KEYS[2])
-local popped = redis.call('ZPOPMIN', KEYS[1])
-if popped[1] then
-  redis.call('ZADD', KEYS[2], popped[2], popped[1])
-  return popped[1]
-end
-return false
-"""
-
-
-# The inbox receiver's start of a receive (``InboxReceiver``): RECEIVE for
-# up to ARGV[1] messages. ARGV[2...]: the members handed over last, whose
-# copies are dropped; the other copies go back to the queue; then the
-# oldest messages are popped, each keeping its copy. Returns the members
-# popped (an empty array when the queue is empty).
-RECEIVE_MANY = """
 if #ARGV > 1 then
   redis.call('ZREM', KEYS[2], unpack(ARGV, 2))
 end
@@ -155,10 +134,12 @@ class DormRedisChannelLayer(RedisChannelLayer):
         connection = self.connection(index)
         if self._receive_script is None:
             self._receive_script = connection.register_script(RECEIVE)
-        handed_over = self._handed_over.get(channel, b"")
-        member = await self._receive_script(keys=[channel, backup], args=[handed_over], client=connection)
-        if handed_over:
+        handed_over = self._handed_over.get(channel)
+        args = [1] if handed_over is None else [1, handed_over]
+        members = await self._receive_script(keys=[channel, backup], args=args, client=connection)
+        if handed_over is not None:
             del self._handed_over[channel]  # its copy is gone (the next one is set after this returns)
+        member = members[0] if members else None
         if member is None:
             # Empty: wait for one as channels-redis does.
             result = await connection.bzpopmin(channel, timeout=timeout)
@@ -220,7 +201,7 @@ class InboxSender:
 
 class InboxReceiver:
     """The owner's receives from its own inbox on a connection of its own:
-    the RECEIVE_MANY script by ``EVALSHA`` and, on an empty inbox, BZPOPMIN,
+    the RECEIVE script by ``EVALSHA`` and, on an empty inbox, BZPOPMIN,
     where :meth:`DormRedisChannelLayer.receive` goes through channels-redis'
     receive (its lock, its buffers, a clean-up task per message) and
     redis-py's command path. A receive takes every message waiting, up to
@@ -258,7 +239,7 @@ class InboxReceiver:
         self._connection = CommandConnection(url) if url is not None else None
         self._keys = [layer.prefix + real, layer._backup_channel_name(layer.prefix + real)]
         self._handed_over: list[bytes] = []  # the members the script last popped; their copies go at the next receive
-        self._sha = hashlib.sha1(RECEIVE_MANY.encode()).hexdigest()
+        self._sha = hashlib.sha1(RECEIVE.encode()).hexdigest()
         self.timeout = timeout  # a command unanswered this long fails
         self.block_seconds = layer.brpop_timeout  # one wait of an empty inbox
 
@@ -270,7 +251,7 @@ class InboxReceiver:
             return [await self.layer.receive(self.channel)]
         while True:
             args = [self.MAX_MESSAGES, *self._handed_over]
-            members = await run_script(connection, RECEIVE_MANY, self._sha, self._keys, args, self.timeout)
+            members = await run_script(connection, RECEIVE, self._sha, self._keys, args, self.timeout)
             _refused(members)
             self._handed_over = members  # the script dropped the previous copies
             while not members:
