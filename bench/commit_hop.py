@@ -8,7 +8,9 @@ Commits one event after another (no batching) through the group committer's
 hop as it is (``db_watchdog.hot_guarded``) and through the general one
 (``db_watchdog.guarded``: asgiref's ``sync_to_async`` and
 ``close_old_connections`` around the call, which on PostgreSQL also brings a
-health-check query per commit), alternating, and prints the median
+health-check query per commit), and on PostgreSQL through the event loop's
+own connection (``loop_commit``: no hop, what a round of events alone takes
+since the nineteenth round), alternating, and prints the median
 microseconds per commit of each (docs/performance.md, "The commit hop").
 A PostgreSQL database is migrated, so give it one of its own.
 """
@@ -30,45 +32,74 @@ from django.core.management import call_command  # noqa: E402
 from django.db import connection  # noqa: E402
 
 from rooms.models import Room  # noqa: E402
-from rooms.runtime import committer, db_watchdog  # noqa: E402
+from rooms.runtime import committer, db_watchdog, loop_commit  # noqa: E402
 
 
-async def per_commit_us(hop: object, room_id: int, first_seq: int, n: int) -> float:
+Timing = tuple[float, float]  # wall, process CPU (every thread): us per commit
+
+
+async def per_commit_us(hop: object, room_id: int, first_seq: int, n: int) -> Timing:
     loop = asyncio.get_running_loop()
-    started = time.perf_counter()
+    started, cpu = time.perf_counter(), time.process_time()
     for seq in range(first_seq, first_seq + n):
         future = loop.create_future()
         batch = (room_id, [(room_id, seq, "draw", "u", "", '{"x":1}', 0)], {}, ())
         await hop([batch], loop, [future], [])  # type: ignore[operator]
         await future
-    return (time.perf_counter() - started) / n * 1e6
+    return (time.perf_counter() - started) / n * 1e6, (time.process_time() - cpu) / n * 1e6
+
+
+async def per_commit_on_loop_us(writer: loop_commit.LoopEventWriter, room_id: int, first_seq: int, n: int) -> Timing:
+    started, cpu = time.perf_counter(), time.process_time()
+    for seq in range(first_seq, first_seq + n):
+        results = await writer.commit_batches([(room_id, [(room_id, seq, "draw", "u", "", '{"x":1}', 0)], {}, ())])
+        if results[0] is not None:
+            raise results[0]
+    return (time.perf_counter() - started) / n * 1e6, (time.process_time() - cpu) / n * 1e6
 
 
 async def main(n: int, rounds: int) -> None:
     room = await asyncio.to_thread(lambda: Room.objects.create(slug=f"hop-{time.time_ns()}", kind="whiteboard"))
-    hops = {
-        "hot_guarded (the group commit's)": db_watchdog.hot_guarded(committer._commit_and_report),
+    hops: dict[str, object] = {
+        "hot_guarded (the group commit's thread hop)": db_watchdog.hot_guarded(committer._commit_and_report),
         "guarded (asgiref + close_old_connections)": db_watchdog.guarded(committer._commit_and_report),
     }
-    results: dict[str, list[float]] = {name: [] for name in hops}
+    writer = loop_commit.writer_for(asyncio.get_running_loop())
+    if writer is not None:  # PostgreSQL: what a round of events alone takes now
+        hops["loop (the event loop's own connection)"] = writer
+    results: dict[str, list[Timing]] = {name: [] for name in hops}
     seq = 1
     for r in range(rounds):
         for name, hop in hops.items():
-            results[name].append(await per_commit_us(hop, room.pk, seq, n))
+            if isinstance(hop, loop_commit.LoopEventWriter):
+                results[name].append(await per_commit_on_loop_us(hop, room.pk, seq, n))
+            else:
+                results[name].append(await per_commit_us(hop, room.pk, seq, n))
             seq += n
-        print(f"round {r + 1}/{rounds}: " + ", ".join(f"{k.split()[0]} {v[-1]:.0f} us" for k, v in results.items()),
+        print(f"round {r + 1}/{rounds}: " + ", ".join(f"{k.split()[0]} {v[-1][0]:.0f} us ({v[-1][1]:.0f} CPU)" for k, v in results.items()),
               file=sys.stderr)
+    if writer is not None:
+        await loop_commit.close(asyncio.get_running_loop())
     vendor = connection.vendor
     sync = os.environ.get("SQLITE_SYNCHRONOUS", "FULL") if vendor == "sqlite" else "-"
-    print(f"{vendor} (synchronous={sync}), {n} commits x {rounds} rounds, median us per commit:")
+    print(f"{vendor} (synchronous={sync}), {n} commits x {rounds} rounds, median us per commit (wall; process CPU):")
     for name, values in results.items():
-        print(f"  {name}: {statistics.median(values):.0f}  (each round: {', '.join(f'{v:.0f}' for v in values)})")
+        walls, cpus = [w for w, _ in values], [c for _, c in values]
+        print(f"  {name}: {statistics.median(walls):.0f}; CPU {statistics.median(cpus):.0f}"
+              f"  (each round: {', '.join(f'{w:.0f}/{c:.0f}' for w, c in values)})")
 
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--commits", type=int, default=2000)
     parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--loop", choices=("uvloop", "asyncio"), default="uvloop",
+                        help="the event loop (default: %(default)s, as the servers)")
     args = parser.parse_args()
     call_command("migrate", verbosity=0)
-    asyncio.run(main(args.commits, args.rounds))
+    if args.loop == "uvloop":
+        import uvloop
+
+        uvloop.run(main(args.commits, args.rounds))
+    else:
+        asyncio.run(main(args.commits, args.rounds))

@@ -53,6 +53,8 @@ PROCESS_GAUGES = {
     "keepalives_at_edge": "Keepalives this process answered in the server's read, without waking their consumer, since it started",
     "presence_churning_connections": "Connections reached by the presence updates of this process's rooms churning now"
     " (divided by DORM_PRESENCE_PROCESS_FANOUT_PER_SECOND: the seconds between their updates, when over the base window)",
+    "commits_on_loop": "Group commits of events alone this process sent from its event loop since it started"
+    " (PostgreSQL, DORM_DB_COMMITS_ON_LOOP; the rest go through Django's database thread)",
 }
 
 

@@ -243,6 +243,9 @@ DORM = {
     # Deadline of one database call of a room (commit, load, reload); past it
     # the call is aborted and the room degrades (docs/runtime.md, "Database outage").
     "DB_TIMEOUT_SECONDS": DB_TIMEOUT_SECONDS,
+    # PostgreSQL: a round of events alone goes on the event loop's own
+    # connection, not Django's database thread (rooms/runtime/loop_commit.py).
+    "DB_COMMITS_ON_LOOP": env_bool("DORM_DB_COMMITS_ON_LOOP", True),
     # Server processes freeze what survives a full garbage collection and
     # collect everything once this often (0 = Python's own; unset: 600 under
     # daphne, 0 under uvicorn; rooms/runtime/gc_freeze.py).

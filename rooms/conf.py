@@ -46,6 +46,10 @@ DEFAULTS: dict[str, Any] = {
     # snapshot): past it the call is aborted (rooms/runtime/db_watchdog.py)
     # and the room serves ephemeral traffic while storage is unavailable.
     "DB_TIMEOUT_SECONDS": 5.0,
+    # PostgreSQL: rounds of events alone (one INSERT) are committed on the
+    # event loop's own connection instead of Django's database thread
+    # (rooms/runtime/loop_commit.py); off -> every round on the thread.
+    "DB_COMMITS_ON_LOOP": True,
     # A server process freezes what survives each full garbage collection, so
     # the next walks only what is new, and every this many seconds collects
     # everything once to free any cycle among frozen objects (0 = Python's

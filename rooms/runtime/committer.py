@@ -9,6 +9,10 @@ events waited hundreds of milliseconds for their turn (docs/performance.md,
 previous commit ran and commits them together (``persistence.commit_batches``):
 each batch stays atomic, a failure stays in its room, and the output gate is
 unchanged (an actor broadcasts after its own ``commit`` returned).
+
+On PostgreSQL a round of events alone that fits one ``INSERT`` (nearly every
+round) skips the thread: it goes on the loop's own connection
+(``rooms/runtime/loop_commit.py``), with the same guarantees.
 """
 
 from __future__ import annotations
@@ -17,7 +21,7 @@ import asyncio
 import weakref
 from collections.abc import Sequence
 
-from rooms.runtime import db_watchdog, persistence
+from rooms.runtime import db_watchdog, loop_commit, persistence
 from rooms.runtime.alarms import AlarmWrite
 from rooms.runtime.persistence import EventRow
 
@@ -47,6 +51,15 @@ def _commit_and_report(batches: list[persistence.Batch], loop: asyncio.AbstractE
         timeout = db_watchdog.DatabaseTimeout("group commit over its deadline")
         results = [None if r is None else timeout for r in results]
     loop.call_soon_threadsafe(_resolve, waiters, results)
+
+
+async def _commit_on_loop(writer: loop_commit.LoopEventWriter, batches: list[persistence.Batch], waiters: Waiters) -> None:
+    try:
+        results = await writer.commit_batches(batches)
+    except BaseException as exc:  # cancelled (the loop stops): nothing is known to be committed
+        _resolve(waiters, [exc if isinstance(exc, Exception) else ConnectionError("commit stopped")] * len(waiters))
+        raise
+    _resolve(waiters, results)
 
 
 def _resolve(waiters: Waiters, results: list[BaseException | None]) -> None:
@@ -125,9 +138,17 @@ class GroupCommitter:
         taken = self._queue[:MAX_BATCHES_PER_COMMIT]
         del self._queue[:MAX_BATCHES_PER_COMMIT]
         waiters = [future for _, future in taken]
+        batches = [batch for batch, _ in taken]
+        loop = asyncio.get_running_loop()
+        writer = loop_commit.writer_for(loop)
+        if writer is not None and persistence.one_insert_rows(batches) is not None:
+            # In a task of its own, as the thread's round: a leader cancelled
+            # meanwhile (its room stopped) does not take the others' results.
+            await asyncio.shield(loop.create_task(_commit_on_loop(writer, batches, waiters), name="dorm-loop-commit"))
+            return
         started: list[bool] = []
         try:
-            await db_commit_and_report([batch for batch, _ in taken], asyncio.get_running_loop(), waiters, started)
+            await db_commit_and_report(batches, loop, waiters, started)
         except BaseException as exc:
             # Cancelled (or the executor failed) before the thread ran:
             # nothing was committed, say so. If it ran, it reports itself.

@@ -191,7 +191,8 @@ def _rows_per_insert() -> int:
 
 
 @functools.cache
-def _insert_events_sql(rows: int) -> str:
+def insert_events_sql(rows: int) -> str:
+    """``INSERT`` of ``rows`` events (``%s`` placeholders, row after row)."""
     qn = connection.ops.quote_name
     cols = ", ".join(qn(c) for c in _EVENT_COLUMNS)
     values = ", ".join(["(" + ", ".join(["%s"] * len(_EVENT_COLUMNS)) + ")"] * rows)
@@ -209,7 +210,7 @@ def _insert_events(rows: list[EventRow]) -> None:
     with connection.cursor() as cursor:
         for start in range(0, len(rows), step):
             chunk = rows[start : start + step]
-            cursor.execute(_insert_events_sql(len(chunk)), [value for row in chunk for value in row])
+            cursor.execute(insert_events_sql(len(chunk)), [value for row in chunk for value in row])
 
 
 # commit_batch's arguments: room id, event rows, storage writes, alarm changes.
@@ -234,13 +235,13 @@ def _commit_together(batches: list[Batch]) -> None:
     three round trips of a commit (715 -> 387 us for one event), on SQLite
     two statements and Django's transaction bookkeeping (387 -> 310 us).
     """
-    rows = [row for _, batch_rows, _, _ in batches for row in batch_rows]
-    events_only = not any(writes or alarm_writes for _, _, writes, alarm_writes in batches)
+    one = one_insert_rows(batches)
     # Only in autocommit: inside a transaction block (a caller's atomic) the
     # statement would be committed with it, or never.
-    if events_only and 0 < len(rows) <= _rows_per_insert() and not connection.in_atomic_block and connection.get_autocommit():
-        _insert_events(rows)
+    if one is not None and not connection.in_atomic_block and connection.get_autocommit():
+        _insert_events(one)
         return
+    rows = [row for _, batch_rows, _, _ in batches for row in batch_rows]
     with transaction.atomic():
         for room_id, _, _, alarm_writes in batches:
             if alarm_writes:
@@ -249,6 +250,16 @@ def _commit_together(batches: list[Batch]) -> None:
             _insert_events(rows)
         for room_id, _, writes, _ in batches:
             _apply_writes(room_id, writes)
+
+
+def one_insert_rows(batches: Sequence[Batch]) -> list[EventRow] | None:
+    """The rows of a round of events alone few enough for one ``INSERT``
+    (its own transaction: nearly every round of a room's messages); None
+    for a round that needs a transaction block."""
+    if any(writes or alarm_writes for _, _, writes, alarm_writes in batches):
+        return None
+    rows = [row for _, batch_rows, _, _ in batches for row in batch_rows]
+    return rows if 0 < len(rows) <= _rows_per_insert() else None
 
 
 def _apply_writes(room_id: int, writes: dict[str, str | None]) -> None:

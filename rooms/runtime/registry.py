@@ -22,6 +22,7 @@ from presence.backends.memory import MemoryPresence
 from presence.coalesce import churning
 from presence.service import PresenceService
 from rooms.conf import dorm_settings
+from rooms.runtime import loop_commit
 from rooms.runtime.actor import RoomActor
 from rooms.runtime.backpressure import OutboundWatch
 from rooms.runtime.dispatch import EmbeddedScheduler, OnDemandDispatch, beat_lookahead_seconds
@@ -198,6 +199,7 @@ class Runtime:
             await self.cluster.bus.flushed()
         # Billing: write this process's last counters before it exits.
         await stop_flusher()
+        await loop_commit.close(asyncio.get_running_loop())
         log.info("shutdown done ms=%d", int((time.monotonic() - started) * 1000))
 
 
@@ -236,6 +238,7 @@ def process_gauges(timeout: float = 2.0) -> dict[str, int] | None:
             "slow_clients_closed": runtime.outbound_watch.closed_for_lag,
             "keepalives_at_edge": runtime.keepalives_at_edge,
             "presence_churning_connections": churning.total(time.monotonic()),
+            "commits_on_loop": loop_commit.commits_on_loop(loop),
         }
 
     try:

@@ -5,11 +5,13 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable
 
+import psycopg
 import pytest
 from channels.db import database_sync_to_async
+from django.db import utils as db_utils
 
 from rooms.models import Event, Room
-from rooms.runtime import committer, persistence
+from rooms.runtime import committer, db_watchdog, loop_commit, persistence
 from rooms.runtime.cluster import decode_event, encode_event
 from tests.fixtures import commit_checks
 
@@ -56,3 +58,30 @@ def test_bus_event_round_trip(seq: int | None, exclude: str | None, text: str) -
     data = encode_event("dorm.inbox.x!y", text, seq, exclude)
     assert data[:1] == b"E"
     assert decode_event(data) == ("dorm.inbox.x!y", seq, exclude, text)
+
+
+@pytest.mark.parametrize(
+    ("raised", "expected"),
+    [
+        (psycopg.errors.UniqueViolation("duplicate key"), db_utils.IntegrityError),
+        (psycopg.OperationalError("server closed the connection unexpectedly"), db_utils.OperationalError),
+        (psycopg.InterfaceError("the connection is closed"), db_utils.InterfaceError),
+        (psycopg.errors.QueryCanceled("canceling statement"), db_utils.OperationalError),
+        (psycopg.errors.UndefinedTable("no such table"), db_utils.ProgrammingError),
+    ],
+)
+def test_loop_commit_errors_are_djangos_classes(raised: psycopg.Error, expected: type[Exception]) -> None:
+    """The loop's rounds fail with the classes the thread's would (the rooms
+    tell an unavailable database from a refused statement by them)."""
+    error = loop_commit.as_django_error(raised)
+    assert type(error) is expected and error.__cause__ is raised and error.args == raised.args
+    assert db_watchdog.is_unavailable(error) == (expected in (db_utils.OperationalError, db_utils.InterfaceError))
+
+
+def test_loop_commits_only_on_postgresql() -> None:
+    """The unit tests' SQLite: every round goes to the database thread."""
+
+    async def probe() -> object:
+        return loop_commit.writer_for(asyncio.get_running_loop())
+
+    assert asyncio.run(probe()) is None
