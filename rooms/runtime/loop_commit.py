@@ -119,7 +119,12 @@ class LoopEventWriter:
         aborted: list[bool] = []
         timer = asyncio.get_running_loop().call_later(left, self._abort, conn, aborted)
         try:
-            await conn.execute(persistence.insert_events_sql(len(rows)), [value for row in rows for value in row])
+            if len(rows) > persistence.COPY_FROM_ROWS:
+                async with conn.cursor() as cursor, cursor.copy(persistence.copy_events_sql()) as copy:
+                    for row in rows:
+                        await copy.write_row(row)
+            else:
+                await conn.execute(persistence.insert_events_sql(len(rows)), [value for row in rows for value in row])
         except psycopg.Error as exc:
             await self._drop(conn, keep=not aborted and isinstance(exc, psycopg.errors.IntegrityError))
             if aborted:
