@@ -148,7 +148,15 @@ def _abort(wrapper: Any) -> str:
     if vendor == "sqlite":
         raw.interrupt()
         return vendor
-    fd = raw.fileno()
+    shut_down_socket(raw.fileno())
+    return vendor
+
+
+def shut_down_socket(fd: int) -> None:
+    """Shut a database connection's socket down, both ways, from outside the
+    call blocked on it: its wait ends with an error at once, and the
+    connection is broken (the driver closes it). A duplicate descriptor, so
+    the driver's own stays valid until it closes it."""
     sock = socket.socket(fileno=os.dup(fd))
     try:
         sock.shutdown(socket.SHUT_RDWR)
@@ -156,7 +164,6 @@ def _abort(wrapper: Any) -> str:
         pass
     finally:
         sock.close()
-    return vendor
 
 
 watchdog = Watchdog()
@@ -290,7 +297,7 @@ def guarded(func: Callable[..., Any], timeout: float | None = None) -> Callable[
     return call
 
 
-def _database_thread_executor(loop: asyncio.AbstractEventLoop) -> Any:
+def database_thread_executor(loop: asyncio.AbstractEventLoop) -> Any:
     """The executor ``database_sync_to_async`` would use from here, if it is
     asgiref's fixed single thread (the case in a server: no sync caller above,
     no per-request thread context); None otherwise."""
@@ -340,7 +347,7 @@ def hot_guarded(func: Callable[..., Any], timeout: float | None = None) -> Calla
                 return func(*args)
 
         loop = asyncio.get_running_loop()
-        executor = _database_thread_executor(loop)
+        executor = database_thread_executor(loop)
         if executor is None:
             return await sync_to_async(run, thread_sensitive=True)()
         return await loop.run_in_executor(executor, run)

@@ -35,8 +35,6 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
-import os
-import socket
 import time
 import weakref
 from collections.abc import Sequence
@@ -49,7 +47,7 @@ from django.db import utils as db_utils
 
 from rooms.conf import dorm_settings
 from rooms.runtime import persistence
-from rooms.runtime.db_watchdog import DatabaseTimeout, _database_thread_executor, is_unavailable
+from rooms.runtime.db_watchdog import DatabaseTimeout, database_thread_executor, is_unavailable, shut_down_socket
 
 log = logging.getLogger("dorm.db")
 
@@ -171,13 +169,7 @@ class LoopEventWriter:
             fd = conn.pgconn.socket
         except psycopg.Error:
             return
-        sock = socket.socket(fileno=os.dup(fd))
-        try:
-            sock.shutdown(socket.SHUT_RDWR)
-        except OSError:
-            pass
-        finally:
-            sock.close()
+        shut_down_socket(fd)
 
     async def _drop(self, conn: psycopg.AsyncConnection[Any], *, keep: bool) -> None:
         """After a failed statement: a refused one leaves the connection
@@ -213,7 +205,7 @@ def writer_for(loop: asyncio.AbstractEventLoop) -> LoopEventWriter | None:
     """This loop's writer, if its rounds of events alone go on the loop: on
     PostgreSQL, in a server (the database thread is asgiref's single thread:
     no caller's transaction around the round), unless turned off."""
-    if not dorm_settings.DB_COMMITS_ON_LOOP or _database_thread_executor(loop) is None:
+    if not dorm_settings.DB_COMMITS_ON_LOOP or database_thread_executor(loop) is None:
         return None
     writer = _writers.get(loop)
     if writer is None:

@@ -27,7 +27,7 @@ def where() -> tuple[int, object]:
 
 
 async def test_it_runs_on_the_database_thread_with_its_connection() -> None:
-    assert db_watchdog._database_thread_executor(asyncio.get_running_loop()) is not None
+    assert db_watchdog.database_thread_executor(asyncio.get_running_loop()) is not None
     assert await db_watchdog.hot_guarded(where)() == await database_sync_to_async(where)()
 
 
