@@ -2,18 +2,20 @@
 
 A group commit on Django's database thread pays a hop each way: the loop
 hands the round to the thread (a wake-up, the GIL), the thread hands the
-result back (another wake-up). On PostgreSQL that hop and Django's cursor
-around one ``INSERT`` measured 811-870 us of wall time and 355-381 us of
-the process's CPU per commit of one event, against 530-604 us and 187-199
-us for the same statement on a psycopg ``AsyncConnection`` in the loop
-(``bench/commit_hop.py``; docs/performance.md, "Nineteenth round").
+result back (another wake-up). For a commit of one event on PostgreSQL the
+hop and Django's cursor measured 720 us of wall time and 332 us of the
+process's CPU, against 564 us and 177 us for the same statement on a
+psycopg ``AsyncConnection`` in the loop; 128 events in one ``COPY``, 3,300
+/ 716 against 2,742 / 557 (``bench/commit_hop.py --events N``;
+docs/performance.md, "Nineteenth round").
 
-Most rounds are events alone that fit one statement
-(:func:`persistence.one_insert_rows`): on PostgreSQL those go here, on a
-connection of the loop's own in autocommit, so the ``INSERT`` is its own
-transaction exactly as on the thread. Everything else (storage and alarm
-writes, rounds of more than one statement, SQLite, a caller's transaction)
-stays on the database thread. The guarantees are the thread's:
+On PostgreSQL every round of events alone is one statement
+(:func:`persistence.one_insert_rows`: an ``INSERT`` of a few rows, else a
+``COPY``), and those go here, on a connection of the loop's own in
+autocommit, so the statement is its own transaction exactly as on the
+thread. Rounds with storage or alarm writes, SQLite, and calls made inside a
+caller's transaction stay on the database thread. The guarantees are the
+thread's:
 
 - all rows of the statement or none; a failed round is retried batch by
   batch, so one room's duplicate seq (a stale writer) is that room's alone;
@@ -86,8 +88,8 @@ class LoopEventWriter:
         self.commits = 0  # rounds committed here (/metrics: dorm_process_commits_on_loop)
 
     async def commit_batches(self, batches: Sequence[persistence.Batch]) -> list[BaseException | None]:
-        """:func:`persistence.commit_batches` for a round of events alone
-        that fits one statement: per batch, None or its error."""
+        """:func:`persistence.commit_batches` for a round of events alone:
+        per batch, None or its error."""
         deadline = time.monotonic() + float(dorm_settings.DB_TIMEOUT_SECONDS)
         try:
             await self._insert([row for _, rows, _, _ in batches for row in rows], deadline)
