@@ -10,9 +10,9 @@ previous commit ran and commits them together (``persistence.commit_batches``):
 each batch stays atomic, a failure stays in its room, and the output gate is
 unchanged (an actor broadcasts after its own ``commit`` returned).
 
-On PostgreSQL a round of events alone that fits one ``INSERT`` (nearly every
-round) skips the thread: it goes on the loop's own connection
-(``rooms/runtime/loop_commit.py``), with the same guarantees.
+On PostgreSQL a round of events alone (nearly every round: one ``INSERT``,
+or one ``COPY`` above 8 events) skips the thread: it goes on the loop's own
+connection (``rooms/runtime/loop_commit.py``), with the same guarantees.
 """
 
 from __future__ import annotations
@@ -141,7 +141,7 @@ class GroupCommitter:
         batches = [batch for batch, _ in taken]
         loop = asyncio.get_running_loop()
         writer = loop_commit.writer_for(loop)
-        if writer is not None and persistence.one_insert_rows(batches) is not None:
+        if writer is not None and persistence.one_statement_rows(batches) is not None:
             # In a task of its own, as the thread's round: a leader cancelled
             # meanwhile (its room stopped) does not take the others' results.
             await asyncio.shield(loop.create_task(_commit_on_loop(writer, batches, waiters), name="dorm-loop-commit"))

@@ -10,7 +10,7 @@ psycopg ``AsyncConnection`` in the loop; 128 events in one ``COPY``, 3,300
 docs/performance.md, "Nineteenth round").
 
 On PostgreSQL every round of events alone is one statement
-(:func:`persistence.one_insert_rows`: an ``INSERT`` of a few rows, else a
+(:func:`persistence.one_statement_rows`: an ``INSERT`` of a few rows, else a
 ``COPY``), and those go here, on a connection of the loop's own in
 autocommit, so the statement is its own transaction exactly as on the
 thread. Rounds with storage or alarm writes, SQLite, and calls made inside a
