@@ -53,9 +53,11 @@ def _commit_and_report(batches: list[persistence.Batch], loop: asyncio.AbstractE
     loop.call_soon_threadsafe(_resolve, waiters, results)
 
 
-async def _commit_on_loop(writer: loop_commit.LoopEventWriter, batches: list[persistence.Batch], waiters: Waiters) -> None:
+async def _commit_on_loop(
+    writer: loop_commit.LoopEventWriter, batches: list[persistence.Batch], rows: list[EventRow], waiters: Waiters
+) -> None:
     try:
-        results = await writer.commit_batches(batches)
+        results = await writer.commit_batches(batches, rows)
     except BaseException as exc:  # cancelled (the loop stops): nothing is known to be committed
         _resolve(waiters, [exc if isinstance(exc, Exception) else ConnectionError("commit stopped")] * len(waiters))
         raise
@@ -141,10 +143,11 @@ class GroupCommitter:
         batches = [batch for batch, _ in taken]
         loop = asyncio.get_running_loop()
         writer = loop_commit.writer_for(loop)
-        if writer is not None and persistence.one_statement_rows(batches) is not None:
+        rows = persistence.one_statement_rows(batches) if writer is not None else None
+        if writer is not None and rows is not None:
             # In a task of its own, as the thread's round: a leader cancelled
             # meanwhile (its room stopped) does not take the others' results.
-            await asyncio.shield(loop.create_task(_commit_on_loop(writer, batches, waiters), name="dorm-loop-commit"))
+            await asyncio.shield(loop.create_task(_commit_on_loop(writer, batches, rows, waiters), name="dorm-loop-commit"))
             return
         started: list[bool] = []
         try:

@@ -35,7 +35,6 @@ thread's:
 from __future__ import annotations
 
 import asyncio
-import functools
 import logging
 import time
 import weakref
@@ -87,12 +86,17 @@ class LoopEventWriter:
         self._conn: psycopg.AsyncConnection[Any] | None = None
         self.commits = 0  # rounds committed here (/metrics: dorm_process_commits_on_loop)
 
-    async def commit_batches(self, batches: Sequence[persistence.Batch]) -> list[BaseException | None]:
+    async def commit_batches(
+        self, batches: Sequence[persistence.Batch], rows: list[persistence.EventRow] | None = None
+    ) -> list[BaseException | None]:
         """:func:`persistence.commit_batches` for a round of events alone:
-        per batch, None or its error."""
+        per batch, None or its error. ``rows``: the round's rows, if the
+        caller has them already (:func:`persistence.one_statement_rows`)."""
         deadline = time.monotonic() + float(dorm_settings.DB_TIMEOUT_SECONDS)
+        if rows is None:
+            rows = [row for _, batch_rows, _, _ in batches for row in batch_rows]
         try:
-            await self._insert([row for _, rows, _, _ in batches for row in rows], deadline)
+            await self._insert(rows, deadline)
         except Exception as exc:
             if len(batches) == 1 or is_unavailable(exc):
                 # One batch: the error is its own. The database is gone or
@@ -102,9 +106,9 @@ class LoopEventWriter:
             self.commits += 1
             return [None] * len(batches)
         results: list[BaseException | None] = []
-        for _, rows, _, _ in batches:
+        for _, batch_rows, _, _ in batches:
             try:
-                await self._insert(rows, deadline)
+                await self._insert(batch_rows, deadline)
             except Exception as exc:
                 results.append(exc)
             else:
@@ -211,15 +215,10 @@ def writer_for(loop: asyncio.AbstractEventLoop) -> LoopEventWriter | None:
         return None
     writer = _writers.get(loop)
     if writer is None:
-        if not _on_postgresql():
+        if not persistence.on_postgresql():
             return None
         writer = _writers[loop] = LoopEventWriter()
     return writer
-
-
-@functools.cache
-def _on_postgresql() -> bool:
-    return connections[DEFAULT_DB_ALIAS].vendor == "postgresql"
 
 
 def commits_on_loop(loop: asyncio.AbstractEventLoop | None) -> int:

@@ -210,8 +210,9 @@ COPY_FROM_ROWS = 8
 
 
 @functools.cache
-def copies_events() -> bool:
-    """Whether big rounds of events go as one ``COPY`` (PostgreSQL)."""
+def on_postgresql() -> bool:
+    """The database is PostgreSQL: big rounds of events go as one ``COPY``,
+    and rounds of events alone on the event loop's connection (loop_commit)."""
     return connection.vendor == "postgresql"
 
 
@@ -230,7 +231,7 @@ def _insert_events(rows: list[EventRow]) -> None:
     PostgreSQL (docs/performance.md, "Seventeenth round").
     """
     with connection.cursor() as cursor:
-        if len(rows) > COPY_FROM_ROWS and copies_events():
+        if len(rows) > COPY_FROM_ROWS and on_postgresql():
             # psycopg's own cursor under Django's: Django's wrapper has no COPY.
             with connection.wrap_database_errors, cursor.cursor.copy(copy_events_sql()) as copy:
                 for row in rows:
@@ -292,7 +293,7 @@ def one_statement_rows(batches: Sequence[Batch]) -> list[EventRow] | None:
     rows = [row for _, batch_rows, _, _ in batches for row in batch_rows]
     if not rows:
         return None
-    return rows if len(rows) <= _rows_per_insert() or copies_events() else None
+    return rows if len(rows) <= _rows_per_insert() or on_postgresql() else None
 
 
 def _apply_writes(room_id: int, writes: dict[str, str | None]) -> None:
