@@ -1,4 +1,4 @@
-"""The fan-out benchmark's command line and frame accounting (no servers, no timings)."""
+"""The benchmarks: every command line loads, the fan-out frame accounting, the small in-process runs (no timings)."""
 
 from __future__ import annotations
 
@@ -23,14 +23,6 @@ def loadgen():
         yield _loadgen
     finally:
         sys.path.remove(str(BENCH))
-
-
-def test_help_runs() -> None:
-    out = subprocess.run(
-        [sys.executable, str(BENCH / "fanout.py"), "--help"], capture_output=True, text=True, timeout=60, check=True
-    )
-    assert "dorm-asgi-send" in out.stdout
-    assert "--json" in out.stdout
 
 
 @pytest.mark.parametrize(
@@ -60,19 +52,53 @@ def test_recorder_counts_draws_and_acks(loadgen, frame: bytes) -> None:
     assert rec.refused == {"invalid_message": 1}
 
 
-@pytest.mark.parametrize(("script", "expected"), [("cluster.py", "naive-pubsub-2p"), ("suite.py", "miniflare")])
-def test_other_benchmarks_help_runs(script: str, expected: str) -> None:
+# What some benchmarks' --help must mention beyond the usage line.
+HELP_MENTIONS = {
+    "fanout.py": ["dorm-asgi-send", "--json"],
+    "cluster.py": ["naive-pubsub-2p"],
+    "suite.py": ["miniflare", "--py-spy"],
+    "qa_spike.py": ["--rates", "--clients"],
+    "top_frames.py": ["--under"],
+}
+# Every benchmark with a command line: one that no longer imports fails here,
+# not months later in a developer's hands.
+COMMAND_LINES = sorted(p.name for p in BENCH.glob("*.py") if "argparse" in p.read_text())
+
+
+def test_the_command_lines_found_include_the_documented_ones() -> None:
+    assert set(HELP_MENTIONS) <= set(COMMAND_LINES)
+    assert len(COMMAND_LINES) >= 15
+
+
+@pytest.mark.parametrize("script", COMMAND_LINES)
+def test_every_benchmark_answers_help(script: str) -> None:
     out = subprocess.run(
         [sys.executable, str(BENCH / script), "--help"], capture_output=True, text=True, timeout=60, check=True
     )
-    assert expected in out.stdout
+    assert out.stdout.startswith("usage:"), out.stdout
+    for mention in HELP_MENTIONS.get(script, []):
+        assert mention in out.stdout, (script, mention)
 
 
-def test_qa_spike_help_runs() -> None:
-    out = subprocess.run(
-        [sys.executable, str(BENCH / "qa_spike.py"), "--help"], capture_output=True, text=True, timeout=60, check=True
+def test_top_frames_shares_and_what_is_under_a_frame(tmp_path: Any) -> None:
+    """py-spy raw lines: frames outermost first, ';'-joined, then a count."""
+    profile = tmp_path / "raw.txt"
+    profile.write_text(
+        "run (loop.py:1);flush (presence.py:10);send (io.py:5) 6\n"
+        "run (loop.py:1);flush (presence.py:10) 2\n"
+        "run (loop.py:1);parse (frames.py:7) 2\n"
+        "\n"
     )
-    assert "--rates" in out.stdout and "--clients" in out.stdout
+    script = [sys.executable, str(BENCH / "top_frames.py"), str(profile)]
+    out = subprocess.run(script, capture_output=True, text=True, timeout=60, check=True).stdout
+    assert "10 samples" in out
+    assert " 60.0% send (io.py:5)" in out.split("-- inclusive --")[0]  # self
+    assert " 80.0% flush (presence.py:10)" in out.split("-- inclusive --")[1]
+    out = subprocess.run([*script, "--under", "flush", "--depth", "2"], capture_output=True, text=True, timeout=60,
+                         check=True).stdout
+    assert "80.0% under 'flush'" in out
+    assert " 60.0% send:5" in out and " 20.0% self" in out
+    assert "parse" not in out
 
 
 @pytest.mark.parametrize(
