@@ -146,8 +146,6 @@ class DormCollector(Collector):
 def _gc_families() -> Iterator:
     """This process's garbage collections (``rooms/runtime/gc_freeze.py``),
     once a server installed the watch."""
-    import gc
-
     from rooms.runtime import gc_freeze
 
     watch = gc_freeze.watch
@@ -162,21 +160,22 @@ def _gc_families() -> Iterator:
     for generation, counts in enumerate(watch.pauses):
         pauses.add_metric([str(generation)], list(zip(bounds, accumulate(counts))), sum_value=watch.pause_seconds[generation])
     yield pauses
+    frozen, thaws, thaw_collected = watch.counts()
     yield GaugeMetricFamily(
         "dorm_process_gc_frozen_objects",
         "Objects this process froze out of full collections (what survived the last one; DORM_GC_THAW_SECONDS)",
-        value=gc.get_freeze_count(),
+        value=frozen,
     )
     yield GaugeMetricFamily(
         "dorm_process_gc_thaw_interval_seconds",
         "How often this process collects everything, frozen objects too (DORM_GC_THAW_SECONDS); 0: it freezes nothing",
         value=watch.thaw_seconds,
     )
-    yield CounterMetricFamily("dorm_process_gc_thaws", "Full collections of everything, frozen objects too", value=watch.thaws)
+    yield CounterMetricFamily("dorm_process_gc_thaws", "Full collections of everything, frozen objects too", value=thaws)
     yield CounterMetricFamily(
         "dorm_process_gc_thaw_collected_objects",
         "Objects those freed: cycles among frozen objects, held until a thaw",
-        value=watch.thaw_collected,
+        value=thaw_collected,
     )
 
 

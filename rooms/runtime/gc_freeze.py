@@ -34,6 +34,7 @@ import asyncio
 import gc
 import logging
 import sys
+import threading
 from bisect import bisect_left
 from time import perf_counter
 
@@ -58,6 +59,8 @@ class GCWatch:
         self.pause_seconds = [0.0] * GENERATIONS
         self.thaws = 0
         self.thaw_collected = 0
+        # Held by a thaw from its unfreeze to its counters: see counts().
+        self._thaw_lock = threading.Lock()
 
     def __call__(self, phase: str, info: dict[str, int]) -> None:
         # Runs inside every collection (every 700 allocations): keep it short.
@@ -73,6 +76,19 @@ class GCWatch:
             # what is left in any generation is alive now.
             gc.freeze()
 
+    def counts(self) -> tuple[int, int, int]:
+        """(frozen objects, thaws, objects the thaws freed), read together.
+
+        For readers on another thread (a ``/metrics`` request runs on
+        Django's): the thaw runs on the event loop and can hand the GIL over
+        between its unfreeze and the refreeze at the end of its collection.
+        Read then, the frozen count was 0 or a part, beside a thaw counter
+        that a moment later said the thaw was done: a graph dropped to 0, and
+        a reader waiting for the next thaw took that for the state after it.
+        """
+        with self._thaw_lock:
+            return gc.get_freeze_count(), self.thaws, self.thaw_collected
+
     def thaw(self) -> int:
         """One full collection of everything, frozen or not; returns the
         tracked objects it freed.
@@ -83,15 +99,16 @@ class GCWatch:
         is freed by reference counting during the collection and left out of
         that count. The lists of the unfrozen generations cost little next
         to the collection itself."""
-        frozen = gc.get_freeze_count()
-        started = perf_counter()
-        tracked = frozen + sum(len(gc.get_objects(generation)) for generation in range(GENERATIONS))
-        gc.unfreeze()
-        gc.collect()  # this watch freezes the survivors again
-        freed = max(0, tracked - gc.get_freeze_count() - len(gc.get_objects(0)))
-        elapsed = perf_counter() - started
-        self.thaws += 1
-        self.thaw_collected += freed
+        with self._thaw_lock:
+            frozen = gc.get_freeze_count()
+            started = perf_counter()
+            tracked = frozen + sum(len(gc.get_objects(generation)) for generation in range(GENERATIONS))
+            gc.unfreeze()
+            gc.collect()  # this watch freezes the survivors again
+            freed = max(0, tracked - gc.get_freeze_count() - len(gc.get_objects(0)))
+            elapsed = perf_counter() - started
+            self.thaws += 1
+            self.thaw_collected += freed
         log.info("gc thaw frozen=%d freed=%d duration_ms=%.1f", frozen, freed, elapsed * 1000)
         return freed
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import sys
+import threading
 import types
 import weakref
 from collections.abc import Iterator
@@ -107,6 +108,39 @@ def test_the_thaw_counts_a_cycle_that_a_finalizer_breaks(loop: asyncio.AbstractE
     freed = watch.thaw()
     assert gone() is None
     assert freed >= 200 and watch.thaw_collected == freed  # each owner and its generator (and their dicts)
+
+
+def test_a_reader_on_another_thread_never_sees_a_thaw_half_done(loop: asyncio.AbstractEventLoop) -> None:
+    """``/metrics`` reads the counts on Django's thread while the event loop
+    thaws. The thaw hands the GIL over inside its collection (the watch's
+    own callback is Python), so without its lock a reader saw nothing
+    frozen beside a thaw counter that said the thaw was done (a flaky
+    failure of tests/e2e/test_gc_freeze.py, and a drop to 0 on a graph)."""
+    watch = gc_freeze.install(600, loop)
+    kept = [Node() for _ in range(5_000)]
+    gc.collect()  # alive: frozen
+    floor = len(kept)
+    seen: list[tuple[int, int, int]] = []
+    done = threading.Event()
+
+    def read() -> None:
+        while not done.is_set():
+            seen.append(watch.counts())
+
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)  # hand the GIL over at every chance
+    reader = threading.Thread(target=read)
+    reader.start()
+    try:
+        for _ in range(10):
+            watch.thaw()
+    finally:
+        done.set()
+        reader.join()
+        sys.setswitchinterval(interval)
+    assert watch.thaws == 10 and len({thaws for _, thaws, _ in seen}) > 1, "the reader ran only before or after"
+    assert [c for c in seen if c[0] < floor] == []
+    assert len(kept) == floor
 
 
 def test_a_frozen_object_is_still_freed_by_its_reference_count(loop: asyncio.AbstractEventLoop) -> None:
